@@ -1,0 +1,6 @@
+"""Merge methods: one small module per method, each a pure tensor function registered by name."""
+
+from cmaam.methods.registry import METHODS, MergeMethod, Parameter, get_method, list_methods, register
+from cmaam.methods import linear  # noqa: F401  (registration side effects)
+
+__all__ = ["METHODS", "MergeMethod", "Parameter", "get_method", "list_methods", "register"]
