@@ -1,1 +1,1 @@
-"""eval."""
+"""Shared evaluators (MGSM, VQA), generation backends and language checks used across CMAAM."""

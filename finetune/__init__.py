@@ -1,1 +1,1 @@
-"""finetune."""
+"""Fine-tuning VLMs on VQA data: Korean corpus preparation, a synthetic VQA set, LoRA / full training."""

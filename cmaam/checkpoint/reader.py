@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import struct
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +27,8 @@ SAFETENSORS_DTYPES = {
     "BOOL": torch.bool,
 }
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Tensor data is read with os.preadv (little-endian hosts with preadv); elsewhere through safetensors' mmap.
+POSITIONED_READS = hasattr(os, "preadv") and sys.byteorder == "little"
 
 
 def load_config(path: str | Path) -> dict:
@@ -53,6 +58,7 @@ class CheckpointReader:
         self.config: dict = load_config(self.path) if require_config or (self.path / "config.json").exists() else {}
         self._location: dict[str, Path] = {}
         self._handles: dict[Path, object] = {}
+        self._raw: dict[Path, tuple[object, int, dict]] = {}  # file -> (unbuffered file, data start, header)
         self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
         self._is_pickle = False
         files = self._weight_files(allow_pickle)
@@ -171,15 +177,39 @@ class CheckpointReader:
         """Load one tensor (optionally moved and cast)."""
         file = self._file(name)
         if file in self._handles:
-            tensor = self._handles[file].get_tensor(name)
+            tensor = self._read(file, name) if POSITIONED_READS else self._handles[file].get_tensor(name)
         else:
             tensor = self._load_pickle(file)[name]
         if dtype is not None or str(device) != "cpu":
             tensor = tensor.to(device=device, dtype=dtype)
         return tensor
 
+    def _read(self, file: Path, name: str) -> torch.Tensor:
+        """Read one tensor's bytes with positioned reads into fresh memory.
+
+        Not through the memory map: mapped pages stay resident once touched, so a pass over a model
+        would grow the process's RSS to the size of every input file.
+        """
+        if file not in self._raw:
+            handle = open(file, "rb", buffering=0)
+            length = struct.unpack("<Q", handle.read(8))[0]
+            self._raw[file] = (handle, 8 + length, json.loads(handle.read(length)))
+        handle, start, header = self._raw[file]
+        begin, end = header[name]["data_offsets"]
+        buffer = torch.empty(end - begin, dtype=torch.uint8)
+        view, done = memoryview(buffer.numpy()), 0
+        while done < end - begin:
+            count = os.preadv(handle.fileno(), [view[done:]], start + begin + done)
+            if count <= 0:
+                raise CMAAMError(f"{file}: truncated data for tensor {name!r}")
+            done += count
+        return buffer.view(self.dtype(name)).reshape(self.shape(name))
+
     def close(self) -> None:
         """Release file handles."""
+        for handle, _, _ in self._raw.values():
+            handle.close()
+        self._raw.clear()
         self._handles.clear()
         self._pickled.clear()
 

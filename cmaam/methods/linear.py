@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cmaam.errors import CMAAMError
 from cmaam.methods.registry import Parameter, register
 
 
@@ -12,12 +13,16 @@ from cmaam.methods.registry import Parameter, register
     Parameter("normalize", default=True),
 ))
 def linear(tensors: list[torch.Tensor], base: torch.Tensor | None, weight: list[float], normalize: bool = True) -> torch.Tensor:
-    """Weighted sum of the tensors, divided by the sum of weights when ``normalize``."""
-    stacked = torch.stack(tensors, dim=0)
-    weights = torch.tensor(weight, dtype=stacked.dtype, device=stacked.device)
-    while weights.dim() < stacked.dim():
-        weights = weights.unsqueeze(-1)
-    result = (weights * stacked).sum(dim=0)
+    """Weighted sum of the tensors, divided by the sum of weights when ``normalize``.
+
+    Accumulated in place, as mergekit's addcmul loop: one output buffer instead of stacking every input.
+    """
+    weights = list(weight) if isinstance(weight, (list, tuple)) else [weight] * len(tensors)
+    if len(weights) != len(tensors):
+        raise CMAAMError(f"linear: parameter weight has {len(weights)} values for {len(tensors)} model(s)")
+    result = torch.zeros_like(tensors[0])
+    for tensor, value in zip(tensors, weights):
+        result.add_(tensor, alpha=float(value))
     if normalize:
-        result = result / weights.sum(dim=0)
+        result.div_(torch.tensor(weights, dtype=result.dtype).sum().to(result.device))
     return result

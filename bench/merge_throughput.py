@@ -1,0 +1,215 @@
+"""Merge throughput and peak memory: cmaam.mergekit vs mergekit-yaml on the same YAML and synthetic models.
+
+    python bench/merge_throughput.py --size-gb 1 [--methods linear ties] [--dtype bfloat16] [--repeats 1]
+
+Builds three Llama-shaped checkpoints of about ``--size-gb`` each (random weights written with
+CheckpointWriter, no transformers init), then for each method runs each side in a fresh
+subprocess (wall seconds, GB/s = one model's bytes / seconds, peak RSS of the child) and prints
+a table with the ratios. Targets: cmaam throughput >= 1.5x mergekit's, peak RSS <= 0.5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmaam.tiny import TinySize
+
+ROOT = Path(__file__).resolve().parents[1]
+METHOD_YAML = {
+    "linear": """merge_method: linear
+models:
+  - model: {base}
+    parameters: {{weight: 0.4}}
+  - model: {ft1}
+    parameters: {{weight: 0.3}}
+  - model: {ft2}
+    parameters: {{weight: 0.3}}
+""",
+    "ties": """merge_method: ties
+base_model: {base}
+models:
+  - model: {ft1}
+    parameters: {{weight: 0.5, density: 0.5}}
+  - model: {ft2}
+    parameters: {{weight: 0.5, density: 0.5}}
+parameters: {{normalize: true}}
+""",
+}
+
+
+@dataclass
+class SyntheticShape:
+    """A Llama layout (the TinySize dimensions, scaled up) whose layer count is chosen to reach a size."""
+
+    dims: TinySize = field(default_factory=lambda: TinySize(hidden_size=1024, intermediate_size=2816,
+                                                            num_hidden_layers=1, num_attention_heads=16,
+                                                            num_key_value_heads=8))
+    vocab_size: int = 32000
+
+    def specs(self, dtype) -> list:
+        from cmaam.checkpoint import TensorSpec
+
+        h, i, d = self.dims.hidden_size, self.dims.intermediate_size, self.dims
+        kv = h // d.num_attention_heads * d.num_key_value_heads
+        layer = (("input_layernorm.weight", (h,)), ("self_attn.q_proj.weight", (h, h)),
+                 ("self_attn.k_proj.weight", (kv, h)), ("self_attn.v_proj.weight", (kv, h)),
+                 ("self_attn.o_proj.weight", (h, h)), ("post_attention_layernorm.weight", (h,)),
+                 ("mlp.gate_proj.weight", (i, h)), ("mlp.up_proj.weight", (i, h)), ("mlp.down_proj.weight", (h, i)))
+        return ([TensorSpec("model.embed_tokens.weight", (self.vocab_size, h), dtype)]
+                + [TensorSpec(f"model.layers.{n}.{name}", shape, dtype)
+                   for n in range(d.num_hidden_layers) for name, shape in layer]
+                + [TensorSpec("model.norm.weight", (h,), dtype), TensorSpec("lm_head.weight", (self.vocab_size, h), dtype)])
+
+    def config(self, dtype) -> dict:
+        d = self.dims
+        return {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": d.hidden_size,
+            "intermediate_size": d.intermediate_size, "num_attention_heads": d.num_attention_heads,
+            "num_key_value_heads": d.num_key_value_heads, "num_hidden_layers": d.num_hidden_layers,
+            "vocab_size": self.vocab_size, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+            "hidden_act": "silu", "tie_word_embeddings": False, "dtype": str(dtype).replace("torch.", ""),
+        }
+
+    @classmethod
+    def for_size(cls, size_gb: float, dtype) -> "SyntheticShape":
+        shape = cls()
+        shape.dims.num_hidden_layers = 0
+        fixed = sum(s.nbytes for s in shape.specs(dtype))
+        shape.dims.num_hidden_layers = 1
+        per_layer = sum(s.nbytes for s in shape.specs(dtype)) - fixed
+        shape.dims.num_hidden_layers = max(1, round((size_gb * 1e9 - fixed) / per_layer))
+        return shape
+
+
+def build_models(folder: Path, size_gb: float, dtype_name: str, seed: int = 0) -> dict[str, Path]:
+    """Write base, ft1, ft2 (base + 1% seeded noise) tensor by tensor."""
+    import torch
+    from tqdm import tqdm
+
+    from cmaam.checkpoint import CheckpointWriter, parse_dtype
+
+    dtype = parse_dtype(dtype_name)
+    shape = SyntheticShape.for_size(size_gb, dtype)
+    specs = shape.specs(dtype)
+    paths = {name: folder / name for name in ("base", "ft1", "ft2")}
+    generator = torch.Generator().manual_seed(seed)
+    writers = [CheckpointWriter(path, specs, config=shape.config(dtype)) for path in paths.values()]
+    for writer in writers:
+        writer.__enter__()
+    try:
+        for spec in tqdm(specs, desc="building synthetic models", unit="tensor"):
+            base = torch.randn(spec.shape, generator=generator) * 0.02
+            writers[0].add(spec.name, base)
+            for writer in writers[1:]:
+                writer.add(spec.name, base + torch.randn(spec.shape, generator=generator) * 2e-4)
+            del base
+    except BaseException as error:
+        for writer in writers:
+            writer.__exit__(type(error), error, error.__traceback__)
+        raise
+    for writer in writers:
+        writer.__exit__(None, None, None)
+    return paths
+
+
+def measure(command: list[str]) -> dict:
+    """Run ``command`` from a fresh wrapper process so RUSAGE_CHILDREN is this command's alone."""
+    wrapper = [sys.executable, __file__, "--measure", "--", *command]
+    result = subprocess.run(wrapper, capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"error: {command[0]} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _measure_child(command: list[str]) -> None:
+    start = time.perf_counter()
+    child = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - start
+    if child.returncode != 0:
+        sys.stderr.write(child.stderr)
+        raise SystemExit(child.returncode)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
+                      "cpu_seconds": usage.ru_utime + usage.ru_stime}))
+
+
+def warm_cache(paths) -> None:
+    """Read the inputs once so both sides start from the same (warm) page cache."""
+    for path in paths:
+        for file in Path(path).glob("*.safetensors"):
+            with open(file, "rb") as handle:
+                while handle.read(64 << 20):
+                    pass
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gb", type=float, default=1.0, help="size of each synthetic model (default: 1)")
+    parser.add_argument("--methods", nargs="+", default=["linear", "ties"], choices=sorted(METHOD_YAML))
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    parser.add_argument("--repeats", type=int, default=1, help="runs per side; the fastest is reported")
+    parser.add_argument("--workdir", default=None, help="where models are built (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args()
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cmaam_bench_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    mergekit_cli = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
+    try:
+        paths = build_models(workdir / "models", args.size_gb, args.dtype) \
+            if not (workdir / "models" / "ft2").exists() else {n: workdir / "models" / n for n in ("base", "ft1", "ft2")}
+        model_gb = folder_bytes(paths["base"]) / 1e9
+        rows = []
+        for method in args.methods:
+            config = workdir / f"{method}.yaml"
+            config.write_text(METHOD_YAML[method].format(**{k: str(v) for k, v in paths.items()}))
+            sides = {
+                "cmaam": [sys.executable, "-m", "cmaam.mergekit", str(config), str(workdir / "out_cmaam"),
+                          "--no-progress", "--overwrite"],
+                "mergekit": [mergekit_cli, str(config), str(workdir / "out_mergekit"), "--quiet"],
+            }
+            results = {}
+            for side, command in sides.items():
+                runs = []
+                for _ in range(args.repeats):
+                    shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
+                    warm_cache(paths.values())
+                    runs.append(measure(command))
+                results[side] = min(runs, key=lambda r: r["seconds"])
+                results[side]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+            rows.append((method, results))
+        print(f"\nmodel size {model_gb:.2f} GB per input ({args.dtype}), 3 inputs, fresh process per side\n")
+        header = f"{'method':<8} {'side':<9} {'seconds':>8} {'GB/s':>7} {'peak RSS MB':>12} {'CPU s':>7}"
+        print(header)
+        print("-" * len(header))
+        for method, results in rows:
+            for side, r in results.items():
+                print(f"{method:<8} {side:<9} {r['seconds']:>8.2f} {model_gb / r['seconds']:>7.3f} "
+                      f"{r['peak_rss_mb']:>12.0f} {r['cpu_seconds']:>7.2f}")
+            speed = results["mergekit"]["seconds"] / results["cmaam"]["seconds"]
+            memory = results["cmaam"]["peak_rss_mb"] / results["mergekit"]["peak_rss_mb"]
+            print(f"{method:<8} {'ratio':<9} throughput x{speed:.2f} (target >= 1.5), "
+                  f"peak RSS x{memory:.2f} (target <= 0.5)")
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--measure" and sys.argv[2] == "--":
+        _measure_child(sys.argv[3:])
+    else:
+        main()

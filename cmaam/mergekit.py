@@ -1,0 +1,134 @@
+"""Run a mergekit YAML config as is, streaming tensor by tensor: ``python -m cmaam.mergekit CONFIG.yaml OUT``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from cmaam.atomic import check_output_free
+from cmaam.cli import run_cli
+from cmaam.errors import CMAAMError
+from cmaam.mergekit_config import MergeConfig, load_merge_config
+
+if TYPE_CHECKING:
+    from cmaam.checkpoint import CheckpointReader
+
+# torch-backed modules are imported inside the functions so that config and path mistakes are
+# reported before the ~2 s torch import.
+
+# Test hook: seconds to sleep before each tensor, so a signal can land mid-write deterministically.
+DELAY_ENVIRONMENT = "CMAAM_TEST_TENSOR_DELAY"
+
+
+def resolve_model_path(reference: str, config_folder: Path | None) -> Path:
+    """A model string of the YAML as a local folder: as given (relative to the working folder), else
+    relative to the config file's folder. Hub ids are not downloaded."""
+    path = Path(reference).expanduser()
+    if not path.exists() and not path.is_absolute() and config_folder is not None and (config_folder / path).exists():
+        return config_folder / path
+    if not path.exists():
+        raise CMAAMError(f"{reference}: no such model folder (cmaam reads local folders; download hub models "
+                         "first, e.g. with `hf download`)")
+    return path
+
+
+def open_readers(config: MergeConfig, config_folder: Path | None, allow_pickle: bool = False
+                 ) -> dict[str, CheckpointReader]:
+    """One lazy reader per model referenced by the config, keyed by the string used in the YAML."""
+    from cmaam.checkpoint import CheckpointReader
+
+    return {reference: CheckpointReader(resolve_model_path(reference, config_folder), allow_pickle=allow_pickle)
+            for reference in config.referenced_models()}
+
+
+def _delayed(merge, seconds: float):
+    def run(tensors):
+        time.sleep(seconds)
+        return merge(tensors) if merge is not None else tensors[0]
+    return run
+
+
+def merge_from_config(
+    config: str | Path | MergeConfig,
+    output: str | Path,
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+    allow_nonfinite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Merge the models of a mergekit config into ``output`` (atomic; one tensor per input in memory).
+
+    ``dtype`` (the CLI's --dtype) overrides the config's ``out_dtype``/``dtype`` for the written tensors.
+    The config text is saved as ``mergekit_config.yml`` beside the weights.
+    """
+    check_output_free(output, overwrite)
+    config_folder = None
+    if not isinstance(config, MergeConfig):
+        config_folder = Path(config).resolve().parent
+        config = load_merge_config(config)
+    for reference in config.referenced_models():
+        resolve_model_path(reference, config_folder)
+    from cmaam.engine import TensorJob, run_merge
+    from cmaam.planner import plan_merge
+
+    readers = open_readers(config, config_folder, allow_pickle)
+    plan = plan_merge(config, readers, seed=seed, dtype=dtype)
+    jobs = plan.jobs
+    delay = float(os.environ.get(DELAY_ENVIRONMENT, "0") or 0)
+    if delay > 0:
+        jobs = [TensorJob(j.output_name, j.inputs, _delayed(j.merge, delay), j.dtype) for j in jobs]
+
+    def save_config(folder: Path) -> None:
+        if config.text:
+            (folder / "mergekit_config.yml").write_text(config.text, encoding="utf-8")
+
+    try:
+        return run_merge(readers, jobs, output, reference=readers[plan.reference].path, config=plan.config,
+                         dtype=plan.dtype, device=device, allow_nonfinite=allow_nonfinite, overwrite=overwrite,
+                         max_shard_size=max_shard_size, progress=progress,
+                         description=f"{config.merge_method} merge", before_commit=save_config)
+    finally:
+        for reader in readers.values():
+            reader.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cmaam.mergekit", description=__doc__)
+    parser.add_argument("config", help="mergekit YAML config")
+    parser.add_argument("output", help="output model folder (written atomically)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                        help="dtype of the written tensors (default: the config's out_dtype/dtype, else as stored)")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest output shard (default: 5GB)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read .bin/.pt checkpoints (torch.load with weights_only=True)")
+    parser.add_argument("--allow-nonfinite", action="store_true", help="merge even if a tensor holds NaN/Inf")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random methods (dare_*), per tensor (default: 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.seed < 0:
+        raise CMAAMError(f"--seed must be >= 0, got {args.seed}")
+    output = merge_from_config(
+        args.config, args.output, device=args.device, dtype=args.dtype, max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite, allow_pickle=args.allow_pickle, allow_nonfinite=args.allow_nonfinite,
+        seed=args.seed, progress=not args.no_progress,
+    )
+    print(f"merged model written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

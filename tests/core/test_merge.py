@@ -1,0 +1,170 @@
+"""End-to-end merges of the tiny Qwen2-VL pair: loadable models, reference equalities, determinism, reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cmaam.alphas import AlphaConfig, parse_score_weights
+from cmaam.checkpoint import CheckpointReader
+from cmaam.engine import TensorJob, run_merge
+from cmaam.merge import merge_vlm
+from cmaam.methods import get_method
+from cmaam.sweep import sweep
+
+STRATEGIES = ["basic", "component", "layerwise", "full"]
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def linear_merge(target, source, output, alpha):
+    """A plain linear merge through the registry's ``linear`` method, for comparison."""
+    readers = {"t": CheckpointReader(target), "s": CheckpointReader(source)}
+    linear = get_method("linear")
+    jobs = [TensorJob(n, [("t", n), ("s", n)], lambda ts: linear(ts, None, weight=[1 - alpha, alpha]))
+            for n in readers["t"].keys()]
+    return run_merge(readers, jobs, output, reference=target, progress=False)
+
+
+def forward_on_image_and_text(folder):
+    """Load the merged folder with transformers and run one forward pass on an image + text prompt."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText
+
+    from cmaam.processors import load_processor
+
+    processor = load_processor(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "무엇이 보이나요?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=[Image.new("RGB", (56, 56), (120, 30, 200))], text=[text], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape[:2] == inputs["input_ids"].shape and bool(torch.isfinite(logits).all())
+    assert torch.equal(model.lm_head.weight.detach(), weights(folder)["lm_head.weight"])  # weights really loaded
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_gives_a_working_vlm(qwen_pair, tmp_path, strategy):
+    target, source = qwen_pair
+    interp = "slerp" if strategy == "full" else "linear"
+    result = merge_vlm(source, target, tmp_path / "out", AlphaConfig(strategy, base_alpha=0.5), interp=interp,
+                       progress=False)
+    forward_on_image_and_text(tmp_path / "out")
+    merged, t, s = weights(tmp_path / "out"), weights(target), weights(source)
+    name = "model.layers.0.mlp.up_proj.weight"
+    alpha = result.plan.alpha(name)
+    assert 0 < alpha < 0.5
+    if interp == "linear":
+        assert torch.allclose(merged[name], (1 - alpha) * t[name] + alpha * s[name], atol=1e-7)
+    else:
+        expected = get_method("slerp")([s[name]], t[name], t=alpha)
+        assert torch.allclose(merged[name], expected, atol=1e-7)
+    assert (tmp_path / "out" / "alphas.yaml").is_file()
+    assert (tmp_path / "out" / "processor_config.json").is_file() or (tmp_path / "out" / "preprocessor_config.json").is_file()
+
+
+def test_base_alpha_zero_returns_the_target(qwen_pair, tmp_path):
+    target, source = qwen_pair
+    merge_vlm(source, target, tmp_path / "out", AlphaConfig("layerwise", base_alpha=0.0), progress=False)
+    merged, t = weights(tmp_path / "out"), weights(target)
+    assert merged.keys() == t.keys() and all(torch.equal(merged[n], t[n]) for n in t)
+
+
+def test_basic_with_unit_alignment_and_no_variance_is_the_linear_merge(qwen_pair, tmp_path):
+    target, source = qwen_pair
+    config = AlphaConfig("basic", base_alpha=0.3, score_weights=parse_score_weights("pda=0,gfs=0,cmbc=0"),
+                         use_sensitivity=False)
+    result = merge_vlm(source, target, tmp_path / "out", config, progress=False)
+    assert set(result.plan.tensor_alphas.values()) == {0.3}
+    linear_merge(target, source, tmp_path / "linear", 0.3)
+    merged, reference = weights(tmp_path / "out"), weights(tmp_path / "linear")
+    assert all(torch.allclose(merged[n], reference[n], atol=1e-7, rtol=0) for n in reference)
+
+
+def test_same_inputs_give_byte_identical_outputs(qwen_pair, tmp_path):
+    target, source = qwen_pair
+    for run in ("a", "b"):
+        merge_vlm(source, target, tmp_path / run, AlphaConfig("full", preserve_mean=True), analyze=True,
+                  progress=False, print_summary=False)
+    for name in ("model.safetensors", "analysis/report.json", "alphas.yaml", "analysis/report.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_analyze_writes_reports_with_every_tensor(qwen_pair, tmp_path, capsys):
+    from PIL import Image
+
+    target, source = qwen_pair
+    merge_vlm(source, target, tmp_path / "out", AlphaConfig("layerwise", base_alpha=0.5), analyze=True,
+              progress=False)
+    analysis = tmp_path / "out" / "analysis"
+    report = json.loads((analysis / "report.json").read_text())
+    names = CheckpointReader(target).keys()
+    assert set(report["tensors"]) == set(names)
+    bridge = report["tensors"]["visual.merger.mlp.2.weight"]
+    assert bridge["component"] == "cross_modal_bridge" and 0 < bridge["cmbc"] <= 1
+    assert report["summary"]["cmbc_capture_term"] is True
+    assert report["tensors"]["model.layers.0.mlp.up_proj.weight"]["cmbc"] is None
+    assert "vision.0" in report["groups"] and "language.0" in report["groups"]
+    for name, tensor in report["tensors"].items():
+        assert tensor["alpha"] == report["groups"][tensor["group"]]["alpha"]
+        assert 0 <= tensor["pda"] <= 1 and 0 <= tensor["gfs"] <= 1 and tensor["sensitivity"] >= 0
+    for name in ("heatmap_alpha.png", "heatmap_scores.png"):
+        with Image.open(analysis / name) as image:
+            assert image.size[0] > 100 and image.size[1] > 100
+    assert "## Groups (layerwise)" in (analysis / "report.md").read_text()
+    printed = capsys.readouterr().out
+    assert "cross_modal_bridge" in printed and "mean alpha" in printed
+
+
+def test_alphas_only_writes_the_analysis_without_weights(qwen_pair, tmp_path):
+    target, source = qwen_pair
+    result = merge_vlm(source, target, tmp_path / "alphas", AlphaConfig("component"), alphas_only=True,
+                       progress=False)
+    files = {p.name for p in (tmp_path / "alphas").iterdir()}
+    assert {"report.json", "report.md", "alphas.yaml", "heatmap_alpha.png"} <= files
+    assert not any(name.endswith(".safetensors") for name in files)
+    import yaml
+
+    document = yaml.safe_load((tmp_path / "alphas" / "alphas.yaml").read_text())
+    assert document["groups"]["cross_modal_bridge"] == pytest.approx(result.plan.groups["cross_modal_bridge"].alpha)
+
+
+def test_keys_in_one_model_only_are_kept_and_reported(qwen_pair, variants, tmp_path, capsys):
+    target, _ = qwen_pair
+    merge_vlm(variants["unmatched_source"], target, tmp_path / "out", AlphaConfig("component"), analyze=True,
+              progress=False)
+    report = json.loads((tmp_path / "out" / "analysis" / "report.json").read_text())
+    missing = "model.layers.1.post_attention_layernorm.weight"
+    assert report["only_in_target"] == [missing] and report["only_in_source"] == ["model.extra_adapter.weight"]
+    merged, t = weights(tmp_path / "out"), weights(target)
+    assert torch.equal(merged[missing], t[missing]) and "model.extra_adapter.weight" not in merged
+    stderr = capsys.readouterr().err
+    assert "1 tensor(s) only in the target" in stderr and "1 tensor(s) only in the source were skipped" in stderr
+
+
+def test_sweep_outputs_equal_separate_linear_merges(qwen_pair, tmp_path):
+    target, source = qwen_pair
+    outputs = sweep(source, target, tmp_path / "sweep", "0.3,0.7", progress=False)
+    assert [p.name for p in outputs] == ["alpha_0.3", "alpha_0.7"]
+    for alpha, output in zip((0.3, 0.7), outputs):
+        reference = weights(linear_merge(target, source, tmp_path / f"linear_{alpha}", alpha))
+        merged = weights(output)
+        assert merged.keys() == reference.keys()
+        assert all(torch.allclose(merged[n], reference[n], atol=1e-7, rtol=0) for n in reference)
+        assert (output / "config.json").is_file() and (output / "tokenizer.json").is_file()
+
+
+def test_sweep_reads_each_tensor_once(qwen_pair, tmp_path, monkeypatch):
+    target, source = qwen_pair
+    calls = []
+    original = CheckpointReader.get
+    monkeypatch.setattr(CheckpointReader, "get", lambda self, name, *a, **k: calls.append((self.path, name))
+                        or original(self, name, *a, **k))
+    sweep(source, target, tmp_path / "sweep", [0.2, 0.4, 0.6], progress=False)
+    assert len(calls) == len(set(calls)) == 2 * len(CheckpointReader(target).keys())
