@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from cmaam.atomic import atomic_write_bytes, atomic_write_text
 from cmaam.errors import CMAAMError
+from cmaam.files import read_json, read_yaml
 
 ROLES = ("base", "finetuned", "cmaam", "baseline", "other")
 
@@ -46,12 +45,7 @@ class Comparison:
 
 
 def _read_yaml(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        raise CMAAMError(f"{path}: invalid YAML") from None
+    data = read_yaml(path) if path.exists() else {}
     return data if isinstance(data, dict) else {}
 
 
@@ -64,13 +58,7 @@ def read_local_run(folder: str | Path) -> RunRecord:
     folder = Path(folder)
     if not folder.is_dir():
         raise CMAAMError(f"{folder}: no such result folder")
-    metrics_path = folder / "metrics.json"
-    if not metrics_path.is_file():
-        raise CMAAMError(f"{folder}: no metrics.json (not a finished run)")
-    try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CMAAMError(f"{metrics_path}: invalid JSON ({error.msg})") from None
+    metrics = read_json(folder / "metrics.json", "no metrics.json (not a finished run)")
     config = _read_yaml(folder / "config.yaml")
     role = str(config.get("role", "other"))
     return RunRecord(str(config.get("model_name", folder.name)), _numeric(metrics),

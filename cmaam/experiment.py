@@ -80,6 +80,7 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 16
     device: str = "auto"
+    threads: int | None = None  # torch CPU threads (1 is fastest for tiny models on a small shared CPU)
 
 
 @dataclass
@@ -138,13 +139,10 @@ def load_experiment_config(preset: str | None = None, path: str | Path | None = 
         if preset not in PRESETS:
             raise CMAAMError(f"unknown preset {preset!r} (choose {', '.join(PRESETS)})")
         path = REPOSITORY / "configs" / "experiments" / f"{preset}.yaml"
+    from cmaam.files import read_yaml
+
     path = Path(path)
-    if not path.is_file():
-        raise CMAAMError(f"{path}: no such experiment config")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise CMAAMError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+    values = read_yaml(path, "no such experiment config") or {}
     for assignment in overrides:
         _set(values, assignment)
     config = _build(ExperimentConfig, values, path.name)
@@ -181,8 +179,12 @@ class Pipeline:
         return Path(self.config.data.english) if self.config.data.english else self.root / "data" / "synthetic_en"
 
     @property
-    def base_model(self) -> Path | str:
-        return self.config.base_model.path or self.root / "models" / "base" / "merged"
+    def base_model(self) -> Path:
+        if self.config.base_model.path:
+            from cmaam.checkpoint.locate import local_model_path
+
+            return local_model_path(self.config.base_model.path, "base model")
+        return self.root / "models" / "base" / "merged"
 
     @property
     def finetuned_model(self) -> Path:
@@ -257,7 +259,7 @@ class Pipeline:
         return ["-m", "finetune.lora_vqa", "--model", model, "--data", data, "--output", output,
                 "--seed", str(self.config.seed), "--results-root", self.root / "results" / "training",
                 "--run-name", run, "--wandb-mode", self.config.wandb_mode, "--wandb-project",
-                self.config.wandb_project, "--no-progress", *(["--resume"] if done_before else []), *extra]
+                self.config.wandb_project, "--no-progress", "--eval-limit", "0", *(["--resume"] if done_before else []), *extra]
 
     def base(self) -> None:
         """Demo only: build a tiny random VLM and train it fully on the English synthetic set."""
@@ -291,13 +293,12 @@ class Pipeline:
 
     def baselines(self) -> None:
         """Linear merges at the configured alphas (one sweep, inputs read once)."""
-        alphas = self.config.merge.baseline_alphas
         folder = self.root / "models" / "linear"
-        done = all((folder / f"alpha_{a:g}").exists() for a in alphas)
-        self._item("baselines", "linear " + "/".join(f"{a:g}" for a in alphas), done,
+        missing = [a for a in self.config.merge.baseline_alphas if not (folder / f"alpha_{a:g}").exists()]
+        label = "linear " + "/".join(f"{a:g}" for a in self.config.merge.baseline_alphas)
+        self._item("baselines", label, not missing,
                    ["-m", "cmaam.sweep", "--source", self.finetuned_model, "--target", self.base_model,
-                    "--alphas", ",".join(f"{a:g}" for a in alphas), "--output-dir", folder, "--skip-existing",
-                    "--no-progress"])
+                    "--alphas", ",".join(f"{a:g}" for a in missing), "--output-dir", folder, "--no-progress"])
 
     def evaluate(self) -> None:
         """Every model on the Korean test split and the English retention set."""
@@ -312,6 +313,8 @@ class Pipeline:
                          "--group", self.config.name]
             if evaluation.limit:
                 arguments += ["--limit", str(evaluation.limit)]
+            if evaluation.threads:
+                arguments += ["--threads", str(evaluation.threads)]
             self._item("evaluate", name, done, arguments)
 
     def compare(self) -> None:
@@ -340,8 +343,13 @@ class Pipeline:
 def evaluate_model(model: str | Path, name: str, role: str, korean: str | Path, english: str | Path,
                    results_root: str | Path, limit: int | None = None, batch_size: int = 16,
                    max_new_tokens: int = 16, device: str = "auto", wandb_mode: str = "offline",
-                   wandb_project: str = "cmaam", group: str | None = None) -> dict[str, float]:
+                   wandb_project: str = "cmaam", group: str | None = None,
+                   threads: int | None = None) -> dict[str, float]:
     """Evaluate one model on both sets into results_root/<name>/ (metrics prefixed 'ko/' and 'en/')."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from cmaam.tracking import start_run
     from eval.generation import load_generator
     from eval.vqa import evaluate_vqa, load_vqa_jsonl
@@ -380,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--wandb-mode", default="offline")
         parser.add_argument("--wandb-project", default="cmaam")
         parser.add_argument("--group")
+        parser.add_argument("--threads", type=int)
         args = vars(parser.parse_args(argv[1:]))
         metrics = evaluate_model(**args)
         print(json.dumps({k: v for k, v in metrics.items() if k.count("/") == 1}, indent=2))
@@ -392,6 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", help=f"comma-separated subset of: {', '.join(Pipeline.STEPS)}")
     args = parser.parse_args(argv)
     config = load_experiment_config(args.preset, args.config, args.set)
+    if args.preset != "demo" and not (config.data.korean_source and config.data.english):
+        raise CMAAMError(f"preset {args.preset} needs data.korean_source (Korean VQA corpus) and data.english "
+                         "(English VQA folder); e.g. --set data.korean_source=/data/korean_vqa_raw "
+                         "--set data.english=/data/en_vqa")
     Pipeline(config).run(args.steps.split(",") if args.steps else None)
     print((Path(config.output_dir) / "comparison" / "comparison.md").read_text(encoding="utf-8"))
     return 0

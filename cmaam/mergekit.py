@@ -30,8 +30,9 @@ def resolve_model_path(reference: str, config_folder: Path | None) -> Path:
     if not path.exists() and not path.is_absolute() and config_folder is not None and (config_folder / path).exists():
         return config_folder / path
     if not path.exists():
-        raise CMAAMError(f"{reference}: no such model folder (cmaam reads local folders; download hub models "
-                         "first, e.g. with `hf download`)")
+        from cmaam.checkpoint.locate import local_model_path
+
+        return local_model_path(reference, "model")
     return path
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import re
 import time
 from pathlib import Path
@@ -14,20 +13,15 @@ from typing import Sequence
 
 from cmaam.atomic import atomic_write_bytes
 from cmaam.cli import run_cli
-from cmaam.errors import CMAAMError
 
 _LAYER_UNIT = re.compile(r"^(?:.*\.)?layers\.(\d+(?:-\d+)?)(?:\.(.+))?$")  # "model.layers.3.mlp..", "layers.0-3"
 
 
 def read_state(run_dir: str | Path) -> dict:
     """The run's state.json (a clear error when the folder holds no search yet)."""
-    path = Path(run_dir) / "state.json"
-    if not path.is_file():
-        raise CMAAMError(f"{run_dir}: no state.json (not a python -m cmaam.evolve run folder)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CMAAMError(f"{path}: unreadable ({error.msg})") from None
+    from cmaam.files import read_json
+
+    return read_json(Path(run_dir) / "state.json", "no state.json (not a python -m cmaam.evolve run folder)")
 
 
 def plot_convergence(history: Sequence[dict]):

@@ -33,13 +33,11 @@ POSITIONED_READS = hasattr(os, "preadv") and sys.byteorder == "little"
 
 def load_config(path: str | Path) -> dict:
     """Read config.json of a model folder (a clear error when missing or malformed)."""
-    config_path = Path(path) / "config.json"
-    if not config_path.is_file():
+    from cmaam.files import read_json
+
+    if not (Path(path) / "config.json").is_file():
         raise CMAAMError(f"{path}: no config.json (not a Hugging Face model folder)")
-    try:
-        return json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CMAAMError(f"{config_path}: invalid JSON ({error.msg} at line {error.lineno})") from None
+    return read_json(Path(path) / "config.json")
 
 
 class CheckpointReader:

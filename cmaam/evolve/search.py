@@ -138,7 +138,6 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig
 
 def load_config(path: str | Path) -> EvolveConfig:
     """Read an evolve YAML: a file path, or a preset name from configs/evolve (e.g. ``tiny``)."""
-    import yaml
 
     path = Path(path)
     if not path.exists() and not path.suffix and (PRESET_FOLDER / f"{path}.yaml").is_file():
@@ -146,11 +145,9 @@ def load_config(path: str | Path) -> EvolveConfig:
     if not path.is_file():
         presets = sorted(p.stem for p in PRESET_FOLDER.glob("*.yaml")) if PRESET_FOLDER.is_dir() else []
         raise CMAAMError(f"{path}: config not found" + (f" (presets: {', '.join(presets)})" if presets else ""))
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise CMAAMError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
-    return parse_config(data, str(path))
+    from cmaam.files import read_yaml
+
+    return parse_config(read_yaml(path), str(path))
 
 
 def config_dict(config: EvolveConfig) -> dict[str, Any]:
@@ -168,20 +165,9 @@ def resolve_model(entry: ModelEntry, run_dir: Path, built: Mapping[str, Path]) -
         if not (path / "config.json").is_file():
             _build_tiny(entry, path, built)
         return path
-    path = Path(entry.path).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    if path.exists():
-        raise CMAAMError(f"model {entry.name}: {entry.path} is not a folder")
-    if entry.path.count("/") == 1 and not entry.path.startswith((".", "/")):
-        try:
-            from huggingface_hub import snapshot_download
+    from cmaam.checkpoint.locate import local_model_path
 
-            return Path(snapshot_download(entry.path, local_files_only=True))
-        except Exception:
-            raise CMAAMError(f"model {entry.name}: {entry.path} is not a local folder and not in the Hugging Face "
-                             f"cache (download it first: huggingface-cli download {entry.path})") from None
-    raise CMAAMError(f"model {entry.name}: {entry.path}: no such model folder")
+    return local_model_path(entry.path, f"model {entry.name}:").resolve()
 
 
 def _build_tiny(entry: ModelEntry, path: Path, built: Mapping[str, Path]) -> None:

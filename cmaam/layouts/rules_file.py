@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 
 from cmaam.errors import CMAAMError
 from cmaam.layouts.builtin import builtin_layout, canonical_model_type
@@ -37,13 +36,10 @@ def _rule(entry: object, index: int, path: Path) -> Rule:
 
 def load_rules_file(path: str | Path) -> Layout:
     """Read a YAML rule table; with ``extends: <model type>`` the built-in rules follow the user's."""
+    from cmaam.files import read_yaml
+
     path = Path(path)
-    if not path.is_file():
-        raise CMAAMError(f"{path}: no such rules file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise CMAAMError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+    data = read_yaml(path, "no such rules file")
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list) or not data["rules"]:
         raise CMAAMError(f"{path}: expected a mapping with a non-empty 'rules' list")
     unknown = sorted(set(data) - TOP_KEYS)
