@@ -156,8 +156,8 @@ def save_heatmaps(report: dict, metrics: tuple[str, ...], path: Path) -> bool:
         return False
     width = max(5.0, 0.35 * max(len(panel[2]) for panel in panels) + 3.5)
     heights = [max(1.0, 0.45 * len(panel[1])) + 0.9 for panel in panels]
-    figure, axes_list = plt.subplots(len(panels), 1, figsize=(width, sum(heights)), squeeze=False,
-                                     gridspec_kw={"height_ratios": heights})
+    figure, axes_list = plt.subplots(len(panels), 1, figsize=(width, sum(heights) + 0.4), squeeze=False,
+                                     gridspec_kw={"height_ratios": heights}, layout="constrained")
     for axes, (metric, rows, columns, grid) in zip(axes_list[:, 0], panels):
         values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
         upper = 1.0 if metric != "sensitivity" else max(float(np.nanmax(values)), 1e-12)
@@ -165,9 +165,16 @@ def save_heatmaps(report: dict, metrics: tuple[str, ...], path: Path) -> bool:
         axes.set_xticks(range(len(columns)), columns, fontsize=7)
         axes.set_yticks(range(len(rows)), rows, fontsize=8)
         axes.set_title(f"{metric} by component x layer (- = not in a layer)", fontsize=9)
+        axes.set_xlabel("layer", fontsize=8)
+        if len(columns) <= 40:  # write the value in each cell while it stays legible
+            for row_index, row in enumerate(grid):
+                for column_index, value in enumerate(row):
+                    if value is not None:
+                        shade = "black" if value > 0.6 * upper else "white"
+                        axes.text(column_index, row_index, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                                  color=shade)
         figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
-    figure.subplots_adjust(left=0.3, right=0.95, top=0.95, bottom=0.05, hspace=0.6)
-    figure.savefig(path, dpi=90, metadata={"Software": None})
+    figure.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(figure)
     return True
 
