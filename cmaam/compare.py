@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from cmaam.atomic import atomic_write_bytes, atomic_write_text
+from cmaam.atomic import atomic_write_bytes, atomic_write_text, check_no_overlap, output_lock
 from cmaam.errors import CMAAMError
 from cmaam.files import read_json, read_yaml
 
@@ -270,7 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = Path(args.output) if args.output else (Path(args.runs[0]) if args.runs else Path("comparison"))
     if args.runs and (output / "metrics.json").exists():
         output = output.parent / "comparison"
-    paths = write_comparison(comparison, output)
+    files = [output / name for name in ("comparison.md", "comparison.csv", "comparison.png")]
+    check_no_overlap(files, [record.source for record in comparison.records if record.source and Path(record.source).exists()])
+    with output_lock(output):
+        paths = write_comparison(comparison, output)
     print(to_markdown(comparison))
     print(f"wrote {paths['markdown']}, {paths['csv']}, {paths['plot']}")
     return 0

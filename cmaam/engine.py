@@ -82,7 +82,7 @@ def run_merge(
     """Run ``jobs`` tensor by tensor into a new model folder at ``output`` (written atomically).
 
     All checks that can fail on the inputs (missing tensors, shapes) run before anything is
-    written. ``before_commit`` may add files to the temporary folder before it is renamed.
+    written; the output may not overlap any reader's folder or weight file. ``before_commit`` may add files to the temporary folder before it is renamed.
     """
     specs = plan_specs(readers, jobs, dtype)
     device = resolve_device(device)
@@ -103,8 +103,9 @@ def run_merge(
     # Three-stage pipeline: the next job's inputs load and the previous result is written while
     # this one is merged (reads, writes and torch kernels release the GIL). At most two jobs'
     # inputs and one result are alive at a time.
+    inputs = [path for reader in readers.values() for path in (reader.path, *reader.files)]
     with CheckpointWriter(output, specs, reference=reference, config=config, max_shard_size=max_shard_size,
-                          overwrite=overwrite) as writer, \
+                          overwrite=overwrite, inputs=inputs) as writer, \
             ThreadPoolExecutor(1, thread_name_prefix="cmaam-load") as loader, \
             ThreadPoolExecutor(1, thread_name_prefix="cmaam-write") as saver:
         loading = loader.submit(load, jobs[0]) if jobs else None

@@ -324,19 +324,30 @@ class Pipeline:
 
     STEPS = ("prepare", "base", "finetune", "merge", "baselines", "evaluate", "compare")
 
-    def run(self, steps: Sequence[str] | None = None) -> Path:
-        """Run the steps in order (all by default); returns the comparison folder."""
-        started = time.time()
-        self.root.mkdir(parents=True, exist_ok=True)
-        from cmaam.atomic import atomic_write_yaml
+    def inputs(self) -> list[str | Path]:
+        """What the experiment reads from outside its folder: the Korean corpus, the English set, the base model."""
+        data, base = self.config.data, self.config.base_model.path
+        return [data.korean_source, data.english, self.base_model if base else None]
 
-        atomic_write_yaml(self.root / "experiment.yaml", dataclasses.asdict(self.config))
-        for step in steps or self.STEPS:
-            if step not in self.STEPS:
-                raise CMAAMError(f"unknown step {step!r} (steps: {', '.join(self.STEPS)})")
-            getattr(self, step)()
-        self._say(f"experiment {self.config.name} finished in {time.time() - started:.0f}s; "
-                  f"table: {self.root / 'comparison' / 'comparison.md'}")
+    def run(self, steps: Sequence[str] | None = None) -> Path:
+        """Run the steps in order (all by default); returns the comparison folder.
+
+        The experiment folder is locked for the whole run and may not overlap its inputs.
+        """
+        from cmaam.atomic import atomic_write_yaml, claim_output
+
+        started = time.time()
+        unknown = [step for step in steps or () if step not in self.STEPS]
+        if unknown:
+            raise CMAAMError(f"unknown step {unknown[0]!r} (steps: {', '.join(self.STEPS)})")
+        with claim_output(self.root, inputs=self.inputs(), overwrite=None):
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_yaml(self.root / "experiment.yaml", dataclasses.asdict(self.config))
+            for step in steps or self.STEPS:
+                getattr(self, step)()
+        table = self.root / "comparison" / "comparison.md"
+        self._say(f"experiment {self.config.name} finished in {time.time() - started:.0f}s"
+                  + (f"; table: {table}" if table.exists() else ""))
         return self.root / "comparison"
 
 
@@ -362,7 +373,7 @@ def evaluate_model(model: str | Path, name: str, role: str, korean: str | Path, 
     metrics: dict[str, float] = {}
     # metrics.json is written last (atomically): its presence marks a finished evaluation.
     with start_run(name, config, root=results_root, wandb_mode=wandb_mode, project=wandb_project,
-                   group=group) as run:
+                   group=group, inputs=[model, korean, english]) as run:
         for prefix, items in sets.items():
             result = evaluate_vqa(generator, items, max_new_tokens=max_new_tokens)
             metrics.update({f"{prefix}/{key}": value for key, value in result.metrics.items()})
@@ -405,8 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CMAAMError(f"preset {args.preset} needs data.korean_source (Korean VQA corpus) and data.english "
                          "(English VQA folder); e.g. --set data.korean_source=/data/korean_vqa_raw "
                          "--set data.english=/data/en_vqa")
-    Pipeline(config).run(args.steps.split(",") if args.steps else None)
-    print((Path(config.output_dir) / "comparison" / "comparison.md").read_text(encoding="utf-8"))
+    steps = args.steps.split(",") if args.steps else None
+    table = Pipeline(config).run(steps) / "comparison.md"
+    if (steps is None or "compare" in steps) and table.is_file():
+        print(table.read_text(encoding="utf-8"))
     return 0
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from cmaam.alphas import STRATEGIES, AlphaConfig, AlphaPlan, compute_alphas, parse_score_weights
-from cmaam.atomic import atomic_directory, check_output_free
+from cmaam.atomic import atomic_directory, claim_output
 from cmaam.checkpoint import CheckpointReader, parse_dtype
 from cmaam.cli import run_cli
 from cmaam.engine import TensorJob, run_merge
@@ -89,30 +89,31 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
     alphas.validate()
     check_interp(interp)
     dtype = parse_dtype(dtype)
-    check_output_free(output, overwrite)
-    source_reader = CheckpointReader(source, allow_pickle=allow_pickle)
-    target_reader = CheckpointReader(target, allow_pickle=allow_pickle)
-    analysis = analyze_pair(source_reader, target_reader, model_type=model_type, rules_file=rules_file,
-                            device=device, allow_nonfinite=allow_nonfinite, progress=progress)
-    plan = compute_alphas(analysis, alphas)
-    report = build_report(analysis, plan, {"source": str(source), "target": str(target), "interp": interp})
-    report_unmatched(analysis.only_in_target, analysis.only_in_source, analysis.not_floating, ALPHAS_FILE + (" and report.json" if analyze or alphas_only else ""))
+    inputs = [source, target, rules_file]
+    with claim_output(output, inputs=inputs, overwrite=overwrite):  # before any work: refused or locked
+        source_reader = CheckpointReader(source, allow_pickle=allow_pickle)
+        target_reader = CheckpointReader(target, allow_pickle=allow_pickle)
+        analysis = analyze_pair(source_reader, target_reader, model_type=model_type, rules_file=rules_file,
+                                device=device, allow_nonfinite=allow_nonfinite, progress=progress)
+        plan = compute_alphas(analysis, alphas)
+        report = build_report(analysis, plan, {"source": str(source), "target": str(target), "interp": interp})
+        report_unmatched(analysis.only_in_target, analysis.only_in_source, analysis.not_floating, ALPHAS_FILE + (" and report.json" if analyze or alphas_only else ""))
 
-    def write_extras(folder: Path) -> None:
-        write_alphas(folder / ALPHAS_FILE, report)
+        def write_extras(folder: Path) -> None:
+            write_alphas(folder / ALPHAS_FILE, report)
+            if alphas_only:
+                write_analysis(folder, report)
+            elif analyze:
+                write_analysis(folder / ANALYSIS_FOLDER, report)
+
         if alphas_only:
-            write_analysis(folder, report)
-        elif analyze:
-            write_analysis(folder / ANALYSIS_FOLDER, report)
-
-    if alphas_only:
-        with atomic_directory(output, overwrite) as folder:
-            write_extras(folder)
-    else:
-        run_merge({"target": target_reader, "source": source_reader},
-                  pair_jobs(target_reader, plan.tensor_alphas, interp), output, reference=target, dtype=dtype,
-                  device=device, allow_nonfinite=allow_nonfinite, overwrite=overwrite,
-                  max_shard_size=max_shard_size, progress=progress, before_commit=write_extras)
+            with atomic_directory(output, overwrite, inputs=inputs) as folder:
+                write_extras(folder)
+        else:
+            run_merge({"target": target_reader, "source": source_reader},
+                      pair_jobs(target_reader, plan.tensor_alphas, interp), output, reference=target, dtype=dtype,
+                      device=device, allow_nonfinite=allow_nonfinite, overwrite=overwrite,
+                      max_shard_size=max_shard_size, progress=progress, before_commit=write_extras)
     if print_summary:
         print(summary_table(report))
         print(f"strategy {alphas.strategy}: {len(plan.groups)} group(s), mean alpha {plan.mean_alpha:.4f} "

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from cmaam.atomic import check_output_free
+from cmaam.atomic import claim_output
 from cmaam.cli import run_cli
 from cmaam.errors import CMAAMError
 from cmaam.mergekit_config import MergeConfig, load_merge_config
@@ -70,28 +70,39 @@ def merge_from_config(
     ``dtype`` (the CLI's --dtype) overrides the config's ``out_dtype``/``dtype`` for the written tensors.
     The config text is saved as ``mergekit_config.yml`` beside the weights.
     """
-    check_output_free(output, overwrite)
     config_folder = None
+    config_file = None
     if not isinstance(config, MergeConfig):
-        config_folder = Path(config).resolve().parent
+        config_file = Path(config)
+        config_folder = config_file.resolve().parent
         config = load_merge_config(config)
-    for reference in config.referenced_models():
-        resolve_model_path(reference, config_folder)
+    inputs = [resolve_model_path(reference, config_folder) for reference in config.referenced_models()]
+    if config_file is not None:
+        inputs.append(config_file)
+    with claim_output(output, inputs=inputs, overwrite=overwrite):  # before any work: refused or locked
+        return _merge(config, config_folder, output, device=device, dtype=dtype, max_shard_size=max_shard_size,
+                      overwrite=overwrite, allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite, seed=seed,
+                      progress=progress)
+
+
+def _merge(config: MergeConfig, config_folder: Path | None, output: str | Path, *, device: str, dtype: str | None,
+           max_shard_size: str | int, overwrite: bool, allow_pickle: bool, allow_nonfinite: bool, seed: int,
+           progress: bool) -> Path:
     from cmaam.engine import TensorJob, run_merge
     from cmaam.planner import plan_merge
 
     readers = open_readers(config, config_folder, allow_pickle)
-    plan = plan_merge(config, readers, seed=seed, dtype=dtype)
-    jobs = plan.jobs
-    delay = float(os.environ.get(DELAY_ENVIRONMENT, "0") or 0)
-    if delay > 0:
-        jobs = [TensorJob(j.output_name, j.inputs, _delayed(j.merge, delay), j.dtype) for j in jobs]
-
-    def save_config(folder: Path) -> None:
-        if config.text:
-            (folder / "mergekit_config.yml").write_text(config.text, encoding="utf-8")
-
     try:
+        plan = plan_merge(config, readers, seed=seed, dtype=dtype)
+        jobs = plan.jobs
+        delay = float(os.environ.get(DELAY_ENVIRONMENT, "0") or 0)
+        if delay > 0:
+            jobs = [TensorJob(j.output_name, j.inputs, _delayed(j.merge, delay), j.dtype) for j in jobs]
+
+        def save_config(folder: Path) -> None:
+            if config.text:
+                (folder / "mergekit_config.yml").write_text(config.text, encoding="utf-8")
+
         return run_merge(readers, jobs, output, reference=readers[plan.reference].path, config=plan.config,
                          dtype=plan.dtype, device=device, allow_nonfinite=allow_nonfinite, overwrite=overwrite,
                          max_shard_size=max_shard_size, progress=progress,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cmaam.errors import CMAAMError
+from cmaam.errors import CMAAMError, first_line, load_errors
 
 
 def _image_only_qwen2vl_class():
@@ -50,8 +50,8 @@ def load_processor(path: str | Path, trust_remote_code: bool = False):
         return None
     try:
         return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (ImportError, OSError, ValueError) as error:
-        first_error = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except Exception as error:  # noqa: BLE001 - any loader failure: try the image-only route, else one line
+        first_error = first_line(error)
     from cmaam.checkpoint import load_config
 
     model_type = load_config(path).get("model_type", "")
@@ -59,11 +59,9 @@ def load_processor(path: str | Path, trust_remote_code: bool = False):
         raise CMAAMError(f"{path}: cannot load the processor ({first_error})")
     from transformers import AutoImageProcessor
 
-    try:
+    with load_errors(path, "processor"):
         image_processor = AutoImageProcessor.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise CMAAMError(f"{path}: cannot load the processor ({str(error).splitlines()[0]})") from None
     template_file = path / "chat_template.jinja"
     template = template_file.read_text(encoding="utf-8") if template_file.exists() else tokenizer.chat_template
     return build_qwen2vl_processor(image_processor, tokenizer, template)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from cmaam.atomic import atomic_write_json, check_output_free, replace_directory
+from cmaam.atomic import atomic_write_json, check_output_free, claim_output, replace_directory
 from cmaam.checkpoint import CheckpointReader, parse_dtype
 from cmaam.cli import run_cli
 from cmaam.engine import TensorJob, run_merge
@@ -103,8 +104,8 @@ def uniform_soup(models: Sequence[str | Path], output: str | Path, options: Soup
                  overwrite: bool = False) -> Path:
     """Equal-weight average of ``models`` written to ``output`` (config and tokenizer from the first)."""
     options = options or SoupOptions()
-    check_output_free(output, overwrite)
-    with open_ingredients(models, options.allow_pickle) as readers:
+    with claim_output(output, inputs=models, overwrite=overwrite), \
+            open_ingredients(models, options.allow_pickle) as readers:
         return _write_soup(readers, list(readers), output, options, overwrite)
 
 
@@ -129,15 +130,15 @@ def greedy_soup(models: Sequence[str | Path], score_fn: Callable[[Path], float],
     """
     options = options or SoupOptions()
     output = Path(output)
-    check_output_free(output, overwrite)
-    with open_ingredients(models, options.allow_pickle) as readers:
+    # the output is checked and locked before any work
+    with claim_output(output, inputs=models, overwrite=overwrite) as real, \
+            open_ingredients(models, options.allow_pickle) as readers:
         paths = {model: str(models[int(model)]) for model in readers}
         own = {model: _score(score_fn, Path(paths[model])) for model in readers}
         ranked = sorted(readers, key=lambda model: -own[model])  # stable: ties keep input order
         soup, best, best_folder = [ranked[0]], own[ranked[0]], None
         decisions = [SoupDecision(paths[ranked[0]], own[ranked[0]], best, True, 1)]
-        output.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{output.name}.greedy-", dir=output.parent))
+        work = Path(tempfile.mkdtemp(prefix=f".{real.name}.greedy-{os.getpid()}-", dir=real.parent))
         try:
             for step, model in enumerate(tqdm(ranked[1:], desc="greedy soup", disable=not options.progress), 1):
                 candidate = _write_soup(readers, soup + [model], work / f"candidate-{step}", options)
@@ -159,7 +160,7 @@ def greedy_soup(models: Sequence[str | Path], score_fn: Callable[[Path], float],
             else:
                 check_output_free(output, overwrite)
                 atomic_write_json(best_folder / DECISIONS_FILE, result.to_dict())
-                replace_directory(best_folder, output)
+                replace_directory(best_folder, real)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return result

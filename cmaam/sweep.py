@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from cmaam.atomic import atomic_write_yaml, check_output_free
+from cmaam.atomic import atomic_write_yaml, claim_outputs
 from cmaam.checkpoint import CheckpointReader, CheckpointWriter, parse_dtype
 from cmaam.cli import run_cli
 from cmaam.engine import check_finite, plan_specs, resolve_device
@@ -57,39 +57,41 @@ def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas
     dtype = parse_dtype(dtype)
     device = resolve_device(device)
     outputs = [sweep_output(output_dir, value) for value in values]
-    for output in outputs:
-        check_output_free(output, overwrite)
-    source_reader = CheckpointReader(source, allow_pickle=allow_pickle)
-    target_reader = CheckpointReader(target, allow_pickle=allow_pickle)
-    readers = {"target": target_reader, "source": source_reader}
-    common = check_pair(source_reader, target_reader)
-    floating = [name for name in common if target_reader.dtype(name).is_floating_point]
-    report_unmatched([n for n in target_reader.keys() if n not in source_reader],
-                     [n for n in source_reader.keys() if n not in target_reader],
-                     [n for n in common if n not in set(floating)], ALPHAS_FILE)
-    jobs = pair_jobs(target_reader, dict.fromkeys(floating, 0.0), interp)
-    specs = plan_specs(readers, jobs, dtype)
-    with contextlib.ExitStack() as stack:
-        writers = [stack.enter_context(CheckpointWriter(output, specs, reference=target, max_shard_size=max_shard_size,
-                                                        overwrite=overwrite)) for output in outputs]
-        for job in tqdm(jobs, desc=f"sweeping {len(values)} alphas", unit="tensor", disable=not progress, leave=False):
-            tensors = [readers[model].get(name, device=device) for model, name in job.inputs]
-            if not allow_nonfinite:
-                for (model, name), tensor in zip(job.inputs, tensors):
-                    check_finite(tensor, f"{readers[model].path}: {name}")
-            if len(tensors) == 1 or not tensors[0].is_floating_point():
-                for writer in writers:
-                    writer.add(job.output_name, tensors[0])
-                continue
-            tensors = [tensor.float() for tensor in tensors]
-            for writer, value in zip(writers, values):
-                merged = interpolate(tensors, value, interp)
+    # Every output is checked and locked before any work; a failure removes the folders this run created.
+    with claim_outputs(outputs, inputs=[source, target], overwrite=overwrite):
+        source_reader = CheckpointReader(source, allow_pickle=allow_pickle)
+        target_reader = CheckpointReader(target, allow_pickle=allow_pickle)
+        readers = {"target": target_reader, "source": source_reader}
+        common = check_pair(source_reader, target_reader)
+        floating = [name for name in common if target_reader.dtype(name).is_floating_point]
+        report_unmatched([n for n in target_reader.keys() if n not in source_reader],
+                         [n for n in source_reader.keys() if n not in target_reader],
+                         [n for n in common if n not in set(floating)], ALPHAS_FILE)
+        jobs = pair_jobs(target_reader, dict.fromkeys(floating, 0.0), interp)
+        specs = plan_specs(readers, jobs, dtype)
+        with contextlib.ExitStack() as stack:
+            writers = [stack.enter_context(CheckpointWriter(output, specs, reference=target,
+                                                            max_shard_size=max_shard_size, overwrite=overwrite,
+                                                            inputs=[source, target])) for output in outputs]
+            for job in tqdm(jobs, desc=f"sweeping {len(values)} alphas", unit="tensor", disable=not progress,
+                            leave=False):
+                tensors = [readers[model].get(name, device=device) for model, name in job.inputs]
                 if not allow_nonfinite:
-                    check_finite(merged, f"merged {job.output_name} (alpha {value:g})")
-                writer.add(job.output_name, merged)
-        for writer, value in zip(writers, values):
-            atomic_write_yaml(writer.folder / ALPHAS_FILE, {"settings": {
-                "source": str(source), "target": str(target), "interp": interp, "alpha": value}})
+                    for (model, name), tensor in zip(job.inputs, tensors):
+                        check_finite(tensor, f"{readers[model].path}: {name}")
+                if len(tensors) == 1 or not tensors[0].is_floating_point():
+                    for writer in writers:
+                        writer.add(job.output_name, tensors[0])
+                    continue
+                tensors = [tensor.float() for tensor in tensors]
+                for writer, value in zip(writers, values):
+                    merged = interpolate(tensors, value, interp)
+                    if not allow_nonfinite:
+                        check_finite(merged, f"merged {job.output_name} (alpha {value:g})")
+                    writer.add(job.output_name, merged)
+            for writer, value in zip(writers, values):
+                atomic_write_yaml(writer.folder / ALPHAS_FILE, {"settings": {
+                    "source": str(source), "target": str(target), "interp": interp, "alpha": value}})
     for output in outputs:
         print(f"wrote {output}")
     return outputs

@@ -70,6 +70,24 @@ class TinySize:
     vision_layers: int = 2
     vision_heads: int = 4
 
+    def validate(self) -> None:
+        """One-line errors for sizes transformers would reject with a traceback (or build wrongly)."""
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CMAAMError(f"tiny model: {name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise CMAAMError(f"tiny model: hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise CMAAMError(f"tiny model: num_attention_heads {self.num_attention_heads} is not divisible by "
+                             f"num_key_value_heads {self.num_key_value_heads}")
+        if (self.hidden_size // self.num_attention_heads) % 2:
+            raise CMAAMError(f"tiny model: the head size hidden_size / num_attention_heads = "
+                             f"{self.hidden_size // self.num_attention_heads} must be even (rotary embeddings)")
+        if self.vision_hidden_size % self.vision_heads:
+            raise CMAAMError(f"tiny model: vision_hidden_size {self.vision_hidden_size} is not divisible by "
+                             f"vision_heads {self.vision_heads}")
+
 
 def _seeded(seed: int):
     torch.manual_seed(seed)
@@ -93,6 +111,7 @@ def build_tiny_causal_lm(output: str | Path, model_type: str = "llama", seed: in
     if model_type not in CAUSAL_LM_TYPES:
         raise CMAAMError(f"unknown tiny causal LM type {model_type!r} (choose {', '.join(CAUSAL_LM_TYPES)})")
     size = size or TinySize()
+    size.validate()
     tokenizer = build_tokenizer()
     config = AutoConfig.for_model(model_type, **_text_config(model_type, size, tokenizer))
     _seeded(seed)
@@ -169,6 +188,7 @@ def build_tiny_vlm(output: str | Path, model_type: str = "qwen2_vl", seed: int =
     from transformers import AutoModelForImageTextToText
 
     size = size or TinySize()
+    size.validate()
     tokenizer = build_tokenizer(_IMAGE_PLACEHOLDER.get(model_type, "<image>"))
     config = _vlm_config(model_type, size, tokenizer)
     _seeded(seed)
@@ -242,7 +262,8 @@ def main(argv=None) -> int:
                     num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
                     num_key_value_heads=args.num_key_value_heads, vision_hidden_size=args.vision_hidden_size,
                     vision_layers=args.vision_layers)
-    with atomic_directory(args.output, overwrite=args.overwrite) as folder:
+    size.validate()
+    with atomic_directory(args.output, overwrite=args.overwrite, inputs=()) as folder:
         if args.model_type in CAUSAL_LM_TYPES:
             build_tiny_causal_lm(folder, args.model_type, args.seed, size)
         else:

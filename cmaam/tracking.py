@@ -7,6 +7,7 @@ with local files only and a warning. Secrets (API keys, tokens, passwords) never
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -14,9 +15,10 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-from cmaam.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_write_yaml
+from cmaam.atomic import (atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_write_yaml,
+                          check_no_overlap, output_lock)
 from cmaam.errors import CMAAMError
 
 logger = logging.getLogger(__name__)
@@ -91,21 +93,30 @@ def _start_wandb(mode: str, directory: Path, name: str, project: str, group: str
 
 
 class Run:
-    """One tracked run: local files under ``dir`` and, unless disabled, a W&B run writing to dir/wandb."""
+    """One tracked run: local files under ``dir`` and, unless disabled, a W&B run writing to dir/wandb.
+
+    The run folder may not overlap ``inputs`` (the model, the data) and is locked until ``finish``.
+    """
 
     def __init__(self, name: str, config: Mapping[str, Any], root: str | Path = "results",
-                 wandb_mode: str = "offline", project: str = "cmaam", group: str | None = None):
+                 wandb_mode: str = "offline", project: str = "cmaam", group: str | None = None,
+                 inputs: Iterable[str | Path | None] = ()):
         if not name or name in (".", "..") or "/" in name or os.sep in name:
             raise CMAAMError(f"bad run name {name!r} (a single folder name, no '/')")
         if wandb_mode not in WANDB_MODES:
             raise CMAAMError(f"unknown W&B mode {wandb_mode!r} (choose {', '.join(WANDB_MODES)})")
         self.name = name
         self.dir = Path(root) / name
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.config = redact_secrets(dict(config))
-        self.summary: dict[str, Any] = {}
-        atomic_write_yaml(self.dir / "config.yaml", self.config)
-        self.wandb = _start_wandb(wandb_mode, self.dir, name, project, group, self.config)
+        check_no_overlap([self.dir], inputs)
+        self.wandb = None
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(output_lock(self.dir))
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.config = redact_secrets(dict(config))
+            self.summary: dict[str, Any] = {}
+            atomic_write_yaml(self.dir / "config.yaml", self.config)
+            self.wandb = _start_wandb(wandb_mode, self.dir, name, project, group, self.config)
+            self._lock = stack.pop_all()
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log a dict of values (one line of history.jsonl; a W&B history step)."""
@@ -143,10 +154,13 @@ class Run:
         return path
 
     def finish(self, exit_code: int = 0) -> None:
-        """Close the W&B run (idempotent); local files are already complete."""
-        if self.wandb is not None:
-            self.wandb.finish(exit_code=exit_code)
-            self.wandb = None
+        """Close the W&B run and release the run folder's lock (idempotent); local files are already complete."""
+        try:
+            if self.wandb is not None:
+                self.wandb.finish(exit_code=exit_code)
+                self.wandb = None
+        finally:
+            self._lock.close()
 
     def __enter__(self) -> "Run":
         return self
@@ -156,6 +170,7 @@ class Run:
 
 
 def start_run(name: str, config: Mapping[str, Any], root: str | Path = "results", wandb_mode: str = "offline",
-              project: str = "cmaam", group: str | None = None) -> Run:
-    """Start a tracked run writing to ``root``/``name``/ (use as a context manager so W&B is closed)."""
-    return Run(name, config, root=root, wandb_mode=wandb_mode, project=project, group=group)
+              project: str = "cmaam", group: str | None = None, inputs: Iterable[str | Path | None] = ()) -> Run:
+    """Start a tracked run writing to ``root``/``name``/ (use as a context manager so W&B is closed and the
+    folder unlocked); the folder may not overlap ``inputs``."""
+    return Run(name, config, root=root, wandb_mode=wandb_mode, project=project, group=group, inputs=inputs)

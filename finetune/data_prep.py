@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from cmaam.atomic import atomic_directory, atomic_write_json, atomic_write_text
+from cmaam.atomic import atomic_directory, atomic_write_json, atomic_write_text, claim_output
 from cmaam.errors import CMAAMError
 from eval.language import script_counts
 from finetune.data import CATEGORIES, SPLITS, count_table, split_counts, write_vqa_split
@@ -277,47 +277,50 @@ def prepare(config: PrepConfig, progress: bool = True) -> dict:
         raise CMAAMError("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
     if config.image_root and not Path(config.image_root).is_dir():
         raise CMAAMError(f"{config.image_root}: image root folder not found")
-    files, ignored = find_files(Path(config.source))
-    candidates, broken, reasons = read_corpus(files, config)
-    problems = check_images(candidates, config, progress) if candidates else {}
-    valid: dict[str, list[Candidate]] = defaultdict(list)
-    for candidate in candidates:
-        problem = problems.get(candidate.image)
-        if problem:
-            broken[candidate.category] += 1
-            reasons[problem] += 1
-        else:
-            valid[candidate.category].append(candidate)
-    if not valid:
-        raise CMAAMError(f"{config.source}: no usable rows ({sum(broken.values())} broken: "
-                         + ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items())) + ")")
-    total = config.sizes.get(config.mode, MODE_SIZES[config.mode])
-    caps = {name: size for name, size in config.sizes.items() if name in CATEGORIES}
-    sizes = allocate({c: len(rows) for c, rows in valid.items()}, total, caps)
-    rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
-    for category in sorted(valid):
-        chosen = list(valid[category])
-        random.Random(f"{config.seed}:{category}").shuffle(chosen)
-        chosen = chosen[:sizes[category]]
-        counts = split_counts(len(chosen), config.val_fraction, config.test_fraction)
-        bounds = {"test": (0, counts["test"]), "val": (counts["test"], counts["test"] + counts["val"]),
-                  "train": (counts["test"] + counts["val"], len(chosen))}
-        for split, (start, stop) in bounds.items():
-            rows[split] += [{"id": c.id, "image": c.image, "question": c.question, "answer": c.answer,
-                             "category": c.category, "lang": c.lang} for c in chosen[start:stop]]
-    table = count_table(rows, categories=CATEGORIES,
-                        extra={"valid": {c: len(v) for c, v in valid.items()}, "broken": dict(broken)})
-    summary = {**table.data, "broken_reasons": dict(sorted(reasons.items())), "mode": config.mode,
-               "sizes": config.sizes, "seed": config.seed, "source": str(config.source),
-               "files": {str(path): category for path, category in files.items()},
-               "ignored_files": [str(path) for path in ignored]}
-    with atomic_directory(config.output, config.overwrite) as folder:
-        if config.copy_images:
-            copy_images(rows, folder)
-        for split in SPLITS:
-            write_vqa_split(folder / f"{split}.jsonl", rows[split])
-        atomic_write_text(folder / "counts.md", table.markdown)
-        atomic_write_json(folder / "counts.json", summary)
+    inputs = [config.source, config.image_root]
+    with claim_output(config.output, inputs=inputs, overwrite=config.overwrite):  # before any work
+        files, ignored = find_files(Path(config.source))
+        candidates, broken, reasons = read_corpus(files, config)
+        problems = check_images(candidates, config, progress) if candidates else {}
+        valid: dict[str, list[Candidate]] = defaultdict(list)
+        for candidate in candidates:
+            problem = problems.get(candidate.image)
+            if problem:
+                broken[candidate.category] += 1
+                reasons[problem] += 1
+            else:
+                valid[candidate.category].append(candidate)
+        if not valid:
+            raise CMAAMError(f"{config.source}: no usable rows ({sum(broken.values())} broken: "
+                             + ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items())) + ")")
+        total = config.sizes.get(config.mode, MODE_SIZES[config.mode])
+        caps = {name: size for name, size in config.sizes.items() if name in CATEGORIES}
+        sizes = allocate({c: len(rows) for c, rows in valid.items()}, total, caps)
+        rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
+        for category in sorted(valid):
+            chosen = list(valid[category])
+            random.Random(f"{config.seed}:{category}").shuffle(chosen)
+            chosen = chosen[:sizes[category]]
+            counts = split_counts(len(chosen), config.val_fraction, config.test_fraction)
+            bounds = {"test": (0, counts["test"]), "val": (counts["test"], counts["test"] + counts["val"]),
+                      "train": (counts["test"] + counts["val"], len(chosen))}
+            for split, (start, stop) in bounds.items():
+                rows[split] += [{"id": c.id, "image": c.image, "question": c.question, "answer": c.answer,
+                                 "category": c.category, "lang": c.lang} for c in chosen[start:stop]]
+        table = count_table(rows, categories=CATEGORIES,
+                            extra={"valid": {c: len(v) for c, v in valid.items()}, "broken": dict(broken)})
+        summary = {**table.data, "broken_reasons": dict(sorted(reasons.items())), "mode": config.mode,
+                   "sizes": config.sizes, "seed": config.seed, "source": str(config.source),
+                   "files": {str(path): category for path, category in files.items()},
+                   "ignored_files": [str(path) for path in ignored]}
+        images = {row["image"] for split in SPLITS for row in rows[split]}
+        with atomic_directory(config.output, config.overwrite, inputs=[*inputs, *images]) as folder:
+            if config.copy_images:
+                copy_images(rows, folder)
+            for split in SPLITS:
+                write_vqa_split(folder / f"{split}.jsonl", rows[split])
+            atomic_write_text(folder / "counts.md", table.markdown)
+            atomic_write_json(folder / "counts.json", summary)
     print(table.markdown, end="")
     if reasons:
         print("broken rows: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(reasons.items())))

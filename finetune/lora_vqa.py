@@ -20,10 +20,10 @@ from typing import Any, Sequence
 
 import torch
 
-from cmaam.atomic import atomic_directory, atomic_write_json
+from cmaam.atomic import atomic_directory, atomic_write_json, claim_output
 from cmaam.checkpoint import load_config, parse_dtype
 from cmaam.cli import run_cli
-from cmaam.errors import CMAAMError
+from cmaam.errors import CMAAMError, load_errors
 from cmaam.layouts import get_layout
 
 logger = logging.getLogger(__name__)
@@ -228,12 +228,9 @@ def load_model(config: LoraTrainConfig, bf16: bool):
     processor = load_processor(config.model, trust_remote_code=config.trust_remote_code)
     # LoRA keeps the frozen base in bf16 on a GPU; full fine-tuning keeps float32 master weights.
     dtype = torch.bfloat16 if bf16 and not config.full_finetune else torch.float32
-    try:
+    with load_errors(config.model, "model"):
         model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype, use_safetensors=True,
                                                             trust_remote_code=config.trust_remote_code)
-    except (OSError, ValueError, KeyError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CMAAMError(f"{config.model}: cannot load the model ({message})") from None
     layout = get_layout(config=load_config(config.model))
     if config.full_finetune:
         trainable = set(full_finetune_parameters(model, layout, config.train_vision))
@@ -271,12 +268,12 @@ def save_outputs(model, processor, config: LoraTrainConfig):
         shutil.rmtree(output / "adapter", ignore_errors=True)  # a LoRA run's adapter would no longer match
     else:
         adapter = output / "adapter"
-        with atomic_directory(adapter, overwrite=True) as folder:
+        with atomic_directory(adapter, overwrite=True, inputs=[config.model, config.data]) as folder:
             model.save_pretrained(folder)
             save_processor(processor, folder)
         model = model.merge_and_unload()
     merged = output / "merged"
-    with atomic_directory(merged, overwrite=True) as folder:
+    with atomic_directory(merged, overwrite=True, inputs=[config.model, config.data]) as folder:
         model = model.to(base_dtype(config.model))
         model.save_pretrained(folder)
         save_processor(processor, folder)
@@ -345,14 +342,25 @@ def evaluate_model(model, processor, config: LoraTrainConfig):
 def train(config: LoraTrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Fine-tune, save adapter and merged model, evaluate on the test split and log everything."""
     from accelerate import PartialState
+
+    config.validate()
+    check_inputs(config)
+    main_process = PartialState().is_main_process
+    # Before any work: the output may not overlap the model or data; one training run per output (main process).
+    claim = claim_output(config.output, inputs=[config.model, config.data], overwrite=None) if main_process \
+        else contextlib.nullcontext()
+    with claim:
+        return _train(config, callbacks, main_process)
+
+
+def _train(config: LoraTrainConfig, callbacks: Sequence[Any], main_process: bool) -> TrainResult:
+    """The body of ``train``, run while the output is claimed."""
     from transformers import Trainer, set_seed
 
     from cmaam.tracking import start_run
     from eval.vqa import load_vqa_jsonl
     from finetune.collator import VQAChatEncoder, VQACollator, VQATrainDataset
 
-    config.validate()
-    check_inputs(config)
     resume_from = prepare_output(config)
     bf16 = use_bf16(config)
     if config.threads:
@@ -365,9 +373,8 @@ def train(config: LoraTrainConfig, callbacks: Sequence[Any] = ()) -> TrainResult
                 "full fine-tuning" if config.full_finetune else f"LoRA on {len(targets)} modules")
     dataset = VQATrainDataset(items, VQAChatEncoder(processor, max_length=config.max_length))
     run_name = config.run_name or Path(config.output).name
-    main_process = PartialState().is_main_process
     tracking = start_run(run_name, asdict(config), root=config.results_root, wandb_mode=config.wandb_mode,
-                         project=config.wandb_project, group="finetune") if main_process else contextlib.nullcontext()
+                         project=config.wandb_project, group="finetune", inputs=[config.model, config.data]) if main_process else contextlib.nullcontext()
     with tracking as run:
         trainer = Trainer(model=model, args=training_arguments(config, bf16), train_dataset=dataset,
                           data_collator=VQACollator(processor.tokenizer.pad_token_id),

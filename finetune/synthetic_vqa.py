@@ -293,7 +293,7 @@ def generate(config: SyntheticConfig, progress: bool = True) -> Path:
     random.Random(f"tasks:{config.seed}").shuffle(tasks)
     splits = assign_splits(tasks, config.seed, config.val_fraction, config.test_fraction)
     rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
-    with atomic_directory(config.output, config.overwrite) as folder:
+    with atomic_directory(config.output, config.overwrite, inputs=()) as folder:
         (folder / "images").mkdir()
         for index in tqdm(range(config.n), desc=f"rendering synthetic {config.lang} VQA", disable=not progress):
             record, image = make_sample(index, tasks[index], config.lang, config.seed, config.image_size)

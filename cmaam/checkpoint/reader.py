@@ -79,7 +79,7 @@ class CheckpointReader:
     def _weight_files(self, allow_pickle: bool) -> list[Path]:
         index = self.path / "model.safetensors.index.json"
         if index.is_file():
-            return self._files_from_index(index)
+            return self._files_from_index(index, allow_pickle)
         single = self.path / "model.safetensors"
         if single.is_file():
             return [single]
@@ -95,17 +95,32 @@ class CheckpointReader:
                     "so they are refused unless you pass --allow-pickle"
                 )
             self._is_pickle = True
-            return self._files_from_index(pickle_index) if pickle_index.is_file() else pickles
+            return self._files_from_index(pickle_index, allow_pickle) if pickle_index.is_file() else pickles
         raise CMAAMError(f"{self.path}: no weights found (expected model.safetensors or model.safetensors.index.json)")
 
-    def _files_from_index(self, index: Path) -> list[Path]:
+    def _files_from_index(self, index: Path, allow_pickle: bool) -> list[Path]:
+        """The weight files an index names: plain relative names inside the model folder; a file that is
+        not .safetensors only with ``allow_pickle`` (it would be torch-loaded)."""
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             raise CMAAMError(f"{index}: malformed index (expected a 'weight_map' object)") from None
+        if not isinstance(weight_map, dict):
+            raise CMAAMError(f"{index}: malformed index ('weight_map' must map tensor names to file names)")
+        bad = next((value for value in weight_map.values() if not isinstance(value, str) or not value), None)
+        if bad is not None or any(not isinstance(key, str) for key in weight_map):
+            raise CMAAMError(f"{index}: malformed index (weight_map values must be file names, got {bad!r})")
+        folder = os.path.realpath(self.path)
         files = []
         for name in dict.fromkeys(weight_map.values()):
             file = self.path / name
+            # The file itself may be a link (the Hugging Face cache links snapshots to blobs); its folder may not lead out.
+            if Path(name).is_absolute() or ".." in Path(name).parts or \
+                    not os.path.join(os.path.realpath(file.parent), "").startswith(os.path.join(folder, "")):
+                raise CMAAMError(f"{index}: shard {name!r} lies outside the model folder; refusing to read it")
+            if file.suffix != ".safetensors" and not allow_pickle:
+                raise CMAAMError(f"{index}: shard {name} is not a .safetensors file; it would be unpickled, which "
+                                 "can run code, so it is refused unless you pass --allow-pickle")
             if not file.is_file():
                 raise CMAAMError(f"{index}: shard {name} is listed but missing")
             files.append(file)
@@ -123,6 +138,11 @@ class CheckpointReader:
         return self._pickled[file]
 
     # -- queries -----------------------------------------------------------------------------
+    @property
+    def files(self) -> list[Path]:
+        """The weight files read (inputs of anything written from this model)."""
+        return list(dict.fromkeys(self._location.values()))
+
     @property
     def model_type(self) -> str | None:
         """The ``model_type`` of config.json, or None."""

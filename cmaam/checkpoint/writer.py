@@ -113,8 +113,10 @@ class CheckpointWriter:
         max_shard_size: int | str = "5GB",
         overwrite: bool = False,
         copy_reference_files: bool = True,
+        inputs: Iterable[str | Path] = (),
     ):
         self.output = Path(output)
+        self.inputs = [*inputs, *([reference] if reference is not None else [])]
         self.specs = list(specs)
         self.reference = Path(reference) if reference is not None else None
         self.config = dict(config) if config is not None else (load_config(self.reference) if self.reference else None)
@@ -133,7 +135,7 @@ class CheckpointWriter:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> "CheckpointWriter":
-        self._context = atomic_directory(self.output, self.overwrite)
+        self._context = atomic_directory(self.output, self.overwrite, inputs=self.inputs)
         self._folder = self._context.__enter__()
         try:
             self._plan_and_open()
@@ -258,6 +260,7 @@ def write_state_dict(
     dtype: torch.dtype | None = None,
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
+    inputs: Iterable[str | Path] = (),
 ) -> Path:
     """Write an in-memory state dict as a model folder (for small models and in-memory merges)."""
     items = list(tensors.items()) if isinstance(tensors, dict) else list(tensors)
@@ -266,7 +269,7 @@ def write_state_dict(
         for name, t in items
     ]
     with CheckpointWriter(output, specs, reference=reference, config=config, max_shard_size=max_shard_size,
-                          overwrite=overwrite) as writer:
+                          overwrite=overwrite, inputs=inputs) as writer:
         for name, tensor in items:
             writer.add(name, tensor)
     return Path(output)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from cmaam.checkpoint import parse_dtype
-from cmaam.errors import CMAAMError
+from cmaam.errors import CMAAMError, load_errors
 from cmaam.evolve.genome import GenomeSpec
 from cmaam.evolve.inmemory import InMemoryMerger
 
@@ -132,7 +132,8 @@ class MGSMFitness:
         self.merger = merger
         self.spec = spec
         tokenizer_path = spec.tokenizer or merger.base_path
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=spec.trust_remote_code)
+        with load_errors(tokenizer_path, "tokenizer"):
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=spec.trust_remote_code)
         self.generator = HFGenerator.from_model(merger.model, self.tokenizer, batch_size=spec.batch_size,
                                                 max_new_tokens=spec.max_new_tokens, progress=False)
         requests = mgsm_requests(spec.items, spec.lang, shots=spec.shots, chain_of_thought=spec.chain_of_thought)

@@ -11,7 +11,7 @@ import torch
 
 from cmaam.checkpoint import CheckpointReader
 from cmaam.engine import TensorJob, plan_specs, resolve_device
-from cmaam.errors import CMAAMError
+from cmaam.errors import CMAAMError, load_errors
 from cmaam.evolve.genome import GenomeLayout, GenomeSpec
 from cmaam.methods import MergeMethod, get_method
 from cmaam.planner import tensor_seed
@@ -64,7 +64,8 @@ def build_empty_model(path: str | Path, device: str, dtype: torch.dtype | None, 
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with load_errors(path, "model config"):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     with torch.device(device), no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     return model.eval()

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cmaam.atomic import atomic_directory, atomic_write_json, atomic_write_text, atomic_write_yaml
+from cmaam.atomic import atomic_directory, atomic_write_json, atomic_write_text, atomic_write_yaml, claim_output
 from cmaam.errors import CMAAMError
 from cmaam.evolve.fitness import FITNESS_TYPES, Evaluation, FitnessSpec
 from cmaam.evolve.genome import GenomeLayout, GenomeSpec
@@ -180,8 +180,17 @@ def _build_tiny(entry: ModelEntry, path: Path, built: Mapping[str, Path]) -> Non
             raise CMAAMError(f"model {entry.name}: build.perturb names {options['perturb']!r}, not an earlier model")
         perturb_model(source, path, float(options.get("scale", 0.3)), int(options.get("seed", 1)))
         return
-    with atomic_directory(path, overwrite=True) as folder:
+    with atomic_directory(path, overwrite=True, inputs=()) as folder:
         build_tiny_causal_lm(folder, options.get("type", "llama"), int(options.get("seed", 0)))
+
+
+def input_paths(config: EvolveConfig) -> list[Path | str | None]:
+    """What a search reads from outside its run folder: local models (not built ones), tokenizer, MGSM file."""
+    from cmaam.checkpoint.locate import local_model_path
+
+    models = [local_model_path(entry.path, f"model {entry.name}:") for entry in config.models if entry.build is None]
+    return [*models, config.tokenizer if config.tokenizer and Path(config.tokenizer).exists() else None,
+            config.fitness.source if config.fitness.source and Path(config.fitness.source).exists() else None]
 
 
 def prepare_models(config: EvolveConfig) -> dict[str, Path]:
@@ -319,6 +328,12 @@ def _replay(es, state: dict, log: EvaluationLog, population: int) -> list[dict]:
 
 def run_search(config: EvolveConfig, resume: bool = False) -> SearchResult:
     """Run (or resume) a search; every input is checked before the first candidate is evaluated."""
+    with claim_output(config.run_dir, inputs=input_paths(config), overwrite=None):  # one search per run folder
+        return _run_search(config, resume)
+
+
+def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
+    """The body of ``run_search``, run while the run folder is claimed."""
     from cmaam.evolve.parallel import make_evaluator
     from cmaam.monitor import read_state
     from cmaam.tracking import default_wandb_mode, start_run

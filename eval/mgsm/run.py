@@ -34,7 +34,7 @@ def run_mgsm(model: str | Path, lang: str, data: str | Path | None = None, limit
               "limit": limit, "count": len(items), "shots": shots, "chain_of_thought": chain_of_thought,
               "language_check_threshold": language_check_threshold, "generator": generator_options or {}}
     with start_run(run_name, config, root=output_dir, wandb_mode=wandb_mode, project=wandb_project,
-                   group="mgsm") as run:
+                   group="mgsm", inputs=[model, data]) as run:
         result = evaluate_mgsm(generator, items, lang, shots=shots, language_check_threshold=language_check_threshold,
                                chain_of_thought=chain_of_thought)
         run.save_samples(result.samples, "samples")

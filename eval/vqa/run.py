@@ -28,7 +28,7 @@ def run_vqa(model: str | Path, data: str | Path, limit: int | None = None, outpu
     config = {"task": "vqa", "model": str(model), "data": str(data), "limit": limit, "count": len(items),
               "generator": {**options, "max_new_tokens": max_new_tokens}}
     with start_run(run_name, config, root=output_dir, wandb_mode=wandb_mode, project=wandb_project,
-                   group="vqa") as run:
+                   group="vqa", inputs=[model, data]) as run:
         result = evaluate_vqa(generator, items, max_new_tokens=max_new_tokens)
         run.save_samples(result.samples, "samples")
         run.save_figure(category_figure(result.metrics), "per_category")
