@@ -378,6 +378,8 @@ def atomic_directory(output: str | Path, overwrite: bool = False, *, inputs: Ite
         try:
             temporary.mkdir()
             yield temporary
+            if not overwrite and real.exists():  # appeared meanwhile (a writer that takes no lock)
+                raise CMAAMError(f"{output}: appeared while this run was writing; the new output was discarded")
             replace_directory(temporary, real)
         except BaseException as error:
             shutil.rmtree(temporary, ignore_errors=True)
