@@ -266,7 +266,7 @@ def _make_parents(folder: Path) -> list[Path]:
     return created
 
 
-def _remove_leftovers(real: Path) -> None:
+def _remove_leftovers(real: Path, output: PathLike) -> None:
     """Remove ``.NAME.partial-PID``, ``.NAME.old-PID`` and ``.NAME.greedy-PID-*`` left by dead processes."""
     pattern = re.compile(_LEFTOVER.format(name=re.escape(real.name)))
     with contextlib.suppress(FileNotFoundError):
@@ -279,7 +279,8 @@ def _remove_leftovers(real: Path) -> None:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
-            logger.warning("%s: removed %s left by PID %s (that process is gone)", real, entry.name, match.group(1))
+            logger.warning("%s: removed %s left by PID %s (that process is gone)", output, entry.name,
+                           match.group(1))
 
 
 @contextlib.contextmanager
@@ -304,7 +305,7 @@ def output_lock(output: PathLike) -> Iterator[Path]:
                 _remove_folders(created)
                 raise
             _HELD[key] = hold
-            _remove_leftovers(real)
+            _remove_leftovers(real, output)
     failed = True
     try:
         yield real

@@ -107,9 +107,9 @@ class CheckpointReader:
             raise CMAAMError(f"{index}: malformed index (expected a 'weight_map' object)") from None
         if not isinstance(weight_map, dict):
             raise CMAAMError(f"{index}: malformed index ('weight_map' must map tensor names to file names)")
-        bad = next((value for value in weight_map.values() if not isinstance(value, str) or not value), None)
-        if bad is not None or any(not isinstance(key, str) for key in weight_map):
-            raise CMAAMError(f"{index}: malformed index (weight_map values must be file names, got {bad!r})")
+        bad = [value for value in weight_map.values() if not isinstance(value, str) or not value]
+        if bad:
+            raise CMAAMError(f"{index}: malformed index (weight_map values must be file names, got {bad[0]!r})")
         folder = os.path.realpath(self.path)
         files = []
         for name in dict.fromkeys(weight_map.values()):

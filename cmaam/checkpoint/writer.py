@@ -140,7 +140,7 @@ class CheckpointWriter:
         try:
             self._plan_and_open()
         except BaseException as error:
-            self._close_files()
+            self._close_files(quiet=True)
             self._context.__exit__(type(error), error, error.__traceback__)
             raise
         return self
@@ -150,10 +150,10 @@ class CheckpointWriter:
             if exc_type is None:
                 self._finish()
         except BaseException as error:
-            self._close_files()
+            self._close_files(quiet=True)
             self._context.__exit__(type(error), error, error.__traceback__)
             raise
-        self._close_files()
+        self._close_files(quiet=exc_type is not None)  # a failed write may fail again on close (disk full)
         return bool(self._context.__exit__(exc_type, exc, traceback))
 
     @property
@@ -235,10 +235,15 @@ class CheckpointWriter:
             for path in reference_files(self.reference):
                 shutil.copy2(path, self.folder / path.name)
 
-    def _close_files(self) -> None:
+    def _close_files(self, quiet: bool = False) -> None:
+        """Close every shard file; ``quiet`` (cleaning up after an error) ignores errors of the final flush."""
         for file in self._files:
             if not file.closed:
-                file.close()
+                try:
+                    file.close()
+                except OSError:
+                    if not quiet:
+                        raise
 
 
 def reference_files(folder: str | Path) -> list[Path]:
