@@ -271,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.runs and (output / "metrics.json").exists():
         output = output.parent / "comparison"
     files = [output / name for name in ("comparison.md", "comparison.csv", "comparison.png")]
-    check_no_overlap(files, [record.source for record in comparison.records if record.source and Path(record.source).exists()])
+    runs = [record.source for record in comparison.records if record.source and Path(record.source).exists()]
+    check_no_overlap(files, runs)
     with output_lock(output):
         paths = write_comparison(comparison, output)
     print(to_markdown(comparison))

@@ -82,7 +82,8 @@ def run_merge(
     """Run ``jobs`` tensor by tensor into a new model folder at ``output`` (written atomically).
 
     All checks that can fail on the inputs (missing tensors, shapes) run before anything is
-    written; the output may not overlap any reader's folder or weight file. ``before_commit`` may add files to the temporary folder before it is renamed.
+    written; the output may not overlap any reader's folder or weight file. ``before_commit`` may add
+    files to the temporary folder before it is renamed.
     """
     specs = plan_specs(readers, jobs, dtype)
     device = resolve_device(device)

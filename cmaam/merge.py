@@ -97,7 +97,8 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
                                 device=device, allow_nonfinite=allow_nonfinite, progress=progress)
         plan = compute_alphas(analysis, alphas)
         report = build_report(analysis, plan, {"source": str(source), "target": str(target), "interp": interp})
-        report_unmatched(analysis.only_in_target, analysis.only_in_source, analysis.not_floating, ALPHAS_FILE + (" and report.json" if analyze or alphas_only else ""))
+        report_unmatched(analysis.only_in_target, analysis.only_in_source, analysis.not_floating,
+                         ALPHAS_FILE + (" and report.json" if analyze or alphas_only else ""))
 
         def write_extras(folder: Path) -> None:
             write_alphas(folder / ALPHAS_FILE, report)

@@ -374,7 +374,8 @@ def _train(config: LoraTrainConfig, callbacks: Sequence[Any], main_process: bool
     dataset = VQATrainDataset(items, VQAChatEncoder(processor, max_length=config.max_length))
     run_name = config.run_name or Path(config.output).name
     tracking = start_run(run_name, asdict(config), root=config.results_root, wandb_mode=config.wandb_mode,
-                         project=config.wandb_project, group="finetune", inputs=[config.model, config.data]) if main_process else contextlib.nullcontext()
+                         project=config.wandb_project, group="finetune", inputs=[config.model, config.data]) \
+        if main_process else contextlib.nullcontext()
     with tracking as run:
         trainer = Trainer(model=model, args=training_arguments(config, bf16), train_dataset=dataset,
                           data_collator=VQACollator(processor.tokenizer.pad_token_id),

@@ -114,7 +114,8 @@ class CheckpointReader:
         files = []
         for name in dict.fromkeys(weight_map.values()):
             file = self.path / name
-            # The file itself may be a link (the Hugging Face cache links snapshots to blobs); its folder may not lead out.
+            # The file itself may be a link (the Hugging Face cache links snapshots to blobs);
+            # its folder may not lead out of the model folder.
             if Path(name).is_absolute() or ".." in Path(name).parts or \
                     not os.path.join(os.path.realpath(file.parent), "").startswith(os.path.join(folder, "")):
                 raise CMAAMError(f"{index}: shard {name!r} lies outside the model folder; refusing to read it")

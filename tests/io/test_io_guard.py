@@ -46,7 +46,8 @@ def _layout(tmp_path: Path, place, case: str, leaf: str | None, corpus: bool = F
     if leaf is None:
         relative = "box/T"
     else:
-        relative = {"equal": f"box/{leaf}", "inside": "box/T", "contains": f"box/{leaf}/T", "symlink": f"box/{leaf}"}[case]
+        relative = {"equal": f"box/{leaf}", "inside": "box/T", "contains": f"box/{leaf}/T",
+                    "symlink": f"box/{leaf}"}[case]
     target = make_corpus(tmp_path / relative) if corpus else place(relative, "T")
     source = place("box/S", "S")
     if leaf is None:
