@@ -7,6 +7,7 @@ import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
+import cmaam
 from cmaam.errors import CMAAMError
 
 
@@ -29,7 +30,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     any other OSError. Set CMAAM_DEBUG=1 to see full tracebacks.
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # replaces the start-up handler of cmaam/__init__
+    if signal.getsignal(signal.SIGINT) is cmaam._interrupted_at_start:  # start-up handler: back to Python's
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
