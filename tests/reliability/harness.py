@@ -99,7 +99,7 @@ class Case:
     ``fragments``: each entry is a string, or a tuple of alternatives, that the ``error:`` line must
     contain (case-insensitive). ``absent``: paths that must never appear (e.g. a pickle's payload).
     ``cleaned``: leftovers planted before a successful run that it must remove; ``report``: text the
-    run's stderr must contain when it removes them.
+    run's stderr must contain when it removes them; ``produced``: files a successful run must write.
     """
 
     id: str
@@ -113,6 +113,7 @@ class Case:
     absent: Sequence[Path] = ()
     cleaned: Sequence[Path] = ()
     report: str | None = None
+    produced: Sequence[Path] = ()
     cwd: Path | None = None
     slow: float = 0.0
     sitecustomize: Path | None = None
@@ -246,14 +247,17 @@ def verify(case: Case, before: Snapshot, outcome: Outcome) -> list[str]:
     for path in case.absent:
         if Path(path).exists():
             problems.append(f"{path} appeared (it must never be created)")
+    for path in case.produced:
+        if not Path(path).exists():
+            problems.append(f"{path} was not written")
     for path in case.cleaned:
         if Path(path).exists():
             problems.append(f"leftover {Path(path).name} was not removed")
     cleaned = {Path(p).absolute() for p in case.cleaned}
+    expected_entries: dict[Path, set[str]] = {}
     for output, state in before.outputs.items():
         folder, entries = before.anchors[output]
-        now_entries = _entries(folder)
-        expected = {name for name in entries if folder / name not in cleaned}
+        expected = expected_entries.setdefault(folder, {name for name in entries if folder / name not in cleaned})
         if case.expect == 0:
             if not output.exists():
                 problems.append(f"output {output} was not written")
@@ -264,6 +268,8 @@ def verify(case: Case, before: Snapshot, outcome: Outcome) -> list[str]:
             if now != state:
                 problems.append(f"output {output} {'was left behind' if state is None else 'changed'}"
                                 f" ({_changed(state, now)})")
+    for folder, expected in expected_entries.items():
+        now_entries = _entries(folder)
         extra = sorted(now_entries - expected)
         missing = sorted(expected - now_entries)
         if extra:
