@@ -220,17 +220,20 @@ def dead_pid() -> int:
     return process.pid
 
 
-@contextlib.contextmanager
-def tmpfs(folder: Path, size: str = "256k", read_only: bool = False):
-    """A small tmpfs mounted at ``folder`` (unmounted afterwards); skips the test where mount is refused."""
-    folder.mkdir(parents=True, exist_ok=True)
-    options = f"size={size}" + (",ro" if read_only else "")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        yield None
-        return
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+@pytest.fixture
+def small_disk(tmp_path, request):
+    """``small_disk(name, read_only=False)`` -> (folder, "") with a 256 KiB tmpfs mounted there (unmounted
+    after the test), or (None, reason) where mounting is not permitted."""
+
+    def mount(name: str, read_only: bool = False, size: str = "256k") -> tuple[Path | None, str]:
+        folder = tmp_path / name
+        folder.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                                 text=True)
+        if mounted.returncode != 0:
+            return None, f"cannot mount a tmpfs here ({(mounted.stderr or mounted.stdout).strip()})"
+        request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(folder)], capture_output=True))
+        return folder, ""
+
+    return mount

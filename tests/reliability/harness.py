@@ -261,7 +261,7 @@ def verify(case: Case, before: Snapshot, outcome: Outcome) -> list[str]:
         if case.expect == 0:
             if not output.exists():
                 problems.append(f"output {output} was not written")
-            if state is None:
+            elif state is None:
                 expected.add(Path(output).absolute().relative_to(folder).parts[0])
         else:
             now = tree_state(output)
@@ -270,7 +270,7 @@ def verify(case: Case, before: Snapshot, outcome: Outcome) -> list[str]:
                                 f" ({_changed(state, now)})")
     for folder, expected in expected_entries.items():
         now_entries = _entries(folder)
-        extra = sorted(now_entries - expected)
+        extra = sorted(name for name in now_entries - expected if folder / name not in cleaned)  # reported above
         missing = sorted(expected - now_entries)
         if extra:
             problems.append(f"left beside the output in {folder}: {', '.join(extra)}")
@@ -339,12 +339,16 @@ def record(case: Case, outcome: Outcome | None, status: str) -> None:
 
 def conclude(case: Case, before: Snapshot, outcome: Outcome, extra: Iterable[str] = ()) -> None:
     """Check ``outcome`` against the rules, record the row and fail the test on any broken rule."""
-    outcome.problems = [*extra, *verify(case, before, outcome)]
-    record(case, outcome, "pass" if not outcome.problems else "FAIL")
-    if outcome.problems:
+    finish(case, outcome, [*extra, *verify(case, before, outcome)])
+
+
+def finish(case: Case, outcome: Outcome, problems: list[str]) -> None:
+    """Record the case's row with ``problems`` (empty: passed) and fail the test if there are any."""
+    outcome.problems = problems
+    record(case, outcome, "pass" if not problems else "FAIL")
+    if problems:
         tail = "\n".join(outcome.stderr.strip().splitlines()[-8:])
-        pytest.fail(f"{case.id}: " + "; ".join(outcome.problems) + f"\n--- stderr (tail) ---\n{tail}",
-                    pytrace=False)
+        pytest.fail(f"{case.id}: " + "; ".join(problems) + f"\n--- stderr (tail) ---\n{tail}", pytrace=False)
 
 
 def run_case(case: Case) -> Outcome:
@@ -361,16 +365,16 @@ def skip_case(case_id: str, cli: str, fault: str, reason: str) -> None:
     pytest.skip(reason)
 
 
-def interrupt_mid_write(case: Case, signum: int, settle: float = 0.3) -> tuple[Snapshot, Outcome]:
-    """Start a slowed run, wait until its temporary output appears, then send ``signum``."""
+def interrupt_mid_write(case: Case, signum: int, settle: float = 0.3) -> None:
+    """Start a slowed run, wait until its temporary output appears, send ``signum``, then check the rules."""
     before = snapshot(case)
     started = time.monotonic()
     process = launch(case)
     wait_for_leftover(case.outputs[0], before, process)
     time.sleep(settle)
-    if process.poll() is None:
-        process.send_signal(signum)
-    return before, collect(process, started, case.timeout)
+    extra = [] if process.poll() is None else ["the command ended before the signal was sent (not mid-write)"]
+    process.send_signal(signum)
+    conclude(case, before, collect(process, started, case.timeout), extra)
 
 
 # -- declarative cases run in parallel ------------------------------------------------------------
