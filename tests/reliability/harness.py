@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -206,13 +207,16 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\b.*")
+
+
 def message_of(outcome: Outcome) -> str:
-    """The line a user reads: the last ``error:`` line, else the last non-empty stderr line."""
+    """The line a user reads: the last ``error:`` line, else the exception line of a traceback, else ''."""
     errors = error_lines(outcome.stderr)
     if errors:
         return errors[-1]
-    lines = [line for line in outcome.stderr.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
+    exceptions = [line for line in outcome.stderr.splitlines() if _EXCEPTION_LINE.match(line)]
+    return exceptions[-1].strip() if exceptions else ""
 
 
 def verify(case: Case, before: Snapshot, outcome: Outcome) -> list[str]:
@@ -286,11 +290,15 @@ def _default_signals() -> None:  # pragma: no cover - runs in the child between 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def launch(case: Case) -> subprocess.Popen:
-    """Start the case's command (stdin closed, output captured)."""
+def launch(case: Case, signals: bool = True) -> subprocess.Popen:
+    """Start the case's command (stdin closed, output captured).
+
+    ``signals``: reset SIGINT/SIGTERM to their defaults in the child (needed only by cases that send
+    signals; preexec_fn is avoided in the threaded batch runs).
+    """
     return subprocess.Popen(case.command, cwd=case.cwd or ROOT, env=environment(case.slow, case.sitecustomize),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_signals)
+                            preexec_fn=_default_signals if signals else None)
 
 
 def collect(process: subprocess.Popen, started: float, timeout: float = TIMEOUT) -> Outcome:
@@ -304,10 +312,10 @@ def collect(process: subprocess.Popen, started: float, timeout: float = TIMEOUT)
     return Outcome(process.returncode, stdout, stderr, time.monotonic() - started, process.pid)
 
 
-def execute(case: Case) -> Outcome:
+def execute(case: Case, signals: bool = True) -> Outcome:
     """Run a case to completion."""
     started = time.monotonic()
-    return collect(launch(case), started, case.timeout)
+    return collect(launch(case, signals), started, case.timeout)
 
 
 def wait_for_leftover(output: Path, before: Snapshot, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -415,7 +423,7 @@ class Registry:
             cases.append(Case(case_id, cli, fault, **builder(workspace, folder)))
         snapshots = [snapshot(case) for case in cases]
         with ThreadPoolExecutor(parallel) as pool:
-            outcomes = list(pool.map(execute, cases))
+            outcomes = list(pool.map(lambda case: execute(case, signals=False), cases))
         return {case.id: (case, before, outcome) for case, before, outcome in zip(cases, snapshots, outcomes)}
 
     @staticmethod

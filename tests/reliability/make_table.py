@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -22,6 +23,9 @@ CLI_ORDER = ("cmaam.merge", "cmaam.mergekit", "cmaam.sweep", "cmaam.soups", "cma
              "eval.vqa", "finetune.synthetic_vqa", "finetune.lora_vqa", "finetune.data_prep",
              "scripts/prepare_korean_vqa_data.py")
 MESSAGE_WIDTH = 160
+PROBLEMS_WIDTH = 400
+# pytest's temporary folders (/tmp/pytest-of-USER/pytest-N/CASE0/...) shown as ".../"
+TEMPORARY = re.compile(r"(?:/[^/\s'\"]+)*/pytest-of-[^/\s]+/pytest-\d+/[^/\s]+/")
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -38,10 +42,11 @@ def read_rows(path: str | Path) -> list[dict]:
     return sorted(rows.values(), key=lambda row: (order.get(row["cli"], len(order)), row["id"]))
 
 
-def _cell(text: object) -> str:
-    text = " ".join(str(text if text is not None else "").split())
-    if len(text) > MESSAGE_WIDTH:
-        text = text[: MESSAGE_WIDTH - 1] + "…"
+def _cell(text: object, width: int = MESSAGE_WIDTH) -> str:
+    """Table-safe text: one line, temporary folders shortened to '.../', cut at ``width`` characters."""
+    text = TEMPORARY.sub(".../", " ".join(str(text if text is not None else "").split()))
+    if len(text) > width:
+        text = text[: width - 1] + "…"
     return text.replace("|", "\\|")
 
 
@@ -51,7 +56,7 @@ def _status(row: dict) -> str:
         return "pass"
     if status.startswith("skipped"):
         return _cell(status)
-    return "**FAIL**: " + _cell("; ".join(row.get("problems") or []))
+    return "**FAIL**: " + _cell("; ".join(row.get("problems") or []), PROBLEMS_WIDTH)
 
 
 def markdown_table(rows: Iterable[dict]) -> str:
@@ -60,7 +65,7 @@ def markdown_table(rows: Iterable[dict]) -> str:
     lines = ["| Case | CLI | Fault | Expected exit | Exit | Message printed (last `error:` line) | Status |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
-        message = f"`{_cell(row['message'])}`" if row.get("message") else ""
+        message = f"`{_cell(row['message'])}`" if row.get("message") else ("" if row.get("exit") is None else "(none)")
         exit_code = "" if row.get("exit") is None else str(row["exit"])
         lines.append(f"| `{row['id']}` | {row['cli']} | {_cell(row['fault'])} | {row['expect']} | {exit_code} | "
                      f"{message} | {_status(row)} |")

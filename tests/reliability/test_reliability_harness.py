@@ -141,3 +141,15 @@ def test_table_from_rows(tmp_path):
     document.write_text(f"# Title\n\n{BEGIN}\nold\n{END}\n\nafter\n", encoding="utf-8")
     update_document(document, table)
     assert document.read_text(encoding="utf-8") == f"# Title\n\n{BEGIN}\n{table}{END}\n\nafter\n"
+
+
+@pytest.mark.parametrize("stderr, message", [
+    ("progress 10%\nerror: first\nerror: second\n", "error: second"),
+    ("Traceback (most recent call last):\n  x = [\n      ^\nyaml.parser.ParserError: while parsing\n  ^\n",
+     "yaml.parser.ParserError: while parsing"),
+    ("Loading weights: 100%\n", ""),
+])
+def test_message_of(stderr, message):
+    from reliability.harness import message_of
+
+    assert message_of(_outcome(stderr=stderr)) == message

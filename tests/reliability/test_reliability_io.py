@@ -8,6 +8,7 @@ signal lands while the output is being written; no hook in the production code i
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -132,11 +133,15 @@ def test_mergekit_concurrent_writers(workspace, tmp_path):
     process = launch(first)
     wait_for_leftover(output, before_first, process)
     second = with_id(first, "mergekit-concurrent-writers", fault="a second writer while the first is writing",
-                     expect=2, slow=0.0, fragments=[str(process.pid)])
+                     expect=2, slow=0.0, fragments=[str(process.pid)], outputs=[])
     before_second = snapshot(second)
     outcome = execute(second)
-    extra = [] if process.poll() is None else ["the second writer did not return while the first was still writing"]
-    problems = extra + verify(second, before_second, outcome)  # checked while the first is still writing
+    # Checked while the first is still writing: its lock and temporary folder are there, the output is not.
+    problems = [] if process.poll() is None else ["the second writer did not return while the first was still writing"]
+    problems += verify(second, before_second, outcome)
+    if output.exists() and process.poll() is None:
+        problems.append("the second writer wrote the output")
+    problems += [f"the second writer left {path.name}" for path in tmp_path.iterdir() if str(outcome.pid) in path.name]
     first_outcome = collect(process, started)
     problems += [f"first writer: {problem}" for problem in verify(first, before_first, first_outcome)]
     finish(second, outcome, problems)
@@ -149,7 +154,7 @@ def _plant_stale(output: Path, dead_pid: int, kind: str) -> Path:
         (leftover / "model.safetensors").write_bytes(b"\0" * 1024)
     else:
         leftover = output.parent / f".{output.name}.lock"
-        leftover.write_text(f"{dead_pid}\n", encoding="utf-8")
+        leftover.write_text(f"{dead_pid} {socket.gethostname()} 0123456789abcdef\n", encoding="utf-8")
     return leftover
 
 
