@@ -318,18 +318,18 @@ def execute(case: Case, signals: bool = True) -> Outcome:
     return collect(launch(case, signals), started, case.timeout)
 
 
-def wait_for_leftover(output: Path, before: Snapshot, process: subprocess.Popen, timeout: float = 120) -> None:
-    """Block until something new appears beside ``output`` (the writer's temporary folder or lock)."""
-    folder, entries = before.anchors[Path(output)]
+def wait_for_temporary(output: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Block until the writer's temporary folder ``.NAME.partial-*`` appears beside ``output`` (writing began)."""
+    output = Path(output)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _entries(folder) - entries:
+        if output.parent.is_dir() and any(output.parent.glob(f".{output.name}.partial-*")):
             return
         if process.poll() is not None:
             return
         time.sleep(0.02)
     process.kill()
-    pytest.fail(f"nothing was written beside {output} within {timeout}s")
+    pytest.fail(f"no .{output.name}.partial-* folder appeared beside {output} within {timeout}s")
 
 
 def record(case: Case, outcome: Outcome | None, status: str) -> None:
@@ -378,7 +378,7 @@ def interrupt_mid_write(case: Case, signum: int, settle: float = 0.3) -> None:
     before = snapshot(case)
     started = time.monotonic()
     process = launch(case)
-    wait_for_leftover(case.outputs[0], before, process)
+    wait_for_temporary(case.outputs[0], process)
     time.sleep(settle)
     extra = [] if process.poll() is None else ["the command ended before the signal was sent (not mid-write)"]
     process.send_signal(signum)
@@ -426,10 +426,19 @@ class Registry:
             outcomes = list(pool.map(lambda case: execute(case, signals=False), cases))
         return {case.id: (case, before, outcome) for case, before, outcome in zip(cases, snapshots, outcomes)}
 
-    @staticmethod
-    def conclude(case_id: str, results: dict[str, tuple[Case, Snapshot, Outcome]]) -> None:
-        case, before, outcome = results[case_id]
-        conclude(case, before, outcome)
+    def tests(self):
+        """(module fixture running the cases, parametrized test checking one case): assign both at module end."""
+
+        @pytest.fixture(scope="module")
+        def results(request, workspace, tmp_path_factory):
+            return self.run_all(request, workspace, tmp_path_factory)
+
+        @pytest.mark.parametrize("case_id", self.ids())
+        def test_case(case_id, results):
+            case, before, outcome = results[case_id]
+            conclude(case, before, outcome)
+
+        return results, test_case
 
 
 def with_id(case: Case, case_id: str, **changes) -> Case:

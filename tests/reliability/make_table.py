@@ -24,8 +24,8 @@ CLI_ORDER = ("cmaam.merge", "cmaam.mergekit", "cmaam.sweep", "cmaam.soups", "cma
              "scripts/prepare_korean_vqa_data.py")
 MESSAGE_WIDTH = 160
 PROBLEMS_WIDTH = 400
-# pytest's temporary folders (/tmp/pytest-of-USER/pytest-N/CASE0/...) shown as ".../"
-TEMPORARY = re.compile(r"(?:/[^/\s'\"]+)*/pytest-of-[^/\s]+/pytest-\d+/[^/\s]+/")
+# pytest's temporary folders (/tmp/pytest-of-USER/pytest-N/CASE0/...) shown as "..."
+TEMPORARY = re.compile(r"(?:/[^/\s'\"]+)*/pytest-of-[^/\s]+/pytest-\d+/[^/\s:'\"]+")
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -43,8 +43,8 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 def _cell(text: object, width: int = MESSAGE_WIDTH) -> str:
-    """Table-safe text: one line, temporary folders shortened to '.../', cut at ``width`` characters."""
-    text = TEMPORARY.sub(".../", " ".join(str(text if text is not None else "").split()))
+    """Table-safe text: one line, temporary folders shortened to '...', cut at ``width`` characters."""
+    text = TEMPORARY.sub("...", " ".join(str(text if text is not None else "").split()))
     if len(text) > width:
         text = text[: width - 1] + "…"
     return text.replace("|", "\\|")

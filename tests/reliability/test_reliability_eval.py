@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from reliability.conftest import write_jsonl
 from reliability.harness import Registry, python
 
@@ -82,11 +80,4 @@ def _(ws, folder):
                 outputs=[folder / "results" / "run"], fragments=["--text-only"])
 
 
-@pytest.fixture(scope="module")
-def results(request, workspace, tmp_path_factory):
-    return CASES.run_all(request, workspace, tmp_path_factory)
-
-
-@pytest.mark.parametrize("case_id", CASES.ids())
-def test_eval_fault(case_id, results):
-    CASES.conclude(case_id, results)
+results, test_eval_fault = CASES.tests()

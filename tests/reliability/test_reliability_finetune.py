@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from reliability.harness import Registry, python, script
 
 SYNTHETIC = "finetune.synthetic_vqa"
@@ -92,11 +90,4 @@ def _(ws, folder):
                                folder / "prepared"), outputs=[folder / "prepared"], fragments=["corpus"])
 
 
-@pytest.fixture(scope="module")
-def results(request, workspace, tmp_path_factory):
-    return CASES.run_all(request, workspace, tmp_path_factory)
-
-
-@pytest.mark.parametrize("case_id", CASES.ids())
-def test_finetune_fault(case_id, results):
-    CASES.conclude(case_id, results)
+results, test_finetune_fault = CASES.tests()

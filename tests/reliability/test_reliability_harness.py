@@ -124,7 +124,7 @@ def test_table_from_rows(tmp_path):
         {"id": "b-case", "cli": "cmaam.soups", "fault": "x | y", "expect": 2, "exit": 1, "message": "Boom",
          "status": "FAIL", "problems": ["exit code 1, expected 2"]},
         {"id": "a-case", "cli": "cmaam.merge", "fault": "missing", "expect": 2, "exit": 2,
-         "message": "error: gone", "status": "pass", "problems": []},
+         "message": "error: /tmp/pytest-of-root/pytest-7/a-case0/gone: missing", "status": "pass", "problems": []},
         {"id": "b-case", "cli": "cmaam.soups", "fault": "x | y", "expect": 2, "exit": 2, "message": "error: ok",
          "status": "pass", "problems": []},
         {"id": "c-case", "cli": "cmaam.sweep", "fault": "no mount", "expect": 2, "exit": None, "message": "",
@@ -133,7 +133,7 @@ def test_table_from_rows(tmp_path):
     rows.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     table = markdown_table(read_rows(rows))
     lines = table.splitlines()
-    assert lines[2] == "| `a-case` | cmaam.merge | missing | 2 | 2 | `error: gone` | pass |"
+    assert lines[2] == "| `a-case` | cmaam.merge | missing | 2 | 2 | `error: .../gone: missing` | pass |"
     assert lines[3] == "| `c-case` | cmaam.sweep | no mount | 2 |  |  | skipped: cannot mount |"  # sweep before soups
     assert lines[4] == "| `b-case` | cmaam.soups | x \\| y | 2 | 2 | `error: ok` | pass |"  # the rerun won
     assert lines[-1] == "3 cases: 2 pass, 0 fail, 1 skipped."

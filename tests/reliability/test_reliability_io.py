@@ -16,7 +16,7 @@ import pytest
 
 from reliability.harness import (INTERRUPTED, Case, collect, conclude, execute, file_size_limit, finish,
                                  interrupt_mid_write, launch, python, run_case, skip_case, snapshot, verify,
-                                 wait_for_leftover, with_id)
+                                 wait_for_temporary, with_id)
 
 SLOW = 0.1  # seconds per tensor written: 21 tensors (Llama) ~ 2 s, enough to land a signal mid-write
 NO_SPACE = ("no space", "enospc", "disk is full", "disk full")
@@ -80,7 +80,7 @@ def test_soups_kill9_then_rerun(workspace, tmp_path):
     before = snapshot(killed)
     started = time.monotonic()
     process = launch(killed)
-    wait_for_leftover(output, before, process)
+    wait_for_temporary(output, process)
     time.sleep(0.3)
     process.kill()
     collect(process, started)
@@ -131,7 +131,7 @@ def test_mergekit_concurrent_writers(workspace, tmp_path):
     before_first = snapshot(first)
     started = time.monotonic()
     process = launch(first)
-    wait_for_leftover(output, before_first, process)
+    wait_for_temporary(output, process)
     second = with_id(first, "mergekit-concurrent-writers", fault="a second writer while the first is writing",
                      expect=2, slow=0.0, fragments=[str(process.pid)], outputs=[])
     before_second = snapshot(second)

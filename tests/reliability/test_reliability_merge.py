@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from reliability.harness import Registry, python
 
 CLI = "cmaam.merge"
@@ -153,11 +151,4 @@ def _(ws, folder):
                 fragments=["exists"])
 
 
-@pytest.fixture(scope="module")
-def results(request, workspace, tmp_path_factory):
-    return CASES.run_all(request, workspace, tmp_path_factory)
-
-
-@pytest.mark.parametrize("case_id", CASES.ids())
-def test_merge_fault(case_id, results):
-    CASES.conclude(case_id, results)
+results, test_merge_fault = CASES.tests()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from reliability.harness import Registry, python
 
 CLI = "cmaam.mergekit"
@@ -114,11 +112,4 @@ def _(ws, folder):
                 outputs=[folder / "models"])
 
 
-@pytest.fixture(scope="module")
-def results(request, workspace, tmp_path_factory):
-    return CASES.run_all(request, workspace, tmp_path_factory)
-
-
-@pytest.mark.parametrize("case_id", CASES.ids())
-def test_mergekit_fault(case_id, results):
-    CASES.conclude(case_id, results)
+results, test_mergekit_fault = CASES.tests()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import yaml
 
 from reliability.harness import ROOT, Registry, python, script
@@ -118,11 +117,4 @@ def _(ws, folder):
                 produced=[folder / "exp" / "data" / name / "test.jsonl" for name in ("synthetic_ko", "synthetic_en")])
 
 
-@pytest.fixture(scope="module")
-def results(request, workspace, tmp_path_factory):
-    return CASES.run_all(request, workspace, tmp_path_factory)
-
-
-@pytest.mark.parametrize("case_id", CASES.ids())
-def test_pipeline_fault(case_id, results):
-    CASES.conclude(case_id, results)
+results, test_pipeline_fault = CASES.tests()

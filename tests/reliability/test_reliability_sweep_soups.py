@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from reliability.harness import Registry, python
 
 SWEEP = "cmaam.sweep"
@@ -95,11 +93,4 @@ def _(ws, folder):
                 outputs=[folder / "models"])
 
 
-@pytest.fixture(scope="module")
-def results(request, workspace, tmp_path_factory):
-    return CASES.run_all(request, workspace, tmp_path_factory)
-
-
-@pytest.mark.parametrize("case_id", CASES.ids())
-def test_sweep_and_soups_fault(case_id, results):
-    CASES.conclude(case_id, results)
+results, test_sweep_and_soups_fault = CASES.tests()

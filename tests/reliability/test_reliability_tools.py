@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from reliability.harness import Registry, python
 
 CASES = Registry()
@@ -110,11 +108,4 @@ def _(ws, folder):
     return dict(command=python("cmaam.monitor", run), inputs=[run], fragments=["state.json"])
 
 
-@pytest.fixture(scope="module")
-def results(request, workspace, tmp_path_factory):
-    return CASES.run_all(request, workspace, tmp_path_factory)
-
-
-@pytest.mark.parametrize("case_id", CASES.ids())
-def test_tool_fault(case_id, results):
-    CASES.conclude(case_id, results)
+results, test_tool_fault = CASES.tests()
