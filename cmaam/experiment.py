@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import yaml
 
 from cmaam.errors import CMAAMError
+from cmaam.reproducible import launcher_arguments
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PRESETS = ("demo", "tiny", "quick", "full")
@@ -80,7 +81,6 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 16
     device: str = "auto"
-    threads: int | None = None  # torch CPU threads (1 is fastest for tiny models on a small shared CPU)
 
 
 @dataclass
@@ -90,6 +90,8 @@ class ExperimentConfig:
     name: str = "demo"
     output_dir: str = "experiments/demo"
     seed: int = 0
+    threads: int | None = None  # torch threads (intra- and inter-op) in every step; None = torch's default
+    deterministic: bool = True  # deterministic torch kernels in every step (cmaam.reproducible)
     wandb_mode: str = "offline"
     wandb_project: str = "cmaam"
     data: DataConfig = field(default_factory=DataConfig)
@@ -153,6 +155,10 @@ def load_experiment_config(preset: str | None = None, path: str | Path | None = 
         raise CMAAMError(f"{path.name}: alphas must lie in [0, 1]")
     if config.data.korean_mode not in ("tiny", "quick", "full"):
         raise CMAAMError(f"{path.name}: data.korean_mode must be tiny, quick or full")
+    if config.threads is not None and (not isinstance(config.threads, int) or config.threads < 1):
+        raise CMAAMError(f"{path.name}: threads must be a whole number of at least 1 (or null for torch's default)")
+    if not isinstance(config.deterministic, bool):
+        raise CMAAMError(f"{path.name}: deterministic must be true or false")
     if config.wandb_mode not in ("offline", "online", "disabled"):
         raise CMAAMError(f"{path.name}: wandb_mode must be offline, online or disabled")
     return config
@@ -204,8 +210,14 @@ class Pipeline:
             print(message, flush=True)
 
     def _run(self, step: str, label: str, arguments: Sequence[str | Path]) -> None:
-        """Run one command, appending its output to logs/<step>.log; a failure stops the pipeline."""
-        command = [self.python, *map(str, arguments)]
+        """Run one command, appending its output to logs/<step>.log; a failure stops the pipeline.
+
+        Every command runs under ``cmaam.reproducible``: the experiment's seed, thread count and
+        deterministic kernels, the same in every step.
+        """
+        config = self.config
+        command = [self.python, *launcher_arguments(config.seed, config.threads, config.deterministic),
+                   *map(str, arguments)]
         log = self.root / "logs" / f"{step}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         started = time.time()
@@ -239,7 +251,7 @@ class Pipeline:
         data, seed = self.config.data, str(self.config.seed)
         if data.korean_source:
             self._item("prepare", "Korean VQA corpus", (self.korean_data / "test.jsonl").exists(),
-                       [REPOSITORY / "scripts" / "prepare_korean_vqa_data.py", "--source", data.korean_source,
+                       ["-m", "finetune.data_prep", "--source", data.korean_source,
                         "--output", self.korean_data, "--mode", data.korean_mode, "--seed", seed])
         else:
             self._item("prepare", "synthetic Korean VQA", (self.korean_data / "test.jsonl").exists(),
@@ -313,8 +325,6 @@ class Pipeline:
                          "--group", self.config.name]
             if evaluation.limit:
                 arguments += ["--limit", str(evaluation.limit)]
-            if evaluation.threads:
-                arguments += ["--threads", str(evaluation.threads)]
             self._item("evaluate", name, done, arguments)
 
     def compare(self) -> None:
@@ -354,13 +364,8 @@ class Pipeline:
 def evaluate_model(model: str | Path, name: str, role: str, korean: str | Path, english: str | Path,
                    results_root: str | Path, limit: int | None = None, batch_size: int = 16,
                    max_new_tokens: int = 16, device: str = "auto", wandb_mode: str = "offline",
-                   wandb_project: str = "cmaam", group: str | None = None,
-                   threads: int | None = None) -> dict[str, float]:
+                   wandb_project: str = "cmaam", group: str | None = None) -> dict[str, float]:
     """Evaluate one model on both sets into results_root/<name>/ (metrics prefixed 'ko/' and 'en/')."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     from cmaam.tracking import start_run
     from eval.generation import load_generator
     from eval.vqa import evaluate_vqa, load_vqa_jsonl
@@ -399,7 +404,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--wandb-mode", default="offline")
         parser.add_argument("--wandb-project", default="cmaam")
         parser.add_argument("--group")
-        parser.add_argument("--threads", type=int)
         args = vars(parser.parse_args(argv[1:]))
         metrics = evaluate_model(**args)
         print(json.dumps({k: v for k, v in metrics.items() if k.count("/") == 1}, indent=2))

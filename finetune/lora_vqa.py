@@ -25,6 +25,7 @@ from cmaam.checkpoint import load_config, parse_dtype
 from cmaam.cli import run_cli
 from cmaam.errors import CMAAMError, load_errors
 from cmaam.layouts import get_layout
+from cmaam.reproducible import set_threads
 
 logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
@@ -364,7 +365,7 @@ def _train(config: LoraTrainConfig, callbacks: Sequence[Any], main_process: bool
     resume_from = prepare_output(config)
     bf16 = use_bf16(config)
     if config.threads:
-        torch.set_num_threads(config.threads)
+        set_threads(config.threads)
     items = load_vqa_jsonl(Path(config.data) / "train.jsonl", limit=config.train_limit)
     set_seed(config.seed)
     model, processor, targets = load_model(config, bf16)
@@ -457,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wandb-project", default="cmaam")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (1 is fastest for tiny models on a busy CPU)")
+                        help="CPU threads for torch, intra- and inter-op (1 is fastest for tiny models on a busy CPU)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
 

@@ -25,10 +25,9 @@ def reduced_config(tmp_path: Path) -> Path:
     values["output_dir"] = str(tmp_path / "experiment")
     values["wandb_mode"] = "disabled"
     values["data"] = {"synthetic_samples": 40, "image_size": 56}
-    values["base_model"]["train_args"] = ["--max-steps", "2", "--batch-size", "4", "--lr", "1e-3", "--threads", "1"]
-    values["finetune"]["args"] = ["--max-steps", "2", "--batch-size", "4", "--lora-rank", "4", "--lora-alpha", "8",
-                                  "--threads", "1"]
-    values["evaluation"] = {"limit": 4, "batch_size": 4, "max_new_tokens": 4, "threads": 1}
+    values["base_model"]["train_args"] = ["--max-steps", "2", "--batch-size", "4", "--lr", "1e-3"]
+    values["finetune"]["args"] = ["--max-steps", "2", "--batch-size", "4", "--lora-rank", "4", "--lora-alpha", "8"]
+    values["evaluation"] = {"limit": 4, "batch_size": 4, "max_new_tokens": 4}
     path = tmp_path / "reduced.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
@@ -107,3 +106,26 @@ def test_a_failing_step_stops_the_pipeline_with_its_log(tmp_path):
     config = load_experiment_config(path=reduced_config(tmp_path), overrides=["base_model.train_args=[--no-such-flag]"])
     with pytest.raises(CMAAMError, match=r"step base .* failed .*no-such-flag.*full log: .*base\.log"):
         Pipeline(config, echo=False).run(["prepare", "base"])
+
+
+def test_every_step_runs_under_the_reproducible_launcher(finished):
+    config, _, _ = finished
+    logs = Path(config.output_dir) / "logs"
+    commands = [line for log in sorted(logs.glob("*.log")) for line in log.read_text().splitlines()
+                if line.startswith("$ ")]
+    modules = {command.split(" -m ")[-1].split()[0] for command in commands}
+    assert modules == {"finetune.synthetic_vqa", "cmaam.tiny", "finetune.lora_vqa", "cmaam.merge", "cmaam.sweep",
+                       "cmaam.experiment", "cmaam.compare"}
+    assert all(" -m cmaam.reproducible --seed 0 --threads 1 -m " in command for command in commands)
+
+
+def test_a_second_run_gives_the_same_bytes(finished, tmp_path):
+    """Data, trained models and merges of a fresh run in another folder equal the first run's, byte for byte."""
+    config, _, _ = finished
+    again = load_experiment_config(path=reduced_config(tmp_path), overrides=["merge.strategies=[full]"])
+    Pipeline(again, echo=False).run(["prepare", "base", "finetune", "merge"])
+    first, second = Path(config.output_dir), Path(again.output_dir)
+    compared = ["data/synthetic_ko/test.jsonl", "models/base/merged/model.safetensors",
+                "models/finetuned/merged/model.safetensors", "models/cmaam_full/model.safetensors"]
+    for name in compared:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
