@@ -45,6 +45,7 @@ _MULTIPLIERS = {"千": 1e3, "천": 1e3, "万": 1e4, "萬": 1e4, "만": 1e4, "億
 _CLAUSE_END = re.compile(r"[\n。!?！？]|\.(?!\d)")
 _SUPERSCRIPTS = str.maketrans({c: " " for c in "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻"})
 _MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-", "\ufe63": "-", "\uff0d": "-"})
+_OTHER_DIGITS = re.compile(r"(?![0-9])\d")
 _FULLWIDTH_COMMA = re.compile(r"，(?![０-９])|(?<![０-９])，")
 
 
@@ -52,10 +53,12 @@ def normalize_text(text: str) -> str:
     """NFKC (full-width digits and signs to ASCII) with minus signs unified and clause commas kept apart.
 
     A full-width comma is a thousands separator only between full-width digits ("１，０００");
-    elsewhere it separates clauses and becomes "、" so that "5，100" is not read as 5100.
+    elsewhere it separates clauses and becomes "、" so that "5，100" is not read as 5100. Decimal digits of
+    other scripts, which NFKC keeps ("٣", "๔"), become ASCII digits too.
     """
     text = _FULLWIDTH_COMMA.sub("、", text.translate(_SUPERSCRIPTS))
     text = unicodedata.normalize("NFKC", text).translate(_MINUS_SIGNS)
+    text = _OTHER_DIGITS.sub(lambda digit: str(unicodedata.decimal(digit.group())), text)
     return text.replace("\u200b", "")
 
 

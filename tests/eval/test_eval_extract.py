@@ -68,6 +68,12 @@ def test_answer_marker_wins_over_last_number():
     assert extract_answer("I had 25 and ate 7, leaving 18.") == 18
 
 
+def test_digits_of_other_scripts_are_numbers():
+    """Random or multilingual output can hold Arabic-Indic or Thai digits; they are read, never a crash."""
+    assert extract_answer("٣ apples") == 3 and extract_answer("The answer is ๔๒") == 42
+    assert normalize_text("١٢٣") == "123"
+
+
 def test_full_width_comma_between_clauses_is_not_a_separator():
     assert normalize_text("5，100") == "5、100"
     assert normalize_text("１，０００") == "1,000"
