@@ -106,7 +106,8 @@ def loading_problems(model: Any, info: dict) -> list[str]:
         shown = [f"{key} (checkpoint {list(saved)}, model {list(expected)})" for key, saved, expected in
                  sorted(mismatched)[:NAMES_SHOWN]]
         problems.append(f"{len(mismatched)} of the wrong shape: {', '.join(shown)}")
-    problems += [str(message).strip().splitlines()[0] for message in info.get("error_msgs") or () if str(message).strip()]
+    messages = [str(message).strip() for message in info.get("error_msgs") or ()]
+    problems += [message.splitlines()[0] for message in messages if message]
     return problems
 
 

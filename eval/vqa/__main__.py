@@ -15,7 +15,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="JSONL: {id, image, question, answer, answers?, category, lang}")
     parser.add_argument("--limit", type=int, default=None, help="first N questions only")
     parser.add_argument("--text-only", action="store_true",
-                        help="ask every question without its image (needed for a text-only model given image questions)")
+                        help="ask every question without its image (needed to give image questions to a "
+                             "text-only model)")
     add_generator_options(parser, max_new_tokens=32)
     add_run_options(parser)
     args = parser.parse_args(argv)

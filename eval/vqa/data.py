@@ -61,7 +61,8 @@ def _item(record: dict, folder: Path, where: str, number: int, check_images: boo
     if lang not in LANGUAGES:
         raise CMAAMError(f"{where}: unknown language {lang!r} (choose {', '.join(LANGUAGES)})")
     category = str(record.get("category") or "all")
-    return VQAItem(str(record.get("id", f"line-{number}")), image, question, answer, answers, category, lang, number)
+    return VQAItem(str(record.get("id", f"line-{number}")), image, question, answer, answers, category, lang,
+                   line=number)
 
 
 def load_vqa_jsonl(path: str | Path, limit: int | None = None, check_images: bool = True) -> list[VQAItem]:

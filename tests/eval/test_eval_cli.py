@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from eval.mgsm.__main__ import main as mgsm_main
 from eval.vqa.__main__ import main as vqa_main
 

@@ -15,7 +15,7 @@ import torch
 
 from cmaam.cli import run_cli
 from cmaam.errors import CMAAMError
-from eval.generation import GenerationRequest, HFGenerator
+from eval.generation import HFGenerator
 from eval.loading import loading_problems
 from eval.mgsm.__main__ import main as mgsm_main
 from eval.vqa.__main__ import main as vqa_main
