@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 from tqdm.auto import tqdm
 
 from cmaam.errors import CMAAMError
+from eval.loading import check_weight_files, load_errors, load_pretrained_strict
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "hf", "vllm")
@@ -39,8 +40,8 @@ class GenerationRequest:
 
 
 def load_image(image: Any):
-    """A PIL RGB image from a path or a PIL image (a one-line error when the file is missing or unreadable)."""
-    from PIL import Image, UnidentifiedImageError
+    """A decoded PIL RGB image from a path or a PIL image (a one-line error when the file is missing or unreadable)."""
+    from PIL import Image
 
     if isinstance(image, Image.Image):
         return image.convert("RGB")
@@ -50,8 +51,9 @@ def load_image(image: Any):
     try:
         with Image.open(path) as opened:
             return opened.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise CMAAMError(f"{path}: cannot read the image ({error})") from None
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        message = str(error).replace(f"'{path}'", "").replace(str(path), "").strip(" :")
+        raise CMAAMError(f"{path}: not a readable image ({type(error).__name__}: {message})") from None
 
 
 def _parts(content: Any) -> list[dict]:
@@ -106,6 +108,28 @@ def is_vision_config(config: dict) -> bool:
     return "vision_config" in config or "vision_tower" in config or "mm_vision_tower" in config
 
 
+def check_model_folder(path: str | Path, allow_pickle: bool = False) -> dict:
+    """The config.json of a model folder whose weight files are readable (pickles only with ``allow_pickle``).
+
+    Reads no tensor data, so bad inputs fail before a model is built.
+    """
+    from cmaam.checkpoint import load_config
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CMAAMError(f"{path}: model folder not found")
+    config = load_config(path)
+    check_weight_files(path, allow_pickle)
+    return config
+
+
+def _check_text_only(requests: Sequence[GenerationRequest], vision: bool) -> None:
+    """A text-only model must not be given images silently: the caller drops them explicitly (--text-only)."""
+    if not vision and any(request.image is not None for request in requests):
+        raise CMAAMError("a text-only model was given a request with an image; drop the images explicitly "
+                         "(python -m eval.vqa --text-only) or use a vision-language model")
+
+
 class HFGenerator:
     """Batched greedy generation with transformers: causal LMs with their tokenizer, VLMs with their processor."""
 
@@ -114,24 +138,19 @@ class HFGenerator:
                  allow_pickle: bool = False, progress: bool = True):
         import torch
 
-        from cmaam.checkpoint import load_config, parse_dtype
+        from cmaam.checkpoint import parse_dtype
         from cmaam.engine import resolve_device
 
         path = Path(model_path)
-        if not path.is_dir():
-            raise CMAAMError(f"{path}: model folder not found")
-        config = load_config(path)
-        if not allow_pickle and not any(path.glob("*.safetensors*")) and any(
-                p.suffix in (".bin", ".pt", ".pth") for p in path.iterdir()):
-            raise CMAAMError(f"{path}: only pickle weights (.bin/.pt) found; pass --allow-pickle to load them")
+        config = check_model_folder(path, allow_pickle)
         device = resolve_device(device)
         torch_dtype: Any = parse_dtype(dtype) if dtype not in (None, "auto") else None
         if torch_dtype is None:
             torch_dtype = "auto" if device.startswith("cuda") or dtype == "auto" else torch.float32
         vision = is_vision_config(config)
-        try:
+        with load_errors(path, "the tokenizer or processor"):
             if vision:
-                from transformers import AutoModelForImageTextToText
+                from transformers import AutoModelForImageTextToText as model_class
 
                 from cmaam.processors import load_processor
 
@@ -139,18 +158,14 @@ class HFGenerator:
                 if tokenizer_or_processor is None:
                     raise CMAAMError(f"{path}: vision-language model without a processor "
                                      "(preprocessor_config.json missing)")
-                model_class = AutoModelForImageTextToText
             else:
-                from transformers import AutoModelForCausalLM, AutoTokenizer
+                from transformers import AutoModelForCausalLM as model_class
+                from transformers import AutoTokenizer
 
                 tokenizer_or_processor = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-                model_class = AutoModelForCausalLM
-            model = model_class.from_pretrained(path, dtype=torch_dtype, device_map=device,
-                                                trust_remote_code=trust_remote_code,
-                                                use_safetensors=None if allow_pickle else True)
-        except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CMAAMError(f"{path}: cannot load the model ({message})") from None
+        model = load_pretrained_strict(model_class, path, progress=progress, dtype=torch_dtype, device_map=device,
+                                       trust_remote_code=trust_remote_code,
+                                       use_safetensors=None if allow_pickle else True)
         self._setup(model, tokenizer_or_processor, batch_size, max_new_tokens, progress)
         self.model_path = path
 
@@ -213,6 +228,7 @@ class HFGenerator:
         import torch
 
         requests = list(requests)
+        _check_text_only(requests, self.vision)
         prompts = [self.render(request) for request in requests]
         order = sorted(range(len(requests)), key=lambda i: (-len(prompts[i]), i))
         completions: list[str] = [""] * len(requests)
@@ -242,18 +258,17 @@ class VLLMGenerator:
     def __init__(self, model_path: str | Path, device: str = "auto", dtype: str | None = None, batch_size: int = 8,
                  max_new_tokens: int = 64, trust_remote_code: bool = False, allow_pickle: bool = False,
                  progress: bool = True, **engine_options: Any):
+        path = Path(model_path)
+        config = check_model_folder(path, allow_pickle)
         from vllm import LLM
 
-        from cmaam.checkpoint import load_config
-
-        path = Path(model_path)
-        config = load_config(path)
         self.vision = is_vision_config(config)
         self.max_new_tokens = max_new_tokens
         self.progress = progress
         self.model_path = path
-        self.llm = LLM(model=str(path), dtype=str(dtype or "auto"), trust_remote_code=trust_remote_code,
-                       seed=0, max_num_seqs=max(batch_size, 1), **engine_options)
+        with load_errors(path):
+            self.llm = LLM(model=str(path), dtype=str(dtype or "auto"), trust_remote_code=trust_remote_code,
+                           seed=0, max_num_seqs=max(batch_size, 1), **engine_options)
 
     def _messages(self, request: GenerationRequest) -> list[dict]:
         part = None
@@ -273,6 +288,7 @@ class VLLMGenerator:
         """Greedy completions for ``requests`` in order (vLLM schedules the batches)."""
         from vllm import SamplingParams
 
+        _check_text_only(requests, self.vision)
         params = SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens)
         outputs = self.llm.chat([self._messages(r) for r in requests], params, use_tqdm=self.progress)
         return [output.outputs[0].text.strip() for output in outputs]
@@ -292,9 +308,6 @@ def load_generator(model_path: str | Path, backend: str = "auto", **options: Any
     if backend == "vllm" and not vllm_available():
         raise CMAAMError("backend 'vllm' needs the vllm package and a CUDA GPU; use --backend hf")
     if backend == "vllm" or (backend == "auto" and vllm_available()):
-        from cmaam.checkpoint import load_config
-
-        load_config(model_path)
         return VLLMGenerator(model_path, **options)
     return HFGenerator(model_path, **options)
 

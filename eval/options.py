@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from cmaam.errors import CMAAMError
 from cmaam.tracking import WANDB_MODES, default_wandb_mode
@@ -56,9 +59,49 @@ def default_run_name(task: str, model: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{task}-{Path(model).resolve().name}")
 
 
-def check_run_free(output_dir: str | Path, run_name: str, overwrite: bool) -> Path:
-    """The run folder; a one-line error if it already holds finished results and --overwrite was not given."""
+def check_run_free(output_dir: str | Path, run_name: str, overwrite: bool, wandb_mode: str | None = None) -> Path:
+    """The run folder; a one-line error if it already exists and --overwrite was not given (or the name or the
+    W&B mode is invalid), so a run stops before its model is loaded."""
+    if not run_name or run_name in (".", "..") or "/" in run_name or os.sep in run_name:
+        raise CMAAMError(f"bad run name {run_name!r} (a single folder name, no '/')")
+    if wandb_mode is not None and wandb_mode not in WANDB_MODES:
+        raise CMAAMError(f"unknown W&B mode {wandb_mode!r} (choose {', '.join(WANDB_MODES)})")
     folder = Path(output_dir) / run_name
-    if (folder / "metrics.json").exists() and not overwrite:
-        raise CMAAMError(f"{folder}: results already exist (pass --overwrite or choose another --run-name)")
+    if folder.exists() and not overwrite:
+        what = "results already exist" if (folder / "metrics.json").exists() else "already exists (not a finished run)"
+        raise CMAAMError(f"{folder}: {what} (pass --overwrite or choose another --run-name)")
+    if folder.exists() and not folder.is_dir():
+        raise CMAAMError(f"{folder}: exists and is not a folder")
     return folder
+
+
+@contextlib.contextmanager
+def tracked_run(run_name: str, config: dict[str, Any], output_dir: str | Path = "results",
+                wandb_mode: str = "offline", wandb_project: str = "cmaam", group: str | None = None,
+                overwrite: bool = False, inputs: Sequence[str | Path | None] = ()) -> Iterator[Any]:
+    """A tracked run (``cmaam.tracking.Run``) that appears as OUTPUT_DIR/RUN_NAME only when the block succeeds.
+
+    The run (config.yaml, wandb/, results) is written to a hidden folder beside the final one and moved into
+    place at the end, replacing an earlier run only then (with ``overwrite``). On any failure, interruption
+    included, the hidden folder is removed, and so are the folders this run created: nothing is left.
+    The run folder may not overlap ``inputs`` and is locked (``cmaam.atomic.claim_output``) throughout.
+    """
+    from cmaam.atomic import claim_output, replace_directory
+    from cmaam.tracking import start_run
+
+    final = check_run_free(output_dir, run_name, overwrite, wandb_mode)
+    root = Path(output_dir)
+    created = [folder for folder in (root, *root.parents) if not folder.exists()]  # innermost first
+    staging = root / f".{run_name}.partial-{os.getpid()}"
+    with claim_output(final, inputs=inputs, overwrite=None):
+        try:
+            with start_run(run_name, config, root=staging, wandb_mode=wandb_mode, project=wandb_project,
+                           group=group) as run:
+                yield run
+            replace_directory(staging / run_name, final)
+            run.dir = final
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            for folder in created:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmaam.errors import CMAAMError
+from eval.generation import load_image
 from eval.language import LANGUAGES, script_counts
 from eval.readers import read_jsonl
 
 
 @dataclass(frozen=True)
 class VQAItem:
-    """One question about an image (absolute path, or None for a text-only question)."""
+    """One question about an image (absolute path, or None for a text-only question); ``line`` in its JSONL."""
 
     id: str
     image: str | None
@@ -21,6 +22,7 @@ class VQAItem:
     answers: tuple[str, ...] | None = None
     category: str = "all"
     lang: str = "en"
+    line: int | None = field(default=None, compare=False)
 
 
 def _text(record: dict, key: str, where: str, required: bool = True) -> str | None:
@@ -49,16 +51,26 @@ def _item(record: dict, folder: Path, where: str, number: int, check_images: boo
         path = Path(image) if Path(image).is_absolute() else folder / image
         if check_images and not path.is_file():
             raise CMAAMError(f"{where}: image {image} not found ({path})")
+        if check_images:
+            try:
+                load_image(path)
+            except CMAAMError as error:
+                raise CMAAMError(f"{where}: {error}") from None
         image = str(path)
     lang = record.get("lang") or ("ko" if script_counts(question)["hangul"] else "en")
     if lang not in LANGUAGES:
         raise CMAAMError(f"{where}: unknown language {lang!r} (choose {', '.join(LANGUAGES)})")
     category = str(record.get("category") or "all")
-    return VQAItem(str(record.get("id", f"line-{number}")), image, question, answer, answers, category, lang)
+    return VQAItem(str(record.get("id", f"line-{number}")), image, question, answer, answers, category, lang,
+                   line=number)
 
 
 def load_vqa_jsonl(path: str | Path, limit: int | None = None, check_images: bool = True) -> list[VQAItem]:
-    """Read VQA items; any bad line is a one-line error naming ``file:line``. Ids must be unique."""
+    """Read VQA items; any bad line is a one-line error naming ``file:line``. Ids must be unique.
+
+    With ``check_images`` every image is opened and decoded, so an unreadable image stops the run before a model
+    is loaded or a result written.
+    """
     path = Path(path)
     if limit is not None and limit < 1:
         raise CMAAMError(f"limit must be positive, got {limit}")

@@ -28,10 +28,11 @@ class VQAResult:
     samples: list[dict] = field(default_factory=list)
 
 
-def vqa_requests(items: Sequence[VQAItem]) -> list[GenerationRequest]:
-    """One request per item: the question followed by the short-answer instruction of its language."""
-    return [GenerationRequest(text=f"{item.question.strip()}\n{INSTRUCTIONS[item.lang]}", image=item.image)
-            for item in items]
+def vqa_requests(items: Sequence[VQAItem], text_only: bool = False) -> list[GenerationRequest]:
+    """One request per item: the question followed by the short-answer instruction of its language, with the
+    item's image unless ``text_only``."""
+    return [GenerationRequest(text=f"{item.question.strip()}\n{INSTRUCTIONS[item.lang]}",
+                              image=None if text_only else item.image) for item in items]
 
 
 def score_item(completion: str, item: VQAItem) -> dict[str, float]:
@@ -71,9 +72,11 @@ def score_vqa(completions: Sequence[str], items: Sequence[VQAItem], prompts: Seq
     return VQAResult(metrics=metrics, samples=samples)
 
 
-def evaluate_vqa(generator: Any, items: Sequence[VQAItem], max_new_tokens: int = 32) -> VQAResult:
-    """Answer every item with ``generator`` (anything with ``generate(requests)``) and score the answers."""
-    requests = vqa_requests(items)
+def evaluate_vqa(generator: Any, items: Sequence[VQAItem], max_new_tokens: int = 32,
+                 text_only: bool = False) -> VQAResult:
+    """Answer every item with ``generator`` (anything with ``generate(requests)``) and score the answers;
+    ``text_only`` asks the questions without their images."""
+    requests = vqa_requests(items, text_only=text_only)
     prompts = rendered_prompts(generator, requests)
     with max_new_tokens_set(generator, max_new_tokens):
         completions = generator.generate(requests)

@@ -27,3 +27,71 @@ def vqa_folder(tmp_path):
     path = tmp_path / "vqa" / "test.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def cli_error(capfd):
+    """Run a CLI main expecting a user error: exit code 2, stderr exactly one 'error: ...' line and no traceback.
+
+    Returns the error line. stderr is captured at the file-descriptor level, so library output counts too.
+    """
+    from cmaam.cli import run_cli
+
+    def run(main, argv):
+        capfd.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main, argv)
+        err = capfd.readouterr().err
+        assert exit_info.value.code == 2, err
+        assert "Traceback" not in err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        return lines[0]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def broken_models(tiny_llama, tmp_path_factory):
+    """Copies of the tiny Llama broken in one way each (name -> folder), and a tied-embeddings variant that is fine.
+
+    corrupt: model.safetensors overwritten with text; truncated_shard: three shards, the last cut short;
+    bad_pickle: pytorch_model.bin that is not a pickle; missing: layer 1's MLP removed; no_lm_head: lm_head removed
+    (untied, so it would be random); unexpected: an extra tensor; wrong_shape: a norm of the wrong length;
+    tied: tie_word_embeddings with no lm_head in the checkpoint (valid: lm_head is the embedding).
+    """
+    import json
+    import shutil
+
+    import torch
+
+    from cmaam.checkpoint import CheckpointReader, write_state_dict
+
+    root = tmp_path_factory.mktemp("broken")
+    reader = CheckpointReader(tiny_llama)
+    tensors = {name: reader.get(name) for name in reader.keys()}
+    models = {}
+
+    def copy(name):
+        models[name] = root / name
+        shutil.copytree(tiny_llama, models[name])
+        return models[name]
+
+    (copy("corrupt") / "model.safetensors").write_text("this is not a safetensors file\n" * 20)
+    sharded = write_state_dict(root / "truncated_shard", tensors, reference=tiny_llama, max_shard_size=200_000)
+    last = sorted(sharded.glob("model-*-of-*.safetensors"))[-1]
+    last.write_bytes(last.read_bytes()[:-1000])
+    models["truncated_shard"] = sharded
+    pickled = copy("bad_pickle")
+    (pickled / "model.safetensors").unlink()
+    (pickled / "pytorch_model.bin").write_bytes(b"not a pickle")
+    edits = {"missing": {k: v for k, v in tensors.items() if "layers.1.mlp" not in k},
+             "no_lm_head": {k: v for k, v in tensors.items() if k != "lm_head.weight"},
+             "unexpected": {**tensors, "model.extra.weight": torch.zeros(3)},
+             "wrong_shape": {**tensors, "model.norm.weight": torch.ones(7)}}
+    for name, state in edits.items():
+        models[name] = write_state_dict(root / name, state, reference=tiny_llama)
+    config = json.loads((tiny_llama / "config.json").read_text())
+    models["tied"] = write_state_dict(root / "tied", edits["no_lm_head"], reference=tiny_llama,
+                                      config={**config, "tie_word_embeddings": True})
+    return models

@@ -188,4 +188,96 @@ KOREAN = [
     ("답을 구해 봅시다. 16 - 3 - 4 = 9이고 9 × 2 = 18입니다.", 18),
 ]
 
-CASES = {"en": ENGLISH, "ja": JAPANESE, "zh": CHINESE, "ko": KOREAN}
+# (a) A marker followed by the working, not by its number, states nothing: the last number (or a later answer
+# statement) is the answer.
+MARKER_THEN_WORKING = {
+    "en": [
+        ("The answer is calculated as follows: Janet has 16 - 3 - 4 = 9 eggs left.\n"
+         "She sells them for 9 * 2 = 18 dollars.", 18),
+        ("The answer is found by subtracting: 20 - 8 = 12 apples remain, then 12 / 4 = 3 per friend.", 3),
+        ("The final answer: we first need 5 boxes. Each box costs $6, so 5 * 6 = 30 dollars.", 30),
+        ("Answer: first she buys 3 packs of 12 pens, 3 * 12 = 36.\nThen she gives away 6, leaving 30.", 30),
+        ("The answer is 18. To check the answer: she earns 9 dollars on each of 2 days.", 18),
+    ],
+    "ja": [
+        ("答えは次のように計算します:\n残りの卵は16 - 3 - 4 = 9個です。\n9 × 2 = 18", 18),
+        ("答えを出すには、まず12 ÷ 4 = 3を求めます。答えは以下の通りです。3 × 5 = 15", 15),
+        ("正解は、次の手順で求めます。りんごは8個、みかんは8 + 4 = 12個。合計20個。", 20),
+        ("答え：まず1日に6ページ読みます。7日間で6 × 7 = 42ページです。", 42),
+        ("答えは以下のとおりです。\n毎日3ページ読むので、\n3 × 7 = 21ページ", 21),
+        ("答えは、以下のステップで求められます。\n1. 16 - 3 - 4 = 9個\n2. 9 × 2 = 18ドル", 18),
+    ],
+    "zh": [
+        ("答案如下计算：剩下16 - 3 - 4 = 9个蛋。\n9 × 2 = 18", 18),
+        ("答案是这样算的：先算5 × 4 = 20，再加上7，得27。", 27),
+        ("答：先求每天读的页数，一共读了3天。3 × 15 = 45", 45),
+        ("正确答案是通过以下步骤得到的：8 + 4 = 12。12 ÷ 3 = 4", 4),
+        ("答案为以下计算结果：\n每天读3页，\n3 × 7 = 21", 21),
+    ],
+    "ko": [
+        ("답은 다음과 같이 계산됩니다:\n남은 달걀은 16 - 3 - 4 = 9개입니다.\n9 × 2 = 18", 18),
+        ("정답은 아래와 같이 구합니다. 사과는 8개이고 배는 8 + 4 = 12개입니다. 합계는 20개입니다.", 20),
+        ("정답: 먼저 하루에 6쪽을 읽습니다. 7일 동안 6 × 7 = 42쪽을 읽습니다.", 42),
+        ("답은 두 단계로 구할 수 있습니다. 3 × 4 = 12, 12 + 5 = 17", 17),
+        ("정답은 이렇게 구합니다:\n하루에 3쪽씩 읽으므로\n3 × 7 = 21쪽", 21),
+    ],
+}
+
+# (b) Korean 만 after digits is the number word (x10,000) only as a whole word; 만큼/만치 ("as much as") are
+# other words. Both directions: 7만 명, 3만에, 5만이, 5만의 stay multipliers.
+KOREAN_MAN = [
+    ("민수는 영희보다 7만큼 더 많습니다.", 7),
+    ("사과는 배보다 3만큼 많으므로 5 + 3 = 8개입니다. 그래서 8만큼 있습니다.", 8),
+    ("정답은 12만큼 증가합니다.", 12),
+    ("가격이 2,500만큼 올랐습니다.", 2500),
+    ("기온이 어제보다 4만치 높습니다.", 4),
+    ("그는 3천만큼 더 벌었습니다.", 3000),
+    ("정답은 7만 명입니다.", 70000),
+    ("그 집은 3만에 팔렸습니다.", 30000),
+    ("관중은 5만이 넘었습니다. 5만의 두 배는 10만입니다.", 100000),
+    ("사탕이 7개만 남았습니다.", 7),
+]
+
+# (c) Marker phrasings: "answer" with any qualifier (correct, right, final, my) and copula or colon; 答え/正解/正答
+# with は/が; 答案 with 是/为/為/应为/等于; 정답/해답/답 with 은/는/이/=.
+MARKER_PHRASINGS = {
+    "en": [
+        ("The correct answer is 18. Note: she does this for 7 days.", 18),
+        ("My final answer is 42, which I checked over 3 steps.", 42),
+        ("The answer to the question is 64. It took 2 hours.", 64),
+        ("The right answer would be 125 marbles, not 5.", 125),
+        ("The answer is therefore about 2,500 liters. (Rounded from 3 measurements.)", 2500),
+        ("The answer should be 36 cookies, with 4 left over.", 36),
+        ("The answer equals 15; it took 3 days.", 15),
+    ],
+    "ja": [
+        ("正解は18です。なお、7日間続けます。", 18),
+        ("最終的な答えは42個です。3回確認しました。", 42),
+        ("答えが64になります。2時間かかりました。", 64),
+        ("正答は約1.5時間です。2回計算しました。", 1.5),
+        ("したがって、正解は 120 円です。おつりは 30 円。", 120),
+    ],
+    "zh": [
+        ("正确答案是18。注意：她这样做了7天。", 18),
+        ("答案应该是42个，我检查了3遍。", 42),
+        ("最终答案为：共64个。花了2小时。", 64),
+        ("答案就是125。剩下5个不算。", 125),
+        ("答案应为36块饼干，剩下4块。", 36),
+        ("所以答案等于15，用了3天。", 15),
+        ("正確答案為18。注意：她做了7天。", 18),
+    ],
+    "ko": [
+        ("올바른 답은 18입니다. 참고: 7일 동안 합니다.", 18),
+        ("해답은 42개입니다. 3번 확인했습니다.", 42),
+        ("최종 답이 64입니다. 2시간이 걸렸습니다.", 64),
+        ("정답은 총 125개입니다. 5개는 제외합니다.", 125),
+        ("정답이 18입니다. 참고로 7일 동안 합니다.", 18),
+        ("답이 36개입니다. 4개가 남습니다.", 36),
+        ("정답 = 15, 3일이 걸렸습니다.", 15),
+    ],
+}
+
+CLASSES = {"marker_then_working": MARKER_THEN_WORKING, "korean_man": {"ko": KOREAN_MAN},
+           "marker_phrasings": MARKER_PHRASINGS}
+CASES = {lang: cases + [case for table in CLASSES.values() for case in table.get(lang, [])]
+         for lang, cases in {"en": ENGLISH, "ja": JAPANESE, "zh": CHINESE, "ko": KOREAN}.items()}

@@ -6,9 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from cmaam.cli import run_cli
 from eval.mgsm.__main__ import main as mgsm_main
 from eval.vqa.__main__ import main as vqa_main
 
@@ -16,21 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_FIELDS = {"prompt", "completion", "extracted", "gold", "correct"}
 
 
-def run_error(main, argv, capsys):
-    """Run a CLI expecting a user error: exit code 2 and exactly one 'error: ...' line on stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ")
-    return lines[0]
-
-
-def test_mgsm_cli_in_process_with_wandb_offline(tiny_llama, tmp_path, capsys):
+def test_mgsm_cli_in_process_with_wandb_offline(tiny_llama, tmp_path, capfd, cli_error):
     code = mgsm_main(["--model", str(tiny_llama), "--lang", "ja", "--limit", "3", "--max-new-tokens", "4",
                       "--batch-size", "2", "--output-dir", str(tmp_path), "--run-name", "ja", "--wandb-mode",
                       "offline", "--no-progress"])
-    assert code == 0 and "MGSM ja: accuracy" in capsys.readouterr().out
+    assert code == 0 and "MGSM ja: accuracy" in capfd.readouterr().out
     folder = tmp_path / "ja"
     metrics = json.loads((folder / "metrics.json").read_text())
     samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -40,8 +27,8 @@ def test_mgsm_cli_in_process_with_wandb_offline(tiny_llama, tmp_path, capsys):
     assert list((folder / "wandb").glob("offline-run-*/run-*.wandb"))
     config = (folder / "config.yaml").read_text(encoding="utf-8")
     assert "lang: ja" in config and "count: 3" in config
-    line = run_error(mgsm_main, ["--model", str(tiny_llama), "--lang", "ja", "--output-dir", str(tmp_path),
-                                 "--run-name", "ja", "--wandb-mode", "disabled"], capsys)
+    line = cli_error(mgsm_main, ["--model", str(tiny_llama), "--lang", "ja", "--output-dir", str(tmp_path),
+                                 "--run-name", "ja", "--wandb-mode", "disabled"])
     assert "results already exist" in line
 
 
@@ -90,7 +77,7 @@ def test_entry_points_as_modules(tiny_llama, tmp_path):
         [f"error: {bad}:1: field 'answer' must be a non-empty string"]
 
 
-def test_bad_inputs_are_one_line_errors(tiny_llama, tmp_path, capsys):
+def test_bad_inputs_are_one_line_errors(tiny_llama, tmp_path, cli_error):
     out = tmp_path / "results"
     common = ["--output-dir", str(out), "--wandb-mode", "disabled"]
     bad_tsv = tmp_path / "bad.tsv"
@@ -117,5 +104,5 @@ def test_bad_inputs_are_one_line_errors(tiny_llama, tmp_path, capsys):
          "unknown generation backend"),
     ]
     for main, argv, message in cases:
-        assert message in run_error(main, argv + common, capsys)
+        assert message in cli_error(main, argv + common)
     assert not out.exists() or not any(out.iterdir())

@@ -91,10 +91,10 @@ def test_load_errors(tmp_path, tiny_llama):
     folder = tmp_path / "config_only"
     folder.mkdir()
     shutil.copy(tiny_llama / "config.json", folder / "config.json")
-    with pytest.raises(CMAAMError, match="cannot load the model"):
+    with pytest.raises(CMAAMError, match="no weights found"):
         load_generator(folder, backend="hf")
     (folder / "pytorch_model.bin").write_bytes(b"not read")
-    with pytest.raises(CMAAMError, match="only pickle weights .* pass --allow-pickle"):
+    with pytest.raises(CMAAMError, match="pytorch_model.bin.*--allow-pickle"):
         load_generator(folder, backend="hf")
     with pytest.raises(CMAAMError, match="unknown generation backend 'tgi'"):
         load_generator(tiny_llama, backend="tgi")
