@@ -22,15 +22,16 @@ def first_line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def load_errors(path: str | Path, what: str = "model") -> Iterator[None]:
+def load_errors(path: str | Path, what: str = "model", action: str = "load") -> Iterator[None]:
     """Turn any failure of a third-party loader (transformers ``from_pretrained``, safetensors, PIL, json)
     on the user's ``path`` into one CMAAMError line: ``PATH: cannot load the WHAT (first line of the cause)``.
 
     Wrap only the loading call: everything raised inside counts as a bad file, not as a bug.
+    ``action="write"`` serves third-party savers the same way (``save_pretrained`` on a full disk).
     """
     try:
         yield
     except CMAAMError:
         raise
     except Exception as error:  # loaders raise OSError, ValueError, KeyError, SafetensorError, RuntimeError...
-        raise CMAAMError(f"{path}: cannot load the {what} ({first_line(error)})") from error
+        raise CMAAMError(f"{path}: cannot {action} the {what} ({first_line(error)})") from error

@@ -131,7 +131,10 @@ def _set(values: dict, assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise CMAAMError(f"--set {key}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise CMAAMError(f"--set {key}: {raw!r} is not a valid YAML value ({str(error).splitlines()[0]})") from None
 
 
 def load_experiment_config(preset: str | None = None, path: str | Path | None = None,

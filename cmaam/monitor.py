@@ -13,6 +13,7 @@ from typing import Sequence
 
 from cmaam.atomic import atomic_write_bytes
 from cmaam.cli import run_cli
+from cmaam.errors import CMAAMError
 
 _LAYER_UNIT = re.compile(r"^(?:.*\.)?layers\.(\d+(?:-\d+)?)(?:\.(.+))?$")  # "model.layers.3.mlp..", "layers.0-3"
 
@@ -21,7 +22,11 @@ def read_state(run_dir: str | Path) -> dict:
     """The run's state.json (a clear error when the folder holds no search yet)."""
     from cmaam.files import read_json
 
-    return read_json(Path(run_dir) / "state.json", "no state.json (not a python -m cmaam.evolve run folder)")
+    path = Path(run_dir) / "state.json"
+    state = read_json(path, "no state.json (not a python -m cmaam.evolve run folder)")
+    if not isinstance(state, dict) or not isinstance(state.get("history", []), list):
+        raise CMAAMError(f"{path}: not a cmaam.evolve state (expected an object with a 'history' list)")
+    return state
 
 
 def plot_convergence(history: Sequence[dict]):

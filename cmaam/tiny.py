@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from cmaam.errors import CMAAMError
+from cmaam.errors import CMAAMError, load_errors
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -118,8 +118,9 @@ def build_tiny_causal_lm(output: str | Path, model_type: str = "llama", seed: in
     model = AutoModelForCausalLM.from_config(config).to(dtype)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(output)
-    tokenizer.save_pretrained(output)
+    with load_errors(output, action="write"):
+        model.save_pretrained(output)
+        tokenizer.save_pretrained(output)
     return Path(output)
 
 
@@ -195,12 +196,13 @@ def build_tiny_vlm(output: str | Path, model_type: str = "qwen2_vl", seed: int =
     model = AutoModelForImageTextToText.from_config(config).to(dtype)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(output)
     processor = build_processor(model_type) if with_processor else None
-    if processor is not None:
-        save_processor(processor, output)
-    else:
-        tokenizer.save_pretrained(output)
+    with load_errors(output, action="write"):
+        model.save_pretrained(output)
+        if processor is not None:
+            save_processor(processor, output)
+        else:
+            tokenizer.save_pretrained(output)
     return Path(output)
 
 

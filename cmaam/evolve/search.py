@@ -127,6 +127,10 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig
         raise CMAAMError(f"{where}: fitness.type must be one of {', '.join(FITNESS_TYPES)}, got {config.fitness.type!r}")
     if config.boundary not in BOUNDARY_HANDLERS:
         raise CMAAMError(f"{where}: boundary must be transform or penalty, got {config.boundary!r}")
+    for key, value in (("generations", config.generations), ("population", config.population),
+                       ("fitness.limit", config.fitness.limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise CMAAMError(f"{where}: {key} must be a whole number, got {value!r}")
     if int(config.generations) < 1:
         raise CMAAMError(f"{where}: generations must be at least 1")
     if config.population is not None and int(config.population) < 2:
