@@ -42,6 +42,8 @@ _NUMBER = (r"(?<![0-9A-Za-z.])(?P<sign>-)?(?P<integer>\d{1,3}(?:[,\u00a0\u202f\u
 _AMOUNT = re.compile(_NUMBER + r"(?:[ ]?(?P<thousand>[千천])(?![克米瓦卡]))?"
                                r"(?:[ ]?(?P<big>[万萬億亿억]|만(?![큼치약])))?")
 _MULTIPLIERS = {"千": 1e3, "천": 1e3, "万": 1e4, "萬": 1e4, "만": 1e4, "億": 1e8, "亿": 1e8, "억": 1e8}
+# A bracketed aside after the stated number explains it and states nothing: "18 (= 9 × 2)" is 18.
+_ASIDE = re.compile(r"[(（][^()（）]*[)）]")
 _CLAUSE_END = re.compile(r"[\n。!?！？]|\.(?!\d)")
 _SUPERSCRIPTS = str.maketrans({c: " " for c in "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻"})
 _MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-", "\ufe63": "-", "\uff0d": "-"})
@@ -119,6 +121,7 @@ def _stated_answer(text: str, position: int, filler: re.Pattern) -> float | None
     found = _amounts(clause)
     if not found or found[0][0] != 0:
         return None
+    clause = _ASIDE.sub(" ", clause)
     if "=" in clause:
         result = _amounts(clause[clause.rindex("=") + 1:])
         if result:
@@ -133,7 +136,8 @@ def extract_answer(completion: str, lang: str | None = None) -> float | None:
     number: only formatting (spaces, colons, Markdown, currency signs, LaTeX) and qualifiers ("approximately",
     "a total of", "約", "共", "총") may stand between. A marker followed by other words introduces the working
     ("The answer is calculated as follows: ...") and states nothing. An equation after the marker
-    ("The answer is 5 + 3 = 8.") gives the number after its last "=". ``lang`` picks the markers and qualifiers
+    ("The answer is 5 + 3 = 8.") gives the number after its last "=", unless that "=" stands in a bracketed
+    aside ("The answer is 18 (= 9 × 2)." gives 18). ``lang`` picks the markers and qualifiers
     searched (that language's and English); None searches all. Returns None when the completion holds no number.
     """
     if lang is not None:

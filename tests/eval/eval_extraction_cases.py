@@ -198,6 +198,8 @@ MARKER_THEN_WORKING = {
         ("The final answer: we first need 5 boxes. Each box costs $6, so 5 * 6 = 30 dollars.", 30),
         ("Answer: first she buys 3 packs of 12 pens, 3 * 12 = 36.\nThen she gives away 6, leaving 30.", 30),
         ("The answer is 18. To check the answer: she earns 9 dollars on each of 2 days.", 18),
+        ("The answer is 18 (= 9 × 2).", 18),
+        ("So the answer is 6 dozen = 72 eggs.", 72),
     ],
     "ja": [
         ("答えは次のように計算します:\n残りの卵は16 - 3 - 4 = 9個です。\n9 × 2 = 18", 18),
