@@ -47,12 +47,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from cmaam.alphas import AlphaConfig, compute_alphas
-    from cmaam.checkpoint import CheckpointReader
-    from cmaam.engine import run_merge
-    from cmaam.merge import merge_vlm, pair_jobs
-    from cmaam.scores.analyzer import analyze_pair
-    from cmaam.tiny import TinySize, build_tiny_vlm, perturb_model
+    from cmaam.alignment.alphas import AlphaConfig, compute_alphas
+    from cmaam.io import CheckpointReader
+    from cmaam.merging.executor import run_merge
+    from cmaam.alignment.merge import merge_vlm, pair_jobs
+    from cmaam.alignment.scores.analyzer import analyze_pair
+    from cmaam.testing.tiny import TinySize, build_tiny_vlm, perturb_model
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="cmaam_bench_"))
     size = TinySize(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
@@ -93,7 +93,7 @@ def main() -> None:
     print(f"analysis pass      : {analysis_wall:8.3f} s wall {analysis_cpu:8.3f} s cpu  "
           f"({ratio:.2f}x the merge wall, {analysis_cpu / merge_cpu:.2f}x cpu; target <= 2x: "
           f"{'met' if ratio <= 2 else 'NOT met'})")
-    print(f"cmaam.merge total  : {full_wall:8.3f} s wall {full_cpu:8.3f} s cpu  (analysis + alphas + merge)")
+    print(f"cmaam.alignment.merge total  : {full_wall:8.3f} s wall {full_cpu:8.3f} s cpu  (analysis + alphas + merge)")
     if args.workdir is None:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -43,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         model = args.model
         if model is None:
-            from cmaam.tiny import build_tiny_causal_lm
+            from cmaam.testing.tiny import build_tiny_causal_lm
 
             model = build_tiny_causal_lm(Path(folder) / "llama", "llama", seed=0)
         rng = random.Random(0)

@@ -6,7 +6,7 @@
 
 Bytes are read from /proc/self/io around each candidate (wchar: every write() of the process,
 write_bytes: what reached the block layer), so a checkpoint written per candidate would show up.
-For comparison it also times writing the merged model once with cmaam.checkpoint (what a
+For comparison it also times writing the merged model once with cmaam.io (what a
 write-then-reload loop would pay per candidate, before even loading it back).
 """
 
@@ -48,10 +48,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from cmaam.checkpoint import write_state_dict
-    from cmaam.evolve.fitness import FitnessSpec, build_fitness
-    from cmaam.evolve.genome import GenomeSpec
-    from cmaam.tiny import TinySize, build_tiny_causal_lm, perturb_model
+    from cmaam.io import write_state_dict
+    from cmaam.search.fitness import FitnessSpec, build_fitness
+    from cmaam.search.genome import GenomeSpec
+    from cmaam.testing.tiny import TinySize, build_tiny_causal_lm, perturb_model
     from eval.mgsm import load_mgsm
 
     work = Path(tempfile.mkdtemp(prefix="evolve_bench_"))

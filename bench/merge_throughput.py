@@ -1,4 +1,4 @@
-"""Merge throughput and peak memory: cmaam.mergekit vs mergekit-yaml on the same YAML and synthetic models.
+"""Merge throughput and peak memory: cmaam.merging.config_merge vs mergekit-yaml on the same YAML and synthetic models.
 
     python bench/merge_throughput.py --size-gb 1 [--methods linear ties] [--dtype bfloat16] [--repeats 1]
 
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmaam.tiny import TinySize
+from cmaam.testing.tiny import TinySize
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_YAML = {
@@ -56,7 +56,7 @@ class SyntheticShape:
     vocab_size: int = 32000
 
     def specs(self, dtype) -> list:
-        from cmaam.checkpoint import TensorSpec
+        from cmaam.io import TensorSpec
 
         h, i, d = self.dims.hidden_size, self.dims.intermediate_size, self.dims
         kv = h // d.num_attention_heads * d.num_key_value_heads
@@ -95,7 +95,7 @@ def build_models(folder: Path, size_gb: float, dtype_name: str, seed: int = 0) -
     import torch
     from tqdm import tqdm
 
-    from cmaam.checkpoint import CheckpointWriter, parse_dtype
+    from cmaam.io import CheckpointWriter, parse_dtype
 
     dtype = parse_dtype(dtype_name)
     shape = SyntheticShape.for_size(size_gb, dtype)

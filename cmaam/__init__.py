@@ -2,7 +2,7 @@
 
 When a command of this project starts (``python -m cmaam.X``, ``eval.X``, ``finetune.X`` or a script of
 ``scripts/``), Ctrl-C during its slow imports (torch, transformers) exits with ``error: interrupted``
-(code 130) instead of a traceback: nothing has been written yet. ``cmaam.cli.run_cli`` puts Python's
+(code 130) instead of a traceback: nothing has been written yet. ``cmaam.core.cli.run_cli`` puts Python's
 usual handler back once ``main`` starts, so interrupts then clean up through the atomic writers.
 """
 

@@ -3,123 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from cmaam.alphas import STRATEGIES, AlphaConfig, AlphaPlan, compute_alphas, parse_score_weights
-from cmaam.atomic import atomic_directory, claim_output
-from cmaam.checkpoint import CheckpointReader, parse_dtype
-from cmaam.cli import run_cli
-from cmaam.engine import TensorJob, run_merge
-from cmaam.errors import CMAAMError
-from cmaam.methods import get_method
-from cmaam.report import build_report, summary_table, write_alphas, write_analysis
-from cmaam.scores.analyzer import Analysis, analyze_pair
-
-INTERPOLATIONS = ("linear", "slerp")
-ANALYSIS_FOLDER = "analysis"
-ALPHAS_FILE = "alphas.yaml"
-
-
-def interpolate(tensors: list[torch.Tensor], alpha: float, interp: str = "linear") -> torch.Tensor:
-    """Merge [target, source] at ``alpha``: (1 - alpha) * T + alpha * S, or slerp from T (t=0) to S (t=1)."""
-    target, source = tensors
-    if interp == "slerp":
-        return get_method("slerp")([source], target, t=alpha)
-    return get_method("linear")([target, source], None, weight=[1.0 - alpha, alpha], normalize=False)
-
-
-def check_interp(interp: str) -> None:
-    """One-line error for an unknown interpolation."""
-    if interp not in INTERPOLATIONS:
-        raise CMAAMError(f"unknown --interp {interp!r} (choose {', '.join(INTERPOLATIONS)})")
-
-
-def pair_jobs(target: CheckpointReader, alphas: dict[str, float], interp: str) -> list[TensorJob]:
-    """One job per target tensor: interpolated when it has an alpha, else copied from the target."""
-    jobs = []
-    for name in target.keys():
-        if name in alphas:
-            merge = functools.partial(interpolate, alpha=alphas[name], interp=interp)
-            jobs.append(TensorJob(name, [("target", name), ("source", name)], merge))
-        else:
-            jobs.append(TensorJob(name, [("target", name)]))
-    return jobs
-
-
-def report_unmatched(only_in_target: list[str], only_in_source: list[str], not_floating: list[str],
-                     where: str) -> None:
-    """Print how many tensors were not interpolated and why (never dropped silently)."""
-    if only_in_target or not_floating:
-        print(f"note: {len(only_in_target)} tensor(s) only in the target and {len(not_floating)} "
-              f"non-floating tensor(s) were kept from the target (listed in {where})", file=sys.stderr)
-    if only_in_source:
-        shown = ", ".join(only_in_source[:3]) + (" ..." if len(only_in_source) > 3 else "")
-        print(f"note: {len(only_in_source)} tensor(s) only in the source were skipped: {shown} "
-              f"(listed in {where})", file=sys.stderr)
-
-
-@dataclass
-class MergeResult:
-    """What a merge produced: the output folder, the analysis, the alphas and the report data."""
-
-    output: Path
-    analysis: Analysis
-    plan: AlphaPlan
-    report: dict
-
-
-def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas: AlphaConfig | None = None,
-              interp: str = "linear", model_type: str | None = None, rules_file: str | None = None,
-              analyze: bool = False, alphas_only: bool = False, dtype: str | torch.dtype | None = None,
-              device: str = "auto", overwrite: bool = False, allow_pickle: bool = False,
-              allow_nonfinite: bool = False, max_shard_size: str | int = "5GB", progress: bool = True,
-              print_summary: bool = True) -> MergeResult:
-    """Score S against T, compute per-group alphas and write the merged model (config/tokenizer from T).
-
-    ``analyze`` adds report.json, report.md and heatmaps under ``output/analysis``; ``alphas_only``
-    writes only those (and alphas.yaml) to ``output``. alphas.yaml is always written.
-    """
-    alphas = alphas or AlphaConfig()
-    alphas.validate()
-    check_interp(interp)
-    dtype = parse_dtype(dtype)
-    inputs = [source, target, rules_file]
-    with claim_output(output, inputs=inputs, overwrite=overwrite):  # before any work: refused or locked
-        source_reader = CheckpointReader(source, allow_pickle=allow_pickle)
-        target_reader = CheckpointReader(target, allow_pickle=allow_pickle)
-        analysis = analyze_pair(source_reader, target_reader, model_type=model_type, rules_file=rules_file,
-                                device=device, allow_nonfinite=allow_nonfinite, progress=progress)
-        plan = compute_alphas(analysis, alphas)
-        report = build_report(analysis, plan, {"source": str(source), "target": str(target), "interp": interp})
-        report_unmatched(analysis.only_in_target, analysis.only_in_source, analysis.not_floating,
-                         ALPHAS_FILE + (" and report.json" if analyze or alphas_only else ""))
-
-        def write_extras(folder: Path) -> None:
-            write_alphas(folder / ALPHAS_FILE, report)
-            if alphas_only:
-                write_analysis(folder, report)
-            elif analyze:
-                write_analysis(folder / ANALYSIS_FOLDER, report)
-
-        if alphas_only:
-            with atomic_directory(output, overwrite, inputs=inputs) as folder:
-                write_extras(folder)
-        else:
-            run_merge({"target": target_reader, "source": source_reader},
-                      pair_jobs(target_reader, plan.tensor_alphas, interp), output, reference=target, dtype=dtype,
-                      device=device, allow_nonfinite=allow_nonfinite, overwrite=overwrite,
-                      max_shard_size=max_shard_size, progress=progress, before_commit=write_extras)
-    if print_summary:
-        print(summary_table(report))
-        print(f"strategy {alphas.strategy}: {len(plan.groups)} group(s), mean alpha {plan.mean_alpha:.4f} "
-              f"-> {output}")
-    return MergeResult(Path(output), analysis, plan, report)
+from cmaam.alignment.alphas import (
+    STRATEGIES,
+    AlphaConfig,
+    parse_score_weights,
+)
+from cmaam.alignment.merge import INTERPOLATIONS, merge_vlm
+from cmaam.core.cli import run_cli
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ import runpy
 import sys
 from typing import Sequence
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 
 logger = logging.getLogger(__name__)
 # Read by the OpenMP, MKL and OpenBLAS runtimes when they start (torch, numpy, scipy).
@@ -104,6 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from cmaam.cli import run_cli
+    from cmaam.core.cli import run_cli
 
     run_cli(main)

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.loading import check_weight_files, load_errors, load_pretrained_strict
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def check_model_folder(path: str | Path, allow_pickle: bool = False) -> dict:
 
     Reads no tensor data, so bad inputs fail before a model is built.
     """
-    from cmaam.checkpoint import load_config
+    from cmaam.io import load_config
 
     path = Path(path)
     if not path.is_dir():
@@ -138,8 +138,8 @@ class HFGenerator:
                  allow_pickle: bool = False, progress: bool = True):
         import torch
 
-        from cmaam.checkpoint import parse_dtype
-        from cmaam.engine import resolve_device
+        from cmaam.io import parse_dtype
+        from cmaam.merging.executor import resolve_device
 
         path = Path(model_path)
         config = check_model_folder(path, allow_pickle)
@@ -152,7 +152,7 @@ class HFGenerator:
             if vision:
                 from transformers import AutoModelForImageTextToText as model_class
 
-                from cmaam.processors import load_processor
+                from cmaam.io.processors import load_processor
 
                 tokenizer_or_processor = load_processor(path, trust_remote_code=trust_remote_code)
                 if tokenizer_or_processor is None:

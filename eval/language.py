@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 
 LANGUAGES = ("ko", "ja", "zh", "en")
 LANGUAGE_NAMES = {"ko": "Korean", "ja": "Japanese", "zh": "Chinese", "en": "English"}

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 
 NAMES_SHOWN = 3
 MESSAGE_LENGTH = 160
@@ -41,7 +41,7 @@ def check_weight_files(path: str | Path, allow_pickle: bool = False) -> None:
     Safetensors headers are read by ``CheckpointReader`` (no tensor data), so a corrupt or truncated shard is
     reported by its file name before any model is built. Pickle-only folders, when allowed, are left to the loader.
     """
-    from cmaam.checkpoint import CheckpointReader
+    from cmaam.io import CheckpointReader
 
     path = Path(path)
     has_safetensors = (path / "model.safetensors.index.json").is_file() or any(path.glob("*.safetensors"))

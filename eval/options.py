@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from cmaam.errors import CMAAMError
-from cmaam.tracking import WANDB_MODES, default_wandb_mode
+from cmaam.core.errors import CMAAMError
+from cmaam.io.tracking import WANDB_MODES, default_wandb_mode
 from eval.generation import BACKENDS
 
 
@@ -79,15 +79,15 @@ def check_run_free(output_dir: str | Path, run_name: str, overwrite: bool, wandb
 def tracked_run(run_name: str, config: dict[str, Any], output_dir: str | Path = "results",
                 wandb_mode: str = "offline", wandb_project: str = "cmaam", group: str | None = None,
                 overwrite: bool = False, inputs: Sequence[str | Path | None] = ()) -> Iterator[Any]:
-    """A tracked run (``cmaam.tracking.Run``) that appears as OUTPUT_DIR/RUN_NAME only when the block succeeds.
+    """A tracked run (``cmaam.io.tracking.Run``) that appears as OUTPUT_DIR/RUN_NAME only when the block succeeds.
 
     The run (config.yaml, wandb/, results) is written to a hidden folder beside the final one and moved into
     place at the end, replacing an earlier run only then (with ``overwrite``). On any failure, interruption
     included, the hidden folder is removed, and so are the folders this run created: nothing is left.
-    The run folder may not overlap ``inputs`` and is locked (``cmaam.atomic.claim_output``) throughout.
+    The run folder may not overlap ``inputs`` and is locked (``cmaam.io.atomic.claim_output``) throughout.
     """
-    from cmaam.atomic import claim_output, replace_directory
-    from cmaam.tracking import start_run
+    from cmaam.io.atomic import claim_output, replace_directory
+    from cmaam.io.tracking import start_run
 
     final = check_run_free(output_dir, run_name, overwrite, wandb_mode)
     root = Path(output_dir)

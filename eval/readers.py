@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 
 
 def _lines(path: str | Path) -> Iterator[tuple[int, str]]:

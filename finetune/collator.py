@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.generation import GenerationRequest, chat_messages, load_image
 from eval.vqa import VQAItem, vqa_requests
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from cmaam.atomic import atomic_write_text
+from cmaam.io.atomic import atomic_write_text
 from eval.readers import write_jsonl_text
 
 SPLITS = ("train", "val", "test")

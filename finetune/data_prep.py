@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from cmaam.atomic import atomic_directory, atomic_write_json, atomic_write_text, claim_output
-from cmaam.errors import CMAAMError
+from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text, claim_output
+from cmaam.core.errors import CMAAMError
 from eval.language import script_counts
 from finetune.data import CATEGORIES, SPLITS, count_table, split_counts, write_vqa_split
 
@@ -376,6 +376,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from cmaam.cli import run_cli
+    from cmaam.core.cli import run_cli
 
     run_cli(main)

@@ -20,11 +20,11 @@ from typing import Any, Sequence
 
 import torch
 
-from cmaam.atomic import atomic_directory, atomic_write_json, claim_output
-from cmaam.checkpoint import load_config, parse_dtype
-from cmaam.cli import run_cli
-from cmaam.errors import CMAAMError, load_errors
-from cmaam.layouts import get_layout
+from cmaam.io.atomic import atomic_directory, atomic_write_json, claim_output
+from cmaam.io import load_config, parse_dtype
+from cmaam.core.cli import run_cli
+from cmaam.core.errors import CMAAMError, load_errors
+from cmaam.alignment.layouts import get_layout
 from cmaam.reproducible import set_threads
 
 logger = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def load_model(config: LoraTrainConfig, bf16: bool):
     """The base VLM, its processor and layout; LoRA-wrapped or with frozen parameters set."""
     from transformers import AutoModelForImageTextToText
 
-    from cmaam.processors import load_processor
+    from cmaam.io.processors import load_processor
 
     processor = load_processor(config.model, trust_remote_code=config.trust_remote_code)
     # LoRA keeps the frozen base in bf16 on a GPU; full fine-tuning keeps float32 master weights.
@@ -261,7 +261,7 @@ def save_outputs(model, processor, config: LoraTrainConfig):
 
     Returns (merged folder, adapter folder or None, the merged in-memory model).
     """
-    from cmaam.tiny import save_processor
+    from cmaam.testing.tiny import save_processor
 
     output = Path(config.output)
     adapter = None
@@ -358,7 +358,7 @@ def _train(config: LoraTrainConfig, callbacks: Sequence[Any], main_process: bool
     """The body of ``train``, run while the output is claimed."""
     from transformers import Trainer, set_seed
 
-    from cmaam.tracking import start_run
+    from cmaam.io.tracking import start_run
     from eval.vqa import load_vqa_jsonl
     from finetune.collator import VQAChatEncoder, VQACollator, VQATrainDataset
 

@@ -17,9 +17,9 @@ from typing import Callable, Sequence
 
 from PIL import Image, ImageDraw
 
-from cmaam.atomic import atomic_directory, atomic_write_json, atomic_write_text
-from cmaam.cli import run_cli
-from cmaam.errors import CMAAMError
+from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
+from cmaam.core.cli import run_cli
+from cmaam.core.errors import CMAAMError
 from finetune.data import SPLITS, count_table, split_counts, write_vqa_split
 
 LANGUAGES = ("ko", "en")

@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     """A tiny random Llama saved to disk (seed 0)."""
-    from cmaam.tiny import build_tiny_causal_lm
+    from cmaam.testing.tiny import build_tiny_causal_lm
 
     return build_tiny_causal_lm(tmp_path_factory.mktemp("models") / "llama", "llama", seed=0)
 
@@ -23,7 +23,7 @@ def tiny_llama(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama_pair(tiny_llama, tmp_path_factory):
     """(base, fine-tuned stand-in): the tiny Llama and a seeded perturbation of it."""
-    from cmaam.tiny import perturb_model
+    from cmaam.testing.tiny import perturb_model
 
     return tiny_llama, perturb_model(tiny_llama, tmp_path_factory.mktemp("models") / "llama_ft", 0.05, seed=1)
 
@@ -31,7 +31,7 @@ def tiny_llama_pair(tiny_llama, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_qwen2vl(tmp_path_factory):
     """A tiny random Qwen2-VL (transformers-5 names) with its processor."""
-    from cmaam.tiny import build_tiny_vlm
+    from cmaam.testing.tiny import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("models") / "qwen2vl", "qwen2_vl", seed=0)
 
@@ -39,6 +39,6 @@ def tiny_qwen2vl(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_qwen2vl_pair(tiny_qwen2vl, tmp_path_factory):
     """(target, source): the tiny Qwen2-VL and a seeded perturbation standing in for a fine-tune."""
-    from cmaam.tiny import perturb_model
+    from cmaam.testing.tiny import perturb_model
 
     return tiny_qwen2vl, perturb_model(tiny_qwen2vl, tmp_path_factory.mktemp("models") / "qwen2vl_ft", 0.05, seed=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.language import LANGUAGES, check_language_code
 from eval.mgsm.extract import parse_gold
 from eval.readers import read_tsv

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.generation import GenerationRequest, rendered_prompts
 from eval.language import check_language_code, is_language, language_ratio
 from eval.mgsm.data import MGSMItem

@@ -10,7 +10,7 @@ import math
 import re
 import unicodedata
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.language import check_language_code
 
 # An answer marker is the word "answer" (or "correct answer", 答え, 正解, 答案, 정답, 답, ...) followed by a copula,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.language import check_language_code
 from eval.mgsm.exemplars import EXEMPLARS
 

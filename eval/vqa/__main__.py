@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from cmaam.cli import run_cli
+from cmaam.core.cli import run_cli
 from eval.options import add_generator_options, add_run_options, generator_options, run_options
 from eval.vqa.run import run_vqa
 

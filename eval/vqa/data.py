@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.generation import load_image
 from eval.language import LANGUAGES, script_counts
 from eval.readers import read_jsonl

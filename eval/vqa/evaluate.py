@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.generation import GenerationRequest, max_new_tokens_set, rendered_prompts
 from eval.vqa.data import VQAItem
 from eval.vqa.metrics import anls, exact_match, relaxed_accuracy, vqa_soft_accuracy

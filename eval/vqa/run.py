@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.generation import check_model_folder, is_vision_config, load_generator
 from eval.options import check_run_free, default_run_name, tracked_run
 from eval.vqa.data import VQAItem, load_vqa_jsonl

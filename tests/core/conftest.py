@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cmaam.checkpoint import CheckpointReader, write_state_dict
+from cmaam.io import CheckpointReader, write_state_dict
 
 
 def rewrite(source, output, drop=(), add=None, replace=None):

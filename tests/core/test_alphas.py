@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from cmaam.alphas import AlphaConfig, alignment, compute_alphas, parse_score_weights, preserve_mean
-from cmaam.errors import CMAAMError
-from cmaam.scores.analyzer import Analysis, TensorScore
-from cmaam.scores.sensitivity import sensitivity_variance
+from cmaam.alignment.alphas import AlphaConfig, alignment, compute_alphas, parse_score_weights, preserve_mean
+from cmaam.core.errors import CMAAMError
+from cmaam.alignment.scores.analyzer import Analysis, TensorScore
+from cmaam.alignment.scores.sensitivity import sensitivity_variance
 
 
 def tensor(name, component, stack, layer, numel, pda, gfs, sensitivity, cmbc=None):

@@ -1,4 +1,4 @@
-"""Bad input to ``python -m cmaam.merge`` / ``cmaam.sweep``: one ``error:`` line, exit 2, no output folder.
+"""Bad input to ``python -m cmaam.merge`` / ``cmaam.merging.sweep``: one ``error:`` line, exit 2, no output folder.
 
 A few cases run as real subprocesses; the rest go through the same ``run_cli`` entry point in-process
 (interpreter start-up costs several seconds each on a loaded CI machine).
@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cmaam.cli import run_cli
+from cmaam.core.cli import run_cli
 
 
 def run(module, *args):

@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cmaam.alphas import AlphaConfig, parse_score_weights
-from cmaam.checkpoint import CheckpointReader
-from cmaam.engine import TensorJob, run_merge
-from cmaam.merge import merge_vlm
-from cmaam.methods import get_method
-from cmaam.sweep import sweep
+from cmaam.alignment.alphas import AlphaConfig, parse_score_weights
+from cmaam.io import CheckpointReader
+from cmaam.merging.executor import TensorJob, run_merge
+from cmaam.alignment.merge import merge_vlm
+from cmaam.merging.methods import get_method
+from cmaam.merging.sweep import sweep
 
 STRATEGIES = ["basic", "component", "layerwise", "full"]
 
@@ -36,7 +36,7 @@ def forward_on_image_and_text(folder):
     from PIL import Image
     from transformers import AutoModelForImageTextToText
 
-    from cmaam.processors import load_processor
+    from cmaam.io.processors import load_processor
 
     processor = load_processor(folder)
     model = AutoModelForImageTextToText.from_pretrained(folder).eval()

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from cmaam.scores import cmbc, embedding_subspace, gfs, gradient_probes, pda, relative_change, sensitivity_variance
-from cmaam.scores.pda import quantiles, strided_sample, wasserstein1
+from cmaam.alignment.scores import cmbc, embedding_subspace, gfs, gradient_probes, pda, relative_change, sensitivity_variance
+from cmaam.alignment.scores.pda import quantiles, strided_sample, wasserstein1
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_pda_uses_evenly_spaced_midpoint_quantiles():
 
 
 def test_pda_subsamples_huge_tensors_with_a_fixed_coprime_stride():
-    from cmaam.scores.pda import MAX_QUANTILE_SAMPLES, sample_stride
+    from cmaam.alignment.scores.pda import MAX_QUANTILE_SAMPLES, sample_stride
 
     big = torch.arange(3_000_000, dtype=torch.float32)
     sample = strided_sample(big)
@@ -129,7 +129,7 @@ def test_sensitivity_reference_values(weight):
 
 @pytest.mark.parametrize("shape", [(20, 300), (300, 20)])
 def test_top_left_subspace_matches_svd(shape):
-    from cmaam.scores.cmbc import top_left_subspace
+    from cmaam.alignment.scores.cmbc import top_left_subspace
 
     matrix = torch.randn(shape, generator=torch.Generator().manual_seed(8))
     basis, rank = top_left_subspace(matrix, 8)

@@ -35,7 +35,7 @@ def cli_error(capfd):
 
     Returns the error line. stderr is captured at the file-descriptor level, so library output counts too.
     """
-    from cmaam.cli import run_cli
+    from cmaam.core.cli import run_cli
 
     def run(main, argv):
         capfd.readouterr()
@@ -65,7 +65,7 @@ def broken_models(tiny_llama, tmp_path_factory):
 
     import torch
 
-    from cmaam.checkpoint import CheckpointReader, write_state_dict
+    from cmaam.io import CheckpointReader, write_state_dict
 
     root = tmp_path_factory.mktemp("broken")
     reader = CheckpointReader(tiny_llama)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.mgsm.extract import answers_match, extract_answer, normalize_text, parse_number
 from eval_extraction_cases import CASES, CLASSES
 

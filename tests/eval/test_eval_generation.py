@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.generation import GenerationRequest, HFGenerator, load_generator, vllm_available
 
 REQUESTS = [GenerationRequest("Hello"), GenerationRequest("정답은 무엇입니까? 조금 더 긴 질문입니다."),

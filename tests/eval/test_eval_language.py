@@ -2,7 +2,7 @@
 
 import pytest
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.language import is_language, language_ratio, script_counts
 
 

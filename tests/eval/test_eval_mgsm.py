@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.mgsm import MAX_SHOTS, MGSMItem, build_messages, evaluate_mgsm, load_mgsm, score_mgsm
 from eval.mgsm.data import BUNDLED_DIR
 

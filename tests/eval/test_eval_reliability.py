@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmaam.cli import run_cli
-from cmaam.errors import CMAAMError
+from cmaam.core.cli import run_cli
+from cmaam.core.errors import CMAAMError
 from eval.generation import HFGenerator
 from eval.loading import loading_problems
 from eval.mgsm.__main__ import main as mgsm_main
@@ -69,7 +69,7 @@ def test_tied_embeddings_are_not_missing(broken_models):
     generator = HFGenerator(broken_models["tied"], max_new_tokens=2, progress=False)
     model = generator.model
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    from cmaam.checkpoint import CheckpointReader
+    from cmaam.io import CheckpointReader
 
     embedding = CheckpointReader(broken_models["tied"]).get("model.embed_tokens.weight")
     assert torch.equal(model.lm_head.weight, embedding)

@@ -6,8 +6,8 @@ import sys
 import pytest
 import yaml
 
-from cmaam.errors import CMAAMError
-from cmaam.tracking import REDACTED, default_wandb_mode, redact_secrets, start_run
+from cmaam.core.errors import CMAAMError
+from cmaam.io.tracking import REDACTED, default_wandb_mode, redact_secrets, start_run
 
 
 def test_local_files_and_redaction(tmp_path, monkeypatch):

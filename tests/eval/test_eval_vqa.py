@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cmaam.errors import CMAAMError
+from cmaam.core.errors import CMAAMError
 from eval.vqa import evaluate_vqa, load_vqa_jsonl, score_vqa
 
 

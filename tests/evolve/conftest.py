@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from cmaam.evolve.search import PRESET_FOLDER
+from cmaam.search.evolution import PRESET_FOLDER
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cmaam.cli import run_cli
-from cmaam.evolve.__main__ import main
-from cmaam.tiny import TinySize, build_tiny_causal_lm
+from cmaam.core.cli import run_cli
+from cmaam.evolve import main
+from cmaam.testing.tiny import TinySize, build_tiny_causal_lm
 
 
 def run_evolve(config: dict, tmp_path: Path, capsys, *extra: str) -> str:
@@ -59,7 +59,7 @@ def test_resume_without_a_run_and_unknown_keys(config, tmp_path, capsys):
 
 
 def test_resume_with_a_changed_genome_is_refused(config, tmp_path, capsys):
-    from cmaam.evolve.search import parse_config, run_search
+    from cmaam.search.evolution import parse_config, run_search
 
     synthetic = copy.deepcopy(config)
     synthetic["fitness"] = {"type": "synthetic", "target": 0.4}
@@ -79,7 +79,7 @@ def test_resume_with_a_changed_genome_is_refused(config, tmp_path, capsys):
 
 
 def test_preset_names_resolve_and_unknown_presets_list_them(capsys, tmp_path):
-    from cmaam.evolve.search import load_config
+    from cmaam.search.evolution import load_config
 
     assert load_config("tiny").genome.method == "slerp"
     with pytest.raises(SystemExit):

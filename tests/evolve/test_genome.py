@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cmaam.errors import CMAAMError
-from cmaam.evolve.genome import GenomeLayout, GenomeSpec, layer_index
+from cmaam.core.errors import CMAAMError
+from cmaam.search.genome import GenomeLayout, GenomeSpec, layer_index
 
 KINDS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
          "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm")

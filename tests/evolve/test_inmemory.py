@@ -8,13 +8,13 @@ import pytest
 import torch
 import yaml
 
-from cmaam.atomic import atomic_write_yaml
-from cmaam.checkpoint import CheckpointReader
-from cmaam.errors import CMAAMError
-from cmaam.evolve.fitness import SyntheticFitness
-from cmaam.evolve.genome import GenomeSpec
-from cmaam.evolve.inmemory import InMemoryMerger
-from cmaam.evolve.recipe import genome_from_mergekit, genome_to_mergekit
+from cmaam.io.atomic import atomic_write_yaml
+from cmaam.io import CheckpointReader
+from cmaam.core.errors import CMAAMError
+from cmaam.search.fitness import SyntheticFitness
+from cmaam.search.genome import GenomeSpec
+from cmaam.search.inmemory import InMemoryMerger
+from cmaam.search.recipe import genome_from_mergekit, genome_to_mergekit
 from cmaam.mergekit import main as mergekit_main
 
 
@@ -43,7 +43,7 @@ def test_in_memory_merge_matches_the_mergekit_recipe(spec, tiny_llama_pair, tmp_
     merger.apply(genome)
     recipe = atomic_write_yaml(tmp_path / "recipe.yaml", genome_to_mergekit(merger.layout, genome, paths, "float32"))
     with pytest.raises(SystemExit) as exit_code:
-        from cmaam.cli import run_cli
+        from cmaam.core.cli import run_cli
         run_cli(mergekit_main, [str(recipe), str(tmp_path / "out"), "--seed", "5", "--no-progress"])
     assert exit_code.value.code == 0
     with CheckpointReader(tmp_path / "out") as written:

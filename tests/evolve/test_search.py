@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from cmaam.checkpoint import CheckpointReader
-from cmaam.evolve.fitness import FitnessSpec, build_fitness
-from cmaam.evolve.search import parse_config, run_search
+from cmaam.io import CheckpointReader
+from cmaam.search.fitness import FitnessSpec, build_fitness
+from cmaam.search.evolution import parse_config, run_search
 from cmaam.monitor import main as monitor_main
 
 REPOSITORY = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from cmaam.evolve.search import parse_config, run_search
+from cmaam.search.evolution import parse_config, run_search
 
 TARGET = [0.2, 0.8, 0.35, 0.65, 0.5]  # per-layer slerp t of lm_head, embed_tokens, layer 0, layer 1, norm
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cmaam.errors import CMAAMError
-from cmaam.experiment import Pipeline, load_experiment_config
+from cmaam.core.errors import CMAAMError
+from cmaam.pipeline.experiment import Pipeline, load_experiment_config
 
 MODELS = ["base", "finetuned", "cmaam_basic", "cmaam_layerwise", "cmaam_component", "cmaam_full",
           "linear_0.3", "linear_0.5", "linear_0.7"]

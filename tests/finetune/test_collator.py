@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cmaam.processors import load_processor
+from cmaam.io.processors import load_processor
 from eval.generation import GenerationRequest, HFGenerator
 from eval.vqa import load_vqa_jsonl, vqa_requests
 from finetune.collator import IGNORE_INDEX, VQAChatEncoder, VQACollator, VQATrainDataset

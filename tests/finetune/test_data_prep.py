@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cmaam.cli import run_cli
-from cmaam.errors import CMAAMError
+from cmaam.core.cli import run_cli
+from cmaam.core.errors import CMAAMError
 from eval.vqa import load_vqa_jsonl
 from finetune.data import CATEGORIES
 from finetune.data_prep import PrepConfig, allocate, main, parse_sizes, prepare

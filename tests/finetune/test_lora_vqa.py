@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmaam.cli import run_cli
-from cmaam.errors import CMAAMError
+from cmaam.core.cli import run_cli
+from cmaam.core.errors import CMAAMError
 from finetune.lora_vqa import LoraTrainConfig, lora_targets, main, train
 
 FAST = dict(batch_size=8, grad_accum=1, lr=5e-3, lora_rank=8, lora_alpha=16, lora_dropout=0.0, warmup=0,
@@ -55,7 +55,7 @@ def test_lora_loss_falls_and_outputs_are_complete(lora_run):
 
 
 def test_merged_model_loads_and_differs_only_in_targeted_modules(lora_run, tiny_qwen2vl):
-    from cmaam.processors import load_processor
+    from cmaam.io.processors import load_processor
 
     config, result = lora_run
     merged = Path(config.output) / "merged"
@@ -72,7 +72,7 @@ def test_merged_model_loads_and_differs_only_in_targeted_modules(lora_run, tiny_
 def test_default_and_custom_lora_targets(tiny_qwen2vl):
     from transformers import AutoModelForImageTextToText
 
-    from cmaam.layouts import get_layout
+    from cmaam.alignment.layouts import get_layout
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen2vl)
     layout = get_layout(config=model.config.to_dict())

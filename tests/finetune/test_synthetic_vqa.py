@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmaam.cli import run_cli
-from cmaam.errors import CMAAMError
+from cmaam.core.cli import run_cli
+from cmaam.core.errors import CMAAMError
 from eval.vqa import load_vqa_jsonl
 from finetune.synthetic_vqa import COLOURS, SyntheticConfig, WORDS, answer_options, generate, main
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cmaam.tiny import TinySize, build_tiny_causal_lm, perturb_model
+from cmaam.testing.tiny import TinySize, build_tiny_causal_lm, perturb_model
 
 # hidden 32, 4 layers: enough for gradients over layers and frankenmerges, small enough to build in ~1 s.
 SIZE = TinySize(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,

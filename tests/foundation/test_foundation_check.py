@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from cmaam.check import check_compatibility
-from cmaam.checkpoint import CheckpointReader, write_state_dict
+from cmaam.merging.compatibility import check_compatibility
+from cmaam.io import CheckpointReader, write_state_dict
 from foundation.helpers import run_cli_many
 
 

@@ -8,8 +8,8 @@ import struct
 import pytest
 import torch
 
-from cmaam.checkpoint import CheckpointReader, CheckpointWriter, TensorSpec, parse_size, write_state_dict
-from cmaam.errors import CMAAMError
+from cmaam.io import CheckpointReader, CheckpointWriter, TensorSpec, parse_size, write_state_dict
+from cmaam.core.errors import CMAAMError
 
 
 def tensors(seed: int = 0) -> dict[str, torch.Tensor]:

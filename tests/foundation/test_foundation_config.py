@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cmaam.errors import CMAAMError
-from cmaam.mergekit import open_readers
-from cmaam.mergekit_config import evaluate_setting, parse_merge_config, resolve_setting
-from cmaam.planner import plan_merge
+from cmaam.core.errors import CMAAMError
+from cmaam.merging.config_merge import open_readers
+from cmaam.merging.mergekit_config import evaluate_setting, parse_merge_config, resolve_setting
+from cmaam.merging.planner import plan_merge
 
 
 def test_gradient_interpolation_matches_hand_values():

@@ -13,9 +13,9 @@ import time
 import pytest
 import torch
 
-from cmaam.checkpoint import CheckpointReader, write_state_dict
-from cmaam.errors import CMAAMError
-from cmaam.mergekit import merge_from_config
+from cmaam.io import CheckpointReader, write_state_dict
+from cmaam.core.errors import CMAAMError
+from cmaam.merging.config_merge import merge_from_config
 from foundation.helpers import ROOT, run_cli_many, write_yaml
 
 LINEAR = """

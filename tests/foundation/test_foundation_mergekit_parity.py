@@ -1,4 +1,4 @@
-"""cmaam.mergekit against mergekit itself: same YAML, same tiny models, every merged tensor within 1e-6."""
+"""cmaam.merging.config_merge against mergekit itself: same YAML, same tiny models, every merged tensor within 1e-6."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from cmaam.checkpoint import CheckpointReader
-from cmaam.mergekit import merge_from_config
+from cmaam.io import CheckpointReader
+from cmaam.merging.config_merge import merge_from_config
 from foundation.helpers import write_yaml
 
 mergekit_merge = pytest.importorskip("mergekit.merge", reason="mergekit is a dev dependency")
@@ -234,9 +234,9 @@ def test_dare_is_seeded_and_byte_reproducible(method, family, tmp_path):
 
 def test_dare_expectation_matches_undropped(family, tmp_path):
     """Averaged over seeds, dare_linear (1/density rescale) approaches task_arithmetic on the same weights."""
-    from cmaam.mergekit_config import parse_merge_config
-    from cmaam.mergekit import open_readers
-    from cmaam.planner import plan_merge
+    from cmaam.merging.mergekit_config import parse_merge_config
+    from cmaam.merging.config_merge import open_readers
+    from cmaam.merging.planner import plan_merge
 
     models = family("llama")
     text = DARE.replace("$method", "dare_linear").replace("weight: 0.4, density: 0.7",
@@ -262,8 +262,8 @@ def test_dare_expectation_matches_undropped(family, tmp_path):
 
 def test_per_tensor_seeds_do_not_depend_on_order(family, tmp_path):
     """A tensor's DARE draws depend only on --seed and its name: recomputing it alone gives the same bytes."""
-    from cmaam.methods import get_method
-    from cmaam.planner import tensor_seed
+    from cmaam.merging.methods import get_method
+    from cmaam.merging.planner import tensor_seed
 
     models = family("llama")
     config = write_yaml(tmp_path, DARE, dict(models, method="dare_ties"))

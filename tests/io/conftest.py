@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cmaam.cli import run_cli
+from cmaam.core.cli import run_cli
 
 
 @pytest.fixture

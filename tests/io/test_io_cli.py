@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from cmaam import tiny
-from cmaam.atomic import atomic_write_json, atomic_write_text
-from cmaam.errors import CMAAMError, load_errors
+from cmaam.testing.tiny import perturb_model
+from cmaam.io.atomic import atomic_write_json, atomic_write_text
+from cmaam.core.errors import CMAAMError, load_errors
 from io_helpers import ROOT, assert_one_error_line
 
 
@@ -113,10 +114,10 @@ def test_corrupt_weights_in_the_fine_tuner_are_one_line(corrupt_vlm):
 
 
 def test_corrupt_inputs_of_perturb_and_evolve_are_one_line(corrupt_vlm, tmp_path):
-    from cmaam.evolve.inmemory import build_empty_model
+    from cmaam.search.inmemory import build_empty_model
 
     with pytest.raises(CMAAMError, match="unreadable safetensors file"):
-        tiny.perturb_model(corrupt_vlm, tmp_path / "perturbed")
+        perturb_model(corrupt_vlm, tmp_path / "perturbed")
     assert not (tmp_path / "perturbed").exists()
     (corrupt_vlm / "config.json").write_text('{"model_type": ')
     with pytest.raises(CMAAMError, match=rf"^{re.escape(str(corrupt_vlm))}: cannot load the model config"):

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from cmaam import merge, mergekit, soups, sweep
-from cmaam.atomic import check_no_overlap
-from cmaam.errors import CMAAMError
+from cmaam.io.atomic import check_no_overlap
+from cmaam.core.errors import CMAAMError
 from finetune import data_prep
 from io_helpers import assert_one_error_line, snapshot
 
@@ -161,7 +161,7 @@ def test_lora_output_may_not_be_its_data(tiny_qwen2vl, tmp_path):
 
 
 def test_evolve_run_folder_may_not_lie_inside_a_model(place, tmp_path):
-    from cmaam.evolve.search import parse_config, run_search
+    from cmaam.search.evolution import parse_config, run_search
 
     target, source = place("T", "T"), place("S", "S")
     config = parse_config({"name": "guard", "base_model": "a", "output_dir": str(target / "run"),
@@ -174,7 +174,7 @@ def test_evolve_run_folder_may_not_lie_inside_a_model(place, tmp_path):
 
 
 def test_experiment_folder_may_not_be_its_english_set(tmp_path):
-    from cmaam.experiment import Pipeline, load_experiment_config
+    from cmaam.pipeline.experiment import Pipeline, load_experiment_config
 
     english = tmp_path / "english"
     english.mkdir()
@@ -186,7 +186,7 @@ def test_experiment_folder_may_not_be_its_english_set(tmp_path):
 
 
 def test_evaluation_run_folder_may_not_be_the_model(place, tmp_path):
-    from cmaam.tracking import start_run
+    from cmaam.io.tracking import start_run
 
     model = place("models/T", "T")
     before = snapshot(tmp_path)

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from cmaam import merge, sweep
-from cmaam.atomic import claim_output, lock_path, output_lock
-from cmaam.errors import CMAAMError
+from cmaam.io.atomic import claim_output, lock_path, output_lock
+from cmaam.core.errors import CMAAMError
 from io_helpers import ROOT, assert_one_error_line, python
 
 
@@ -94,7 +94,7 @@ def test_stale_lock_and_partial_of_a_dead_process_are_cleaned_and_reported(place
 def test_a_stale_lock_is_reported_in_process(tmp_path, caplog):
     dead = _dead_pid()
     (tmp_path / ".out.lock").write_text(f"{dead} {socket.gethostname()} 0123456789abcdef\n")
-    with caplog.at_level(logging.WARNING, logger="cmaam.atomic"):
+    with caplog.at_level(logging.WARNING, logger="cmaam.io.atomic"):
         with claim_output(tmp_path / "out", inputs=[]):
             assert (tmp_path / ".out.lock").read_text().split()[0] == str(os.getpid())
     assert [record.getMessage() for record in caplog.records] == [

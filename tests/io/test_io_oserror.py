@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from cmaam import merge
-from cmaam.atomic import atomic_write_text
+from cmaam.io.atomic import atomic_write_text
 from io_helpers import assert_one_error_line, python
 
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from cmaam import merge
-from cmaam.checkpoint import CheckpointReader
-from cmaam.errors import CMAAMError
+from cmaam.io import CheckpointReader
+from cmaam.core.errors import CMAAMError
 from io_helpers import assert_one_error_line
 
 

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_vlms(tiny_qwen2vl, tmp_path_factory) -> dict[str, Path]:
     """Tiny Qwen2-VL, LLaVA and LLaVA-OneVision model folders (saved by transformers 5)."""
-    from cmaam.tiny import build_tiny_vlm
+    from cmaam.testing.tiny import build_tiny_vlm
 
     root = tmp_path_factory.mktemp("layout_models")
     return {

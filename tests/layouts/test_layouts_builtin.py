@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cmaam.layouts import COMPONENTS, ParamInfo, get_layout
+from cmaam.alignment.layouts import COMPONENTS, ParamInfo, get_layout
 
 DATA = Path(__file__).parent / "data"
 
@@ -18,7 +18,7 @@ def read_names(file_name: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-# tiny models (cmaam.tiny defaults: LLM hidden 64 x 2 layers, vision hidden 32 x 2 layers)
+# tiny models (cmaam.testing.tiny defaults: LLM hidden 64 x 2 layers, vision hidden 32 x 2 layers)
 # qwen2_vl: vision block = qkv, proj, fc1, fc2, norm1, norm2 (weight+bias) = 12, + patch_embed;
 #           merger = ln_q, mlp.0, mlp.2 (weight+bias) = 6; Qwen2 LLM layer = 9 weights + 3 q/k/v biases = 12
 # llava: CLIP layer = q, k, v, out, fc1, fc2, layer_norm1, layer_norm2 (weight+bias) = 16,
@@ -59,7 +59,7 @@ def state_dict_names(folder) -> list[str]:
 
 @pytest.mark.parametrize("model_type", list(TINY))
 def test_tiny_vlm_saved_and_in_memory_names(tiny_vlms, model_type):
-    from cmaam.checkpoint import CheckpointReader
+    from cmaam.io import CheckpointReader
 
     folder = tiny_vlms[model_type]
     reader = CheckpointReader(folder)
@@ -194,7 +194,7 @@ def test_text_llms(model_type):
 
 
 def test_tiny_llama_folder(tiny_llama):
-    from cmaam.checkpoint import CheckpointReader
+    from cmaam.io import CheckpointReader
 
     names = CheckpointReader(tiny_llama).keys()
     layout = get_layout(config=tiny_llama / "config.json")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cmaam.cli import run_cli
-from cmaam.errors import CMAAMError
-from cmaam.layouts.__main__ import main
+from cmaam.core.cli import run_cli
+from cmaam.core.errors import CMAAMError
+from cmaam.layouts import main
 
 
 def test_summary_of_a_tiny_vlm(tiny_vlms, capsys):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from cmaam.errors import CMAAMError
-from cmaam.layouts import detect_model_type, get_layout, list_model_types
+from cmaam.core.errors import CMAAMError
+from cmaam.alignment.layouts import detect_model_type, get_layout, list_model_types
 
 
 def test_list_model_types_covers_the_supported_architectures():

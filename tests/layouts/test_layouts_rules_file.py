@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from cmaam.errors import CMAAMError
-from cmaam.layouts import ParamInfo, get_layout
+from cmaam.core.errors import CMAAMError
+from cmaam.alignment.layouts import ParamInfo, get_layout
 
 RULES = r"""
 name: toy_vlm

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmaam.methods import get_method
-from cmaam.methods.sparsify import make_generator
+from cmaam.merging.methods import get_method
+from cmaam.merging.methods.sparsify import make_generator
 
 RANDOM_METHODS = ["dare_linear", "dare_ties", "della", "della_linear"]
 WEIGHTS = [0.5, 0.3, 0.4]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from mergekit.merge_methods import merge_tensors
 
-from cmaam.methods import get_method, list_methods
+from cmaam.merging.methods import get_method, list_methods
 
 SHAPES = [(7,), (24, 16), (3, 8, 5)]
 TOLERANCE = 1e-6
@@ -141,7 +141,7 @@ def test_task_arithmetic_negative_weight_negates():
 
 def test_magnitude_ties_at_the_cut_keep_index_order():
     """Equal magnitudes at the cut: exactly k kept, lowest indices first (documented difference)."""
-    from cmaam.methods.sparsify import magnitude, magnitude_outliers
+    from cmaam.merging.methods.sparsify import magnitude, magnitude_outliers
 
     values = torch.tensor([1.0, -2.0, 2.0, 2.0, -2.0, 0.5])
     assert torch.equal(magnitude(values, 0.5), torch.tensor([0.0, -2.0, 2.0, 2.0, 0.0, 0.0]))
@@ -152,7 +152,7 @@ def test_magnitude_ties_at_the_cut_keep_index_order():
 
 def test_rank_window_equals_a_stable_sort_slice():
     """The kthvalue selection keeps exactly the entries a stable sort puts at positions [start, stop)."""
-    from cmaam.methods.sparsify import rank_window
+    from cmaam.merging.methods.sparsify import rank_window
 
     generator = torch.Generator().manual_seed(0)
     for count in (1, 2, 9, 1000):

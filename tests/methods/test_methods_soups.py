@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from cmaam.checkpoint import CheckpointReader, write_state_dict
-from cmaam.cli import run_cli
-from cmaam.errors import CMAAMError
-from cmaam.soups import DECISIONS_FILE, SoupOptions, greedy_soup, main, uniform_soup
+from cmaam.io import CheckpointReader, write_state_dict
+from cmaam.core.cli import run_cli
+from cmaam.core.errors import CMAAMError
+from cmaam.merging.soups import DECISIONS_FILE, SoupOptions, greedy_soup, uniform_soup
+from cmaam.soups import main
 
 QUIET = SoupOptions(progress=False)
 
@@ -96,7 +97,7 @@ def test_greedy_soup_bad_score_leaves_nothing(toys, tmp_path):
 def test_uniform_soup_of_tiny_llamas(tiny_llama_pair, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cmaam.tiny import perturb_model
+    from cmaam.testing.tiny import perturb_model
 
     models = [*tiny_llama_pair, perturb_model(tiny_llama_pair[0], tmp_path / "third", 0.05, seed=2)]
     out = uniform_soup(models, tmp_path / "soup", QUIET)

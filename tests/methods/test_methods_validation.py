@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmaam.errors import CMAAMError
-from cmaam.methods import get_method
+from cmaam.core.errors import CMAAMError
+from cmaam.merging.methods import get_method
 
 BASE = torch.zeros(4, 3)
 MODELS = [torch.ones(4, 3), 2 * torch.ones(4, 3)]

@@ -199,7 +199,7 @@ def build_corpus(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Workspace:
     """Tiny Llama and Qwen2-VL pairs (base + seeded perturbation), a VQA folder, a corpus, the slowing hook."""
-    from cmaam.tiny import build_tiny_causal_lm, build_tiny_vlm, perturb_model
+    from cmaam.testing.tiny import build_tiny_causal_lm, build_tiny_vlm, perturb_model
 
     root = tmp_path_factory.mktemp("reliability")
     with contextlib.redirect_stderr(io.StringIO()):  # transformers' "Writing model shards" bars

@@ -40,7 +40,7 @@ import os
 _delay = float(os.environ.get("{SLOW_ENVIRONMENT}", "0") or 0)
 if _delay > 0:
     import time
-    from cmaam.checkpoint import writer as _writer
+    from cmaam.io import writer as _writer
 
     _add = _writer.CheckpointWriter.add
 

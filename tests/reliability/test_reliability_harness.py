@@ -110,7 +110,7 @@ def test_slowing_hook_patches_the_writer(tmp_path):
     from reliability.harness import write_sitecustomize
 
     hooks = write_sitecustomize(tmp_path / "hooks")
-    code = "from cmaam.checkpoint.writer import CheckpointWriter as W; print(W.add.__name__)"
+    code = "from cmaam.io.writer import CheckpointWriter as W; print(W.add.__name__)"
     slow = subprocess.run([sys.executable, "-c", code], env=environment(0.01, hooks), capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     plain = subprocess.run([sys.executable, "-c", code], env=environment(), capture_output=True, text=True, cwd=ROOT,

@@ -1,0 +1,33 @@
+"""Reading JSON and YAML files with one-line errors (the writers live in cmaam.io.atomic)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cmaam.core.errors import CMAAMError
+
+
+def read_json(path: str | Path, missing: str | None = None, encoding: str = "utf-8") -> Any:
+    """Parsed JSON; CMAAMError '<path>: <missing>' when absent, '<path>: invalid JSON (...)' when malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CMAAMError(f"{path}: {missing or 'no such file'}")
+    try:
+        return json.loads(path.read_text(encoding=encoding))
+    except json.JSONDecodeError as error:
+        raise CMAAMError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def read_yaml(path: str | Path, missing: str | None = None) -> Any:
+    """Parsed YAML (safe loader); CMAAMError when absent or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CMAAMError(f"{path}: {missing or 'no such file'}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise CMAAMError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None

@@ -1,0 +1,16 @@
+"""Merge methods: one small module per method, each a pure tensor function registered by name."""
+
+from cmaam.merging.methods.registry import METHODS, MergeMethod, Parameter, get_method, list_methods, register
+from cmaam.merging.methods import (  # noqa: F401  (registration side effects)
+    breadcrumbs,
+    dare,
+    della,
+    linear,
+    model_stock,
+    passthrough,
+    slerp,
+    task_arithmetic,
+    ties,
+)
+
+__all__ = ["METHODS", "MergeMethod", "Parameter", "get_method", "list_methods", "register"]

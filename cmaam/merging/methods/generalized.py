@@ -1,0 +1,142 @@
+"""Generalized task arithmetic (mergekit's generalized_task_arithmetic.py): the shared core of
+task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della and della_linear.
+
+result = base + lambda * sum_i(w_i * m_i * sparsify(x_i - base)) / divisor, where the consensus mask m_i
+keeps entries agreeing with the sign of the weighted sum (TIES) and the divisor is the sum of the
+(masked) weights when ``normalize``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from cmaam.core.errors import CMAAMError
+from cmaam.merging.methods.common import check_shapes, per_model
+from cmaam.merging.methods.registry import Parameter, register
+from cmaam.merging.methods.sparsify import make_generator, sparsify
+
+CONSENSUS = ("sum", "count")
+RANDOM_SPARSIFICATIONS = ("random", "della_magprune")
+
+
+def consensus_mask(deltas: torch.Tensor, method: str = "sum") -> torch.Tensor:
+    """Boolean mask of the entries of the stacked (weighted) deltas whose sign matches the majority sign.
+
+    ``sum``: the sign of the summed deltas (TIES paper); ``count``: the more frequent sign. Ties go to +.
+    """
+    sign = deltas.sign()
+    if method == "sum":
+        majority = (deltas.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
+    elif method == "count":
+        majority = (sign.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
+    else:
+        raise CMAAMError(f"unknown consensus method {method!r} (one of {', '.join(CONSENSUS)})")
+    return sign == majority
+
+
+def generalized_task_arithmetic(
+    tensors: list[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: float | list[float],
+    density: float | list[float] = 1.0,
+    normalize: bool = False,
+    rescale: bool = False,
+    lambda_: float = 1.0,
+    int8_mask: bool = False,
+    gamma: float | list[float] = 0.01,
+    epsilon: float | list[float] = 0.15,
+    seed: int = 0,
+    rescale_mode: str = "l1",
+    sparsification: str | None = None,
+    consensus: str | None = None,
+    method: str = "task_arithmetic",
+) -> torch.Tensor:
+    """Merge task vectors ``tensors[i] - base`` as mergekit's GeneralizedTaskArithmeticMerge does.
+
+    ``int8_mask`` only saves memory in mergekit (the mask values are identical) and is accepted for
+    config compatibility. Random sparsifications draw from one generator seeded with ``seed``,
+    consumed model by model in order.
+    """
+    if base is None:
+        raise CMAAMError(f"{method}: a base model is required")
+    if not tensors:
+        return base
+    check_shapes(method, tensors, base)
+    count = len(tensors)
+    weights_list = per_model(method, "weight", weight, count)
+    densities = per_model(method, "density", density, count)
+    gammas = per_model(method, "gamma", gamma, count)
+    epsilons = per_model(method, "epsilon", epsilon, count)
+    if sparsification in RANDOM_SPARSIFICATIONS:
+        if rescale_mode not in ("l1", "inverse_density"):
+            raise CMAAMError(f"{method}: rescale_mode must be 'l1' (mergekit) or 'inverse_density', not {rescale_mode!r}")
+        generator = make_generator(seed, base.device)
+    else:
+        rescale_mode, generator = "l1", None
+
+    deltas = base.new_empty((count, *base.shape))
+    for index, tensor in enumerate(tensors):
+        delta = tensor - base
+        if sparsification:
+            delta = sparsify(delta, densities[index], sparsification, gamma=gammas[index], epsilon=epsilons[index],
+                             rescale=rescale_mode if rescale else None, generator=generator)
+        deltas[index] = delta
+        del delta
+
+    weights = torch.tensor(weights_list, dtype=deltas.dtype, device=deltas.device)
+    while deltas.dim() > weights.dim():
+        weights.unsqueeze_(-1)
+    deltas.mul_(weights)
+
+    if consensus:
+        mask = consensus_mask(deltas, consensus)
+        mixed = (deltas * mask).sum(dim=0)
+        divisor = (weights * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = deltas.sum(dim=0)
+        divisor = weights.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed /= divisor
+    if lambda_ != 1:
+        mixed *= lambda_
+    return (base + mixed).to(base.dtype)
+
+
+def task_arithmetic_parameters(normalize: bool, rescale: bool, sparsification: str | None) -> tuple[Parameter, ...]:
+    """The parameters mergekit declares for a generalized-task-arithmetic method, with their ranges."""
+    parameters = [
+        Parameter("weight", default=None, per_model=True, required=True),
+        Parameter("density", default=1.0, per_model=True, minimum=0.0, maximum=1.0),
+        Parameter("normalize", default=normalize),
+        Parameter("rescale", default=rescale),
+        Parameter("lambda_", default=1.0),
+        Parameter("int8_mask", default=False),
+    ]
+    if sparsification == "magnitude_outliers":
+        parameters.append(Parameter("gamma", default=0.01, per_model=True, minimum=0.0, maximum=1.0))
+    if sparsification == "della_magprune":
+        parameters.append(Parameter("epsilon", default=0.15, per_model=True, minimum=0.0, maximum=0.5))
+    if sparsification in RANDOM_SPARSIFICATIONS:
+        parameters.append(Parameter("seed", default=0, minimum=0, maximum=2**63 - 1))
+        parameters.append(Parameter("rescale_mode", default="l1"))
+    return tuple(parameters)
+
+
+def define_task_arithmetic(name: str, summary: str, *, normalize: bool, rescale: bool,
+                           sparsification: str | None = None, consensus: str | None = None
+                           ) -> Callable[..., torch.Tensor]:
+    """Register one generalized-task-arithmetic variant under ``name`` (defaults as mergekit's registry)."""
+
+    def merge(tensors: list[torch.Tensor], base: torch.Tensor, **parameters) -> torch.Tensor:
+        return generalized_task_arithmetic(tensors, base, sparsification=sparsification, consensus=consensus,
+                                           method=name, **parameters)
+
+    merge.__name__ = merge.__qualname__ = name
+    merge.__doc__ = summary
+    register(name, parameters=task_arithmetic_parameters(normalize, rescale, sparsification), requires_base=True)(merge)
+    return merge

@@ -1,0 +1,28 @@
+"""Linear (weighted average) merge, as mergekit's ``linear``."""
+
+from __future__ import annotations
+
+import torch
+
+from cmaam.core.errors import CMAAMError
+from cmaam.merging.methods.registry import Parameter, register
+
+
+@register("linear", parameters=(
+    Parameter("weight", default=None, per_model=True, required=True),
+    Parameter("normalize", default=True),
+))
+def linear(tensors: list[torch.Tensor], base: torch.Tensor | None, weight: list[float], normalize: bool = True) -> torch.Tensor:
+    """Weighted sum of the tensors, divided by the sum of weights when ``normalize``.
+
+    Accumulated in place, as mergekit's addcmul loop: one output buffer instead of stacking every input.
+    """
+    weights = list(weight) if isinstance(weight, (list, tuple)) else [weight] * len(tensors)
+    if len(weights) != len(tensors):
+        raise CMAAMError(f"linear: parameter weight has {len(weights)} values for {len(tensors)} model(s)")
+    result = torch.zeros_like(tensors[0])
+    for tensor, value in zip(tensors, weights):
+        result.add_(tensor, alpha=float(value))
+    if normalize:
+        result.div_(torch.tensor(weights, dtype=result.dtype).sum().to(result.device))
+    return result

@@ -1,0 +1,160 @@
+"""Sparsification of task vectors (as mergekit's sparsify.py), shared by ties, dare, breadcrumbs and della.
+
+Random masks draw from an explicit ``torch.Generator`` so a seed gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cmaam.core.errors import CMAAMError
+
+SPARSIFICATIONS = ("magnitude", "random", "magnitude_outliers", "della_magprune")
+RESCALES = ("l1", "l2", "linf", "inverse_density")
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (CPU streams equal ``torch.manual_seed(seed)``'s).
+
+    Whole-model callers pass a per-tensor seed (``cmaam.merging.planner.tensor_seed``): one fixed seed for
+    every tensor would repeat the same drop mask on same-shaped tensors.
+    """
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def rescaled_masked_tensor(tensor: torch.Tensor, mask: torch.Tensor, norm: str | None,
+                           density: float = 1.0, eps: float = 1e-7) -> torch.Tensor:
+    """Apply ``mask`` and rescale so the chosen norm of the result matches the input's.
+
+    ``inverse_density`` divides by the keep probability instead (DARE paper; unbiased in expectation).
+    """
+    masked = tensor * mask
+    if norm is None:
+        return masked
+    if norm == "inverse_density":
+        return masked / density if density > 0 else masked
+    if norm == "l1":
+        before, after = tensor.abs().sum(), masked.abs().sum()
+    elif norm == "l2":
+        before, after = tensor.norm(), masked.norm()
+    elif norm == "linf":
+        before, after = tensor.abs().max(), masked.abs().max()
+    else:
+        raise CMAAMError(f"unknown rescale norm {norm!r} (one of {', '.join(RESCALES)})")
+    if before < eps or after < eps:
+        return masked
+    return masked * (before / after)
+
+
+def _magnitudes(tensor: torch.Tensor) -> torch.Tensor:
+    """Flattened magnitudes, in float32 on CPU (half-precision selection there is slow or unsupported)."""
+    magnitudes = tensor.abs().reshape(-1)
+    return magnitudes.float() if magnitudes.device.type == "cpu" else magnitudes
+
+
+def rank_window(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Boolean mask of the entries at positions [start, stop) of a stable ascending sort of ``values``.
+
+    Same set as ``torch.sort(values, stable=True).indices[start:stop]`` (equal values ordered by index)
+    but found with two ``kthvalue`` selections instead of a full sort: several times faster on large tensors.
+    """
+    count = values.numel()
+    start, stop = max(0, start), min(count, stop)
+    if start >= stop:
+        return torch.zeros(count, dtype=torch.bool, device=values.device)
+    lower = torch.kthvalue(values, start + 1).values.item() if start > 0 else None
+    upper = torch.kthvalue(values, stop).values.item() if stop < count else None
+    mask = torch.ones(count, dtype=torch.bool, device=values.device)
+    if lower is not None:
+        mask &= values > lower
+    if upper is not None:
+        mask &= values < upper
+    for boundary in {bound for bound in (lower, upper) if bound is not None}:
+        # equal values sit at sorted positions before, before + 1, ... in index order
+        before = int((values < boundary).sum())
+        ties = torch.nonzero(values == boundary).flatten()
+        mask[ties[max(0, start - before):max(0, stop - before)]] = True
+    return mask
+
+
+def magnitude(tensor: torch.Tensor, density: float, rescale: str | None = None) -> torch.Tensor:
+    """Keep the ``density`` fraction of largest-magnitude entries (at least one when density > 0).
+
+    Equal magnitudes at the cut are kept in index order (mergekit's unstable argsort keeps an
+    unspecified subset of them); otherwise the kept set is mergekit's.
+    """
+    if density >= 1:
+        return tensor
+    if density <= 0 or tensor.numel() == 0:
+        return torch.zeros_like(tensor)
+    keep = max(1, int(density * tensor.numel()))
+    mask = rank_window(-_magnitudes(tensor), 0, keep).to(tensor.dtype)
+    return rescaled_masked_tensor(tensor, mask.reshape_as(tensor), rescale, density)
+
+
+def magnitude_outliers(tensor: torch.Tensor, density: float, gamma: float = 0.01,
+                       rescale: str | None = None) -> torch.Tensor:
+    """Model Breadcrumbs: drop the ``gamma`` fraction of largest entries, then the smallest, keeping ``density``."""
+    if density >= 1:
+        return tensor
+    count = tensor.numel()
+    keep = int(density * count)
+    top = int(gamma * count)
+    bottom = max(0, count - keep - top)  # fewer outliers removed when density + gamma > 1
+    mask = rank_window(_magnitudes(tensor), bottom, bottom + keep).to(tensor.dtype)
+    return rescaled_masked_tensor(tensor, mask.reshape_as(tensor), rescale, density)
+
+
+def _work_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """Bernoulli sampling dtype: float32 on CPU (no half-precision kernel) except bfloat16, as mergekit."""
+    if tensor.device.type != "cpu" or tensor.dtype == torch.bfloat16:
+        return tensor.dtype
+    return torch.float32
+
+
+def bernoulli(tensor: torch.Tensor, density: float, generator: torch.Generator | None = None,
+              rescale: str | None = None) -> torch.Tensor:
+    """DARE: keep each entry independently with probability ``density``, then rescale."""
+    if density >= 1:
+        return tensor
+    work_dtype = _work_dtype(tensor)
+    mask = torch.bernoulli(torch.full_like(tensor, density, dtype=work_dtype), generator=generator)
+    return rescaled_masked_tensor(tensor.to(work_dtype), mask, rescale, density).to(tensor.dtype)
+
+
+def della_magprune(tensor: torch.Tensor, density: float, epsilon: float, generator: torch.Generator | None = None,
+                   rescale: str | None = None) -> torch.Tensor:
+    """DELLA: per row, keep probability rising linearly with magnitude rank in [density - eps, density + eps]."""
+    if density >= 1:
+        return tensor
+    if density <= 0:
+        return torch.zeros_like(tensor)
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise CMAAMError(f"della: epsilon={epsilon} must keep density +/- epsilon inside (0, 1) (density={density})")
+    shape = tensor.shape
+    work_dtype = _work_dtype(tensor)
+    if tensor.dim() < 2:
+        tensor = tensor.unsqueeze(0)
+    ranks = torch.argsort(tensor.abs(), dim=1, descending=False).argsort(dim=1).to(work_dtype) + 1
+    lowest = ranks.min(dim=1, keepdim=True).values
+    highest = ranks.max(dim=1, keepdim=True).values
+    rank_norm = ((ranks - lowest) / (highest - lowest)).clamp(0, 1)
+    probabilities = (density - epsilon) + rank_norm * 2 * epsilon
+    mask = torch.bernoulli(probabilities, generator=generator).to(work_dtype)
+    return rescaled_masked_tensor(tensor.to(work_dtype), mask, rescale, density).to(tensor.dtype).reshape(shape)
+
+
+def sparsify(tensor: torch.Tensor, density: float, method: str, gamma: float = 0.0, epsilon: float = 0.0,
+             rescale: str | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dispatch to one sparsification ``method`` (one of ``SPARSIFICATIONS``)."""
+    if method == "magnitude":
+        return magnitude(tensor, density, rescale)
+    if method == "random":
+        return bernoulli(tensor, density, generator, rescale)
+    if method == "magnitude_outliers":
+        return magnitude_outliers(tensor, density, gamma, rescale)
+    if method == "della_magprune":
+        return della_magprune(tensor, density, epsilon, generator, rescale)
+    raise CMAAMError(f"unknown sparsification {method!r} (one of {', '.join(SPARSIFICATIONS)})")

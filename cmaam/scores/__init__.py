@@ -1,9 +1,0 @@
-"""Weight-derived merge scores (PDA, GFS, CMBC, sensitivity) and the one streaming analysis pass."""
-
-from cmaam.scores.cmbc import cmbc, embedding_subspace, top_left_subspace
-from cmaam.scores.gfs import gfs, gradient_probes
-from cmaam.scores.pda import pda
-from cmaam.scores.sensitivity import relative_change, sensitivity_variance
-
-__all__ = ["cmbc", "embedding_subspace", "gfs", "gradient_probes", "pda", "relative_change",
-           "sensitivity_variance", "top_left_subspace"]
