@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 from cmaam.io.atomic import claim_output
 from cmaam.merging.mergekit_config import MergeConfig, load_merge_config
@@ -61,11 +61,14 @@ def merge_from_config(
     allow_nonfinite: bool = False,
     seed: int = 0,
     progress: bool = True,
+    config_update: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Merge the models of a mergekit config into ``output`` (atomic; one tensor per input in memory).
 
     ``dtype`` (the CLI's --dtype) overrides the config's ``out_dtype``/``dtype`` for the written tensors.
-    The config text is saved as ``mergekit_config.yml`` beside the weights.
+    The config text is saved as ``mergekit_config.yml`` beside the weights. ``config_update`` is applied
+    to the written config.json, and ``extra_files`` (name -> text) are written beside the weights.
     """
     config_folder = None
     config_file = None
@@ -79,12 +82,13 @@ def merge_from_config(
     with claim_output(output, inputs=inputs, overwrite=overwrite):  # before any work: refused or locked
         return _merge(config, config_folder, output, device=device, dtype=dtype, max_shard_size=max_shard_size,
                       overwrite=overwrite, allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite, seed=seed,
-                      progress=progress)
+                      progress=progress, config_update=config_update, extra_files=extra_files)
 
 
 def _merge(config: MergeConfig, config_folder: Path | None, output: str | Path, *, device: str, dtype: str | None,
            max_shard_size: str | int, overwrite: bool, allow_pickle: bool, allow_nonfinite: bool, seed: int,
-           progress: bool) -> Path:
+           progress: bool, config_update: Mapping[str, Any] | None = None,
+           extra_files: Mapping[str, str] | None = None) -> Path:
     from cmaam.merging.executor import TensorJob, run_merge
     from cmaam.merging.planner import plan_merge
 
@@ -99,8 +103,11 @@ def _merge(config: MergeConfig, config_folder: Path | None, output: str | Path, 
         def save_config(folder: Path) -> None:
             if config.text:
                 (folder / "mergekit_config.yml").write_text(config.text, encoding="utf-8")
+            for name, text in (extra_files or {}).items():
+                (folder / name).write_text(text, encoding="utf-8")
 
-        return run_merge(readers, jobs, output, reference=readers[plan.reference].path, config=plan.config,
+        return run_merge(readers, jobs, output, reference=readers[plan.reference].path,
+                         config={**plan.config, **(config_update or {})},
                          dtype=plan.dtype, device=device, allow_nonfinite=allow_nonfinite, overwrite=overwrite,
                          max_shard_size=max_shard_size, progress=progress,
                          description=f"{config.merge_method} merge", before_commit=save_config)

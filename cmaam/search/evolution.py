@@ -17,30 +17,34 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text, atomic_write_yaml, claim_output
 from cmaam.core.errors import CMAAMError
+from cmaam.search.dataflow import DataFlowLayout, DataFlowSpec, plan_dataflow
 from cmaam.search.fitness import FITNESS_TYPES, Evaluation, FitnessSpec
 from cmaam.search.genome import GenomeLayout, GenomeSpec
 from cmaam.search.inmemory import open_readers, plan_layout
 
 STATE_FORMAT = 1
 KEY_DECIMALS = 10  # genomes equal to 1e-10 share one cache entry
+SearchLayout = GenomeLayout | DataFlowLayout  # both offer labels, bounds, initial, clip, as_table, sigma
 BOUNDARY_HANDLERS = {"transform": "BoundTransform", "penalty": "BoundPenalty"}
 PRESET_FOLDER = Path(__file__).resolve().parents[2] / "configs" / "evolve"
+SPACES = ("parameter", "dataflow")  # what the genome describes: merge coefficients, or an inference path
 
 
 # -- configuration ---------------------------------------------------------------------------
 @dataclass
 class ModelEntry:
-    """One input model: a local folder or a hub id already in the HF cache; ``build`` makes a tiny one."""
+    """One input model: a local folder or a hub id already in the HF cache; ``build`` makes it on first use
+    (a tiny model, a perturbed copy, or a mergekit merge of earlier models: the PS part of PS+DFS)."""
 
     name: str
     path: str
-    build: dict[str, Any] | None = None  # {type: llama, seed: 0} or {perturb: other_name, scale: 0.3, seed: 1}
+    build: dict[str, Any] | None = None  # {type: llama, seed: 0} | {perturb: other, scale: 0.3, seed: 1} | {merge: {...}}
 
 
 @dataclass
@@ -68,7 +72,9 @@ class EvolveConfig:
     name: str
     models: list[ModelEntry]
     base_model: str
+    space: str = "parameter"  # parameter: merge coefficients (genome) | dataflow: an inference path (dataflow)
     genome: GenomeSpec = field(default_factory=GenomeSpec)
+    dataflow: DataFlowSpec | None = None
     fitness: FitnessConfig = field(default_factory=FitnessConfig)
     generations: int = 100
     population: int | None = None  # None: cma's default 4 + 3 ln(genes)
@@ -115,6 +121,16 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig
     names = [model.name for model in data["models"]]
     if len(set(names)) != len(names):
         raise CMAAMError(f"{where}: model names must be unique, got {names}")
+    space = data.get("space", "parameter")
+    if space not in SPACES:
+        raise CMAAMError(f"{where}: space must be one of {', '.join(SPACES)}, got {space!r}")
+    if space == "dataflow":
+        if data.get("genome") is not None:
+            raise CMAAMError(f"{where}: genome sets merge coefficients (space: parameter); a data-flow search is "
+                             "configured under dataflow")
+        data["dataflow"] = DataFlowSpec.from_dict(data.get("dataflow"))
+    elif data.get("dataflow") is not None:
+        raise CMAAMError(f"{where}: dataflow needs space: dataflow")
     data["genome"] = GenomeSpec.from_dict(data.get("genome"))
     data["fitness"] = _build(FitnessConfig, data.get("fitness"), f"{where}: fitness")
     for key in ("name", "base_model"):
@@ -158,6 +174,8 @@ def config_dict(config: EvolveConfig) -> dict[str, Any]:
     """The config as plain data (what config.yaml and the tracker receive)."""
     data = dataclasses.asdict(config)
     data["genome"]["bounds"] = {k: list(v) for k, v in config.genome.bounds.items()}
+    if config.dataflow is not None:
+        data["dataflow"]["scale_bounds"] = list(config.dataflow.scale_bounds)
     return data
 
 
@@ -178,6 +196,9 @@ def _build_tiny(entry: ModelEntry, path: Path, built: Mapping[str, Path]) -> Non
     from cmaam.testing.tiny import build_tiny_causal_lm, perturb_model
 
     options = dict(entry.build)
+    if "merge" in options:
+        _build_merge(entry, options, path, built)
+        return
     if "perturb" in options:
         source = built.get(options["perturb"])
         if source is None:
@@ -186,6 +207,31 @@ def _build_tiny(entry: ModelEntry, path: Path, built: Mapping[str, Path]) -> Non
         return
     with atomic_directory(path, overwrite=True, inputs=()) as folder:
         build_tiny_causal_lm(folder, options.get("type", "llama"), int(options.get("seed", 0)))
+
+
+def _build_merge(entry: ModelEntry, options: dict, path: Path, built: Mapping[str, Path]) -> None:
+    """``build: {merge: CONFIG}``: run a mergekit config whose model names refer to earlier models."""
+    from cmaam.merging.config_merge import merge_from_config
+
+    recipe = options["merge"]
+    if not isinstance(recipe, Mapping) or set(options) != {"merge"}:
+        raise CMAAMError(f"model {entry.name}: build.merge must be a mergekit config mapping (and the only build key)")
+
+    def resolve(value: Any, key: str | None = None) -> Any:
+        if isinstance(value, Mapping):
+            return {k: resolve(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, key) for v in value]
+        if key in ("model", "base_model") and isinstance(value, str):
+            if value not in built:
+                raise CMAAMError(f"model {entry.name}: build.merge names {value!r}, not an earlier model")
+            return str(built[value])
+        if key == "models" and isinstance(value, str):  # models: [name, ...] shorthand
+            return resolve({"model": value})
+        return value
+
+    recipe_path = atomic_write_yaml(path.parent / f"{path.name}.merge.yaml", resolve(recipe))
+    merge_from_config(recipe_path, path, overwrite=True, progress=False)
 
 
 def input_paths(config: EvolveConfig) -> list[Path | str | None]:
@@ -217,8 +263,9 @@ class EvaluationLog:
     A line cut by a kill is dropped on load (the file is rewritten without it).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, key: Callable[[Sequence[float]], tuple] = genome_key):
         self.path = path
+        self.key = key  # genomes with equal keys share one evaluation (data-flow: the decoded path)
         self.records: dict[tuple[int, int], dict] = {}
         self.cache: dict[tuple, dict] = {}
         if path.is_file():
@@ -233,10 +280,10 @@ class EvaluationLog:
 
     def _remember(self, record: dict) -> None:
         self.records[(record["generation"], record["index"])] = record
-        self.cache.setdefault(genome_key(record["genome"]), record)
+        self.cache.setdefault(self.key(record["genome"]), record)
 
     def lookup(self, genome: Sequence[float]) -> dict | None:
-        return self.cache.get(genome_key(genome))
+        return self.cache.get(self.key(genome))
 
     def append(self, generation: int, index: int, genome: Sequence[float], evaluation: Evaluation | dict,
                cached: bool = False) -> dict:
@@ -260,16 +307,19 @@ class EvaluationLog:
         return ordered[0] if ordered else None
 
 
-def fingerprint(config: EvolveConfig, layout: GenomeLayout, x0: Sequence[float], population: int) -> str:
+def fingerprint(config: EvolveConfig, layout: SearchLayout, x0: Sequence[float], population: int) -> str:
     """What a resumed run must share with the original: genome layout, start, bounds, seed, fitness setup."""
     fitness = dataclasses.asdict(config.fitness)
-    data = {"labels": layout.labels, "x0": list(x0), "bounds": layout.bounds(), "sigma": config.genome.sigma,
+    data = {"labels": layout.labels, "x0": list(x0), "bounds": layout.bounds(), "sigma": layout.sigma,
             "seed": config.seed, "population": population, "boundary": config.boundary, "fitness": fitness,
-            "method": layout.spec.method, "models": [m.name for m in config.models], "base": config.base_model}
+            "method": layout.spec.method if isinstance(layout, GenomeLayout) else "dataflow",
+            "models": [m.name for m in config.models], "base": config.base_model}
+    if isinstance(layout, DataFlowLayout):
+        data["dataflow"] = layout.describe()
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def new_strategy(x0: Sequence[float], sigma: float, layout: GenomeLayout, population: int, seed: int,
+def new_strategy(x0: Sequence[float], sigma: float, layout: SearchLayout, population: int, seed: int,
                  boundary: str):
     """A CMA-ES whose samples come from our own seeded generator (replayable, no global RNG)."""
     import cma
@@ -359,8 +409,8 @@ def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
         raise CMAAMError(f"{run_dir}: state.json was written for a different config (genome, start, seed, "
                          "population or fitness changed); only generations may change on --resume")
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = EvaluationLog(run_dir / "evaluations.jsonl")
-    es = new_strategy(x0, config.genome.sigma, layout, population, config.seed, config.boundary)
+    log = EvaluationLog(run_dir / "evaluations.jsonl", cache_key(layout))
+    es = new_strategy(x0, layout.sigma, layout, population, config.seed, config.boundary)
     history = _replay(es, state, log, population)
 
     if not resume:
@@ -428,12 +478,24 @@ def _evaluate_generation(generation: int, genomes: list[list[float]], log: Evalu
     return results, len(jobs)
 
 
-def prepare(config: EvolveConfig) -> tuple[FitnessSpec, GenomeLayout, list[float], dict[str, Path]]:
+def cache_key(layout: SearchLayout) -> Callable[[Sequence[float]], tuple]:
+    """The evaluation-cache key of a layout's genomes: the decoded path for data-flow genomes, else the values."""
+    return layout.cache_key if isinstance(layout, DataFlowLayout) else genome_key
+
+
+def plan_search_layout(readers: Mapping, config: EvolveConfig) -> SearchLayout:
+    """The genome layout of the configured search space, checked against the models' headers."""
+    if config.space == "dataflow":
+        return plan_dataflow(readers, config.base_model, config.dataflow)
+    return plan_layout(readers, config.base_model, config.genome)
+
+
+def prepare(config: EvolveConfig) -> tuple[FitnessSpec, SearchLayout, list[float], dict[str, Path]]:
     """Resolve models, check shapes and genome, load the MGSM subset: the fitness spec and start genome."""
     paths = prepare_models(config)
     readers = open_readers(paths, config.allow_pickle)
     try:
-        layout = plan_layout(readers, config.base_model, config.genome)
+        layout = plan_search_layout(readers, config)
     finally:
         for reader in readers.values():
             reader.close()
@@ -444,7 +506,7 @@ def prepare(config: EvolveConfig) -> tuple[FitnessSpec, GenomeLayout, list[float
                        trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
                        lang=fitness.lang, shots=fitness.shots, chain_of_thought=fitness.chain_of_thought,
                        max_new_tokens=fitness.max_new_tokens, batch_size=fitness.batch_size, metric=fitness.metric,
-                       tiebreak=float(fitness.tiebreak), tokenizer=config.tokenizer)
+                       tiebreak=float(fitness.tiebreak), tokenizer=config.tokenizer, dataflow=config.dataflow)
     if fitness.type == "synthetic":
         if fitness.target is None:
             raise CMAAMError("fitness.target is required for the synthetic fitness (a number or a full genome)")
@@ -462,7 +524,7 @@ def prepare(config: EvolveConfig) -> tuple[FitnessSpec, GenomeLayout, list[float
     return spec, layout, x0, paths
 
 
-def _write_state(path: Path, fingerprint_: str, history: list[dict], log: EvaluationLog, layout: GenomeLayout, es,
+def _write_state(path: Path, fingerprint_: str, history: list[dict], log: EvaluationLog, layout: SearchLayout, es,
                  population: int, config: EvolveConfig, done: bool) -> None:
     best = log.best()
     atomic_write_json(path, {
@@ -474,44 +536,84 @@ def _write_state(path: Path, fingerprint_: str, history: list[dict], log: Evalua
     })
 
 
-def _save_figures(run, history: list[dict], layout: GenomeLayout, best: Sequence[float], mean: Sequence[float]) -> None:
+def _save_figures(run, history: list[dict], layout: SearchLayout, best: Sequence[float], mean: Sequence[float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from cmaam.search.dataflow import plot_path
     from cmaam.search.monitor import plot_convergence, plot_genome
 
-    for name, figure in (("convergence", plot_convergence(history)), ("genome", plot_genome(layout, best, mean))):
+    genome = ("path", plot_path(layout, best)) if isinstance(layout, DataFlowLayout) else \
+        ("genome", plot_genome(layout, best, mean))
+    for name, figure in (("convergence", plot_convergence(history)), genome):
         run.save_figure(figure, name)
         plt.close(figure)
 
 
-def _finish(run, config: EvolveConfig, layout: GenomeLayout, paths: Mapping[str, Path], best: dict,
+def _finish(run, config: EvolveConfig, layout: SearchLayout, paths: Mapping[str, Path], best: dict,
             history: list[dict], population: int) -> None:
     """Write the best genome (JSON and mergekit YAML), the summary, and the best model."""
-    from cmaam.search.recipe import genome_to_mergekit
-    from cmaam.merging.config_merge import merge_from_config
-
     run_dir = config.run_dir
     genome = layout.clip(best["genome"])
-    atomic_write_json(run_dir / "best_genome.json", {
-        "fitness": best["fitness"], "generation": best["generation"], "index": best["index"],
-        "metrics": best.get("metrics", {}), "genome": genome, "genes": layout.as_table(genome),
-    })
-    stored = _stored_dtype(paths[config.base_model], layout.tensor_names[0])
-    recipe = genome_to_mergekit(layout, genome, {name: str(path) for name, path in paths.items()}, dtype=stored,
-                                out_dtype=config.dtype)
-    recipe_path = atomic_write_yaml(run_dir / "merge_config.yaml", recipe)
+    record = {"fitness": best["fitness"], "generation": best["generation"], "index": best["index"],
+              "metrics": best.get("metrics", {}), "genome": genome, "genes": layout.as_table(genome)}
+    model_paths = {name: str(path) for name, path in paths.items()}
     summary = {"best_fitness": best["fitness"], "best_generation": best["generation"],
                "generations": len(history), "evaluations": sum(h["evaluated"] for h in history),
-               "genes": len(layout), "population": population, "seed": config.seed, "recipe": str(recipe_path)}
+               "genes": len(layout), "population": population, "seed": config.seed}
+    if isinstance(layout, DataFlowLayout):
+        write_model = _finish_dataflow(config, layout, genome, model_paths, record, summary)
+    else:
+        write_model = _finish_parameter(config, layout, genome, model_paths, summary)
+    atomic_write_json(run_dir / "best_genome.json", record)
     summary.update({f"best_{k}": v for k, v in best.get("metrics", {}).items()})
     if config.save_model:
-        merge_from_config(recipe_path, run_dir / "best_model", seed=config.seed, overwrite=True,
-                          progress=config.progress)
+        write_model(run_dir / "best_model")
         summary["best_model"] = str(run_dir / "best_model")
     run.log_summary(summary)
+
+
+def _finish_parameter(config: EvolveConfig, layout: GenomeLayout, genome: list[float], model_paths: dict,
+                      summary: dict) -> Callable[[Path], Path]:
+    """merge_config.yaml of a parameter-space genome; returns the function that writes the model."""
+    from cmaam.merging.config_merge import merge_from_config
+    from cmaam.search.recipe import genome_to_mergekit
+
+    stored = _stored_dtype(Path(model_paths[config.base_model]), layout.tensor_names[0])
+    recipe = genome_to_mergekit(layout, genome, model_paths, dtype=stored, out_dtype=config.dtype)
+    recipe_path = atomic_write_yaml(config.run_dir / "merge_config.yaml", recipe)
+    summary["recipe"] = str(recipe_path)
+    return lambda output: merge_from_config(recipe_path, output, seed=config.seed, overwrite=True,
+                                            progress=config.progress)
+
+
+def _finish_dataflow(config: EvolveConfig, layout: DataFlowLayout, genome: list[float], model_paths: dict,
+                     record: dict, summary: dict) -> Callable[[Path], Path]:
+    """The best path (in best_genome.json), its passthrough merge_config.yaml and how its scales are folded."""
+    from cmaam.io import CheckpointReader
+    from cmaam.search.dataflow import path_table
+    from cmaam.search.dataflow_export import dataflow_to_mergekit, plan_fold, write_dataflow_model
+
+    steps = layout.decode(genome)
+    configs = {}
+    for name, path in model_paths.items():
+        with CheckpointReader(path) as reader:
+            configs[name] = reader.config
+    fold = plan_fold(steps, configs)
+    first = configs[steps[0].model]
+    with CheckpointReader(model_paths[steps[0].model]) as reader:
+        stored = str(reader.dtype(next(n for n in reader.keys() if reader.dtype(n).is_floating_point)))
+    recipe = dataflow_to_mergekit(steps, model_paths, fold, dtype=stored.replace("torch.", ""))
+    if config.dtype and config.dtype != recipe["dtype"]:
+        recipe["out_dtype"] = config.dtype
+    recipe_path = atomic_write_yaml(config.run_dir / "merge_config.yaml", recipe)
+    record["path"] = path_table(steps)
+    record["fold"] = {"kind": fold.kind, "reason": fold.reason, "input_scales": fold.input_scales}
+    summary.update(recipe=str(recipe_path), path_length=len(steps), fold=fold.kind)
+    return lambda output: write_dataflow_model(recipe_path, fold, output, first["model_type"], seed=config.seed,
+                                               progress=config.progress)
 
 
 def _stored_dtype(path: Path, name: str) -> str:

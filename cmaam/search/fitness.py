@@ -14,6 +14,7 @@ import torch
 
 from cmaam.io import parse_dtype
 from cmaam.core.errors import CMAAMError, load_errors
+from cmaam.search.dataflow import DataFlowMerger, DataFlowSpec, DataFlowSyntheticFitness
 from cmaam.search.genome import GenomeSpec
 from cmaam.search.inmemory import InMemoryMerger
 
@@ -57,10 +58,15 @@ class FitnessSpec:
     metric: str = "accuracy"
     tiebreak: float = 0.0  # weight of the gold-answer likelihood added to the metric (0 = off)
     tokenizer: str | None = None  # folder of the tokenizer; default the base model's
+    dataflow: DataFlowSpec | None = None  # set: the genome is an inference path (cmaam.search.dataflow)
 
 
-def build_merger(spec: FitnessSpec) -> InMemoryMerger:
+def build_merger(spec: FitnessSpec) -> InMemoryMerger | DataFlowMerger:
     """The in-memory merger described by ``spec`` (loads every input tensor onto the device once)."""
+    if spec.dataflow is not None:
+        return DataFlowMerger(spec.models, spec.base_model, spec.dataflow, device=spec.device,
+                              dtype=parse_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code,
+                              allow_pickle=spec.allow_pickle)
     return InMemoryMerger(spec.models, spec.base_model, spec.genome, device=spec.device, dtype=parse_dtype(spec.dtype),
                           seed=spec.seed, trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
 
@@ -168,5 +174,7 @@ def build_fitness(spec: FitnessSpec) -> Callable[[Sequence[float]], Evaluation]:
     if spec.kind == "synthetic":
         if spec.target is None:
             raise CMAAMError("fitness: the synthetic fitness needs a target genome")
+        if isinstance(merger, DataFlowMerger):
+            return DataFlowSyntheticFitness(merger, spec.target, seed=spec.seed)
         return SyntheticFitness(merger, spec.target)
     return MGSMFitness(merger, spec)

@@ -144,6 +144,11 @@ class GenomeLayout:
         return len(self.genes)
 
     @property
+    def sigma(self) -> float:
+        """CMA-ES's initial step size for this genome."""
+        return float(self.spec.sigma)
+
+    @property
     def labels(self) -> list[str]:
         return [gene.label for gene in self.genes]
 
