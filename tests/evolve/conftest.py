@@ -27,3 +27,15 @@ def tiny_search(tiny_preset, tmp_path_factory) -> dict:
     config.update(wandb_mode="disabled", progress=False, figure_every=0)
     return config
 
+
+
+@pytest.fixture(scope="session")
+def tiny_dfs_search(tmp_path_factory) -> dict:
+    """configs/evolve/tiny_dfs.yaml made cheaper (2 MGSM questions, 4 new tokens, 3 x 4 candidates); models shared."""
+    config = yaml.safe_load((PRESET_FOLDER / "tiny_dfs.yaml").read_text())
+    models = tmp_path_factory.mktemp("dfs_models")
+    for entry in config["models"]:
+        entry["path"] = str(models / entry["name"])
+    config["fitness"].update(limit=2, max_new_tokens=4, batch_size=2)
+    config.update(generations=3, population=4, wandb_mode="disabled", progress=False, figure_every=0)
+    return config

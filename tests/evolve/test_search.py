@@ -90,12 +90,10 @@ def _evolve(config_path: Path, *extra: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_kill_9_in_generation_2_then_resume_finishes_like_an_uninterrupted_run(sequential_run, tmp_path):
-    config, reference = sequential_run
-    config = copy.deepcopy(config)
-    run_dir = tmp_path / "killed"
-    config.update(output_dir=str(run_dir), wandb_mode="disabled")
-    config_path = tmp_path / "tiny.yaml"
+def kill_in_generation_2_then_resume(config: dict, tmp_path: Path, population: int) -> Path:
+    """Start the CLI, kill -9 it once a candidate of generation 2 is logged, check the state, resume."""
+    run_dir = Path(config["output_dir"])
+    config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log = run_dir / "evaluations.jsonl"
     process = _evolve(config_path)
@@ -111,14 +109,22 @@ def test_kill_9_in_generation_2_then_resume_finishes_like_an_uninterrupted_run(s
     state = json.loads((run_dir / "state.json").read_text())
     assert len(state["generations"]) == 1 and not state["done"]  # killed inside generation 2
     scored_before = len(log.read_text().splitlines())
-    assert 5 <= scored_before < 12
+    assert population + 1 <= scored_before < 3 * population
 
     resumed = _evolve(config_path, "--resume")
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
+    return run_dir
+
+
+def test_kill_9_in_generation_2_then_resume_finishes_like_an_uninterrupted_run(sequential_run, tmp_path):
+    config, reference = sequential_run
+    config = copy.deepcopy(config)
+    config.update(output_dir=str(tmp_path / "killed"), wandb_mode="disabled")
+    run_dir = kill_in_generation_2_then_resume(config, tmp_path, population=4)
     rows = records(run_dir)
     assert rows == records(reference.run_dir)  # same candidates, same fitness, same order
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    lines = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
     assert len(lines) == 12 and not any(line["cached"] for line in lines)  # nothing scored twice
     best = json.loads((run_dir / "best_genome.json").read_text())
     assert best["genome"] == reference.best_genome
@@ -135,3 +141,74 @@ def test_monitor_prints_the_history_and_draws_the_curve(sequential_run, capsys):
     assert f"{history[2]['best_so_far']:.6g}" in lines[2]
     assert "3/3 generations" in printed and "done" in printed
     assert (result.run_dir / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- data-flow space (configs/evolve/tiny_dfs.yaml: two tiny Llamas and their slerp merge in the pool) --
+@pytest.fixture(scope="module")
+def dataflow_run(tiny_dfs_search, tmp_path_factory):
+    config = copy.deepcopy(tiny_dfs_search)
+    config.update(output_dir=str(tmp_path_factory.mktemp("dfs") / "sequential"), figure_every=1)
+    return config, run_search(parse_config(config))
+
+
+def test_tiny_dfs_writes_the_path_its_recipe_and_a_model_equal_to_the_search_forward(dataflow_run):
+    from transformers import AutoModelForCausalLM
+
+    config, result = dataflow_run
+    run_dir = result.run_dir
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["done"] and len(state["generations"]) == 3 and state["genes"] == 12 + 7 * 6
+    rows = records(run_dir)
+    assert [(r["generation"], r["index"]) for r in rows] == [(g, i) for g in range(3) for i in range(4)]
+    best = json.loads((run_dir / "best_genome.json").read_text())
+    assert best["genome"] == result.best_genome and best["fold"]["kind"] == "custom"  # tiny Llamas: eps 1e-6
+    recipe = yaml.safe_load((run_dir / "merge_config.yaml").read_text())
+    assert recipe["merge_method"] == "passthrough" and len(recipe["slices"]) == len(best["path"])
+    assert [(s["sources"][0]["layer_range"][0]) for s in recipe["slices"]] == [step["layer"] for step in best["path"]]
+    for name in ("convergence.png", "path.png"):
+        assert (run_dir / name).read_bytes()[:4] == b"\x89PNG"
+    # the written model is the evaluated one: same logits as the in-memory path of the best genome
+    spec = FitnessSpec(kind="synthetic", models={m["name"]: m["path"] for m in config["models"]},
+                       base_model=config["base_model"], genome=parse_config(config).genome,
+                       dataflow=parse_config(config).dataflow, target=best["genome"])
+    merger = build_fitness(spec).merger
+    merger.apply(best["genome"])
+    assert [[s.model, s.layer, s.scale] for s in merger.steps] == \
+        [[step["model"], step["layer"], step["scale"]] for step in best["path"]]
+    saved = AutoModelForCausalLM.from_pretrained(run_dir / "best_model", trust_remote_code=True)
+    inputs = torch.randint(0, 250, (2, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        difference = (saved(input_ids=inputs).logits - merger.model(input_ids=inputs).logits).abs().max().item()
+    assert difference < 1e-5
+
+
+def test_tiny_dfs_kill_9_in_generation_2_then_resume_is_identical(dataflow_run, tmp_path):
+    config, reference = dataflow_run
+    config = copy.deepcopy(config)
+    config.update(output_dir=str(tmp_path / "killed"), figure_every=0)
+    run_dir = kill_in_generation_2_then_resume(config, tmp_path, population=4)
+    assert records(run_dir) == records(reference.run_dir)
+
+    def cached(folder: Path) -> list[bool]:
+        rows = [json.loads(line) for line in (folder / "evaluations.jsonl").read_text().splitlines()]
+        return [r["cached"] for r in sorted(rows, key=lambda r: (r["generation"], r["index"]))]
+
+    assert cached(run_dir) == cached(reference.run_dir)  # nothing scored twice, same path-cache hits
+    assert json.loads((run_dir / "best_genome.json").read_text())["path"] == \
+        json.loads((reference.run_dir / "best_genome.json").read_text())["path"]
+
+
+def test_synthetic_dataflow_search_moves_towards_a_target_path(tiny_dfs_search, tmp_path):
+    config = copy.deepcopy(tiny_dfs_search)
+    layout_genes = 12 + 7 * 6
+    target = [0.5 if slot in (0, 3, 4) else -0.5 for slot in range(12)] + [0.8] * (layout_genes - 12)
+    config.update(output_dir=str(tmp_path / "synthetic"), generations=4, population=6, save_model=False,
+                  fitness={"type": "synthetic", "target": target})
+    parsed = parse_config(config)
+    result = run_search(parsed)
+    spec = FitnessSpec(kind="synthetic", models={m["name"]: m["path"] for m in config["models"]},
+                       base_model=config["base_model"], genome=parsed.genome, dataflow=parsed.dataflow, target=target)
+    fitness = build_fitness(spec)
+    start = fitness(fitness.merger.layout.initial()).fitness
+    assert fitness(target).fitness == 0.0 and start < 0
+    assert start < result.best_fitness <= 0  # closer to the target path than the start
