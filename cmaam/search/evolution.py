@@ -27,6 +27,7 @@ from cmaam.search.dataflow import DataFlowLayout, DataFlowSpec, plan_dataflow
 from cmaam.search.fitness import FITNESS_TYPES, Evaluation, FitnessSpec
 from cmaam.search.genome import GenomeLayout, GenomeSpec
 from cmaam.search.inmemory import open_readers, plan_layout
+from cmaam.search.subset import SubsetPlan, SubsetSpec, select_subset
 
 STATE_FORMAT = 1
 KEY_DECIMALS = 10  # genomes equal to 1e-10 share one cache entry
@@ -63,6 +64,7 @@ class FitnessConfig:
     metric: str = "accuracy"
     tiebreak: float = 0.0  # + tiebreak * gold-answer likelihood (keep below 1/limit)
     target: float | list[float] | None = None  # synthetic: the genome to recover
+    subset: SubsetSpec | None = None  # cheaper fitness: score on a chosen item subset after generation 1
 
 
 @dataclass
@@ -133,6 +135,9 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig
         raise CMAAMError(f"{where}: dataflow needs space: dataflow")
     data["genome"] = GenomeSpec.from_dict(data.get("genome"))
     data["fitness"] = _build(FitnessConfig, data.get("fitness"), f"{where}: fitness")
+    data["fitness"].subset = SubsetSpec.from_dict(data["fitness"].subset)
+    if data["fitness"].subset is not None and data["fitness"].type == "synthetic":
+        raise CMAAMError(f"{where}: fitness.subset needs an item-based fitness (mgsm, vqa), not synthetic")
     for key in ("name", "base_model"):
         if not data.get(key):
             raise CMAAMError(f"{where}: {key} is required")
@@ -174,6 +179,8 @@ def config_dict(config: EvolveConfig) -> dict[str, Any]:
     """The config as plain data (what config.yaml and the tracker receive)."""
     data = dataclasses.asdict(config)
     data["genome"]["bounds"] = {k: list(v) for k, v in config.genome.bounds.items()}
+    if data["fitness"].get("subset") is None:
+        data["fitness"].pop("subset", None)
     if config.dataflow is not None:
         data["dataflow"]["scale_bounds"] = list(config.dataflow.scale_bounds)
     return data
@@ -263,9 +270,10 @@ class EvaluationLog:
     A line cut by a kill is dropped on load (the file is rewritten without it).
     """
 
-    def __init__(self, path: Path, key: Callable[[Sequence[float]], tuple] = genome_key):
+    def __init__(self, path: Path, key: Callable[[Sequence[float]], tuple] = genome_key, keep_items: bool = False):
         self.path = path
         self.key = key  # genomes with equal keys share one evaluation (data-flow: the decoded path)
+        self.keep_items = keep_items  # store per-item scores (the subset calibration needs them)
         self.records: dict[tuple[int, int], dict] = {}
         self.cache: dict[tuple, dict] = {}
         if path.is_file():
@@ -280,19 +288,24 @@ class EvaluationLog:
 
     def _remember(self, record: dict) -> None:
         self.records[(record["generation"], record["index"])] = record
-        self.cache.setdefault(self.key(record["genome"]), record)
+        self.cache.setdefault((record.get("items", "full"), self.key(record["genome"])), record)
 
-    def lookup(self, genome: Sequence[float]) -> dict | None:
-        return self.cache.get(self.key(genome))
+    def lookup(self, genome: Sequence[float], items: str = "full") -> dict | None:
+        """An earlier record of an equal genome scored on the same items ("full" or "subset")."""
+        return self.cache.get((items, self.key(genome)))
 
     def append(self, generation: int, index: int, genome: Sequence[float], evaluation: Evaluation | dict,
-               cached: bool = False) -> dict:
+               cached: bool = False, items: str = "full") -> dict:
         if isinstance(evaluation, Evaluation):
             evaluation = dataclasses.asdict(evaluation)
         record = {"generation": generation, "index": index, "fitness": evaluation["fitness"],
                   "metrics": evaluation.get("metrics", {}), "merge_seconds": evaluation.get("merge_seconds", 0.0),
                   "eval_seconds": evaluation.get("eval_seconds", 0.0), "cached": cached,
                   "genome": [float(v) for v in genome]}
+        if items != "full":
+            record["items"] = items
+        if self.keep_items and evaluation.get("item_scores") is not None:
+            record["item_scores"] = [float(v) for v in evaluation["item_scores"]]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as file:
             file.write(json.dumps(record, sort_keys=True) + "\n")
@@ -301,15 +314,12 @@ class EvaluationLog:
         self._remember(record)
         return record
 
-    def best(self) -> dict | None:
-        """The highest-fitness record (the earliest among equals)."""
-        ordered = sorted(self.records.values(), key=lambda r: (-r["fitness"], r["generation"], r["index"]))
-        return ordered[0] if ordered else None
-
 
 def fingerprint(config: EvolveConfig, layout: SearchLayout, x0: Sequence[float], population: int) -> str:
     """What a resumed run must share with the original: genome layout, start, bounds, seed, fitness setup."""
     fitness = dataclasses.asdict(config.fitness)
+    if fitness.get("subset") is None:  # runs started before subsets existed keep their fingerprint
+        fitness.pop("subset", None)
     data = {"labels": layout.labels, "x0": list(x0), "bounds": layout.bounds(), "sigma": layout.sigma,
             "seed": config.seed, "population": population, "boundary": config.boundary, "fitness": fitness,
             "method": layout.spec.method if isinstance(layout, GenomeLayout) else "dataflow",
@@ -409,12 +419,16 @@ def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
         raise CMAAMError(f"{run_dir}: state.json was written for a different config (genome, start, seed, "
                          "population or fitness changed); only generations may change on --resume")
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = EvaluationLog(run_dir / "evaluations.jsonl", cache_key(layout))
+    subset = config.fitness.subset
+    log = EvaluationLog(run_dir / "evaluations.jsonl", cache_key(layout), keep_items=subset is not None)
+    rescored = EvaluationLog(run_dir / "rescored.jsonl", cache_key(layout)) if subset else None
     es = new_strategy(x0, layout.sigma, layout, population, config.seed, config.boundary)
     history = _replay(es, state, log, population)
+    plan = _subset_plan(run_dir, log, subset, population) if subset and history else None
 
     if not resume:
-        _write_state(state_path, print_fingerprint, history, log, layout, es, population, config, done=False)
+        _write_state(state_path, print_fingerprint, history, best_record(log, rescored), layout, es, population,
+                             config, done=False)
 
     wandb_mode = config.wandb_mode or default_wandb_mode()
     evaluator = make_evaluator(fitness_spec, config.workers, config.ray_address, config.gpus_per_worker)
@@ -424,58 +438,115 @@ def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
                        group="evolve") as run:
             for generation in range(len(history), int(config.generations)):
                 started = time.perf_counter()
+                if subset and generation >= 1 and plan is None:  # the first generation calibrates the subset
+                    plan = _subset_plan(run_dir, log, subset, population)
                 genomes = [[float(v) for v in x] for x in es.ask()]
-                results, evaluated = _evaluate_generation(generation, genomes, log, evaluator, config)
+                results, evaluated = _evaluate_generation(generation, genomes, log, evaluator, config, plan)
                 evaluated_here += evaluated
                 fitness = [results[index]["fitness"] for index in range(population)]
                 es.tell(genomes, [-value for value in fitness])
                 fresh = [record for record in results.values() if not record["cached"]]
-                summary = _summary(generation, fitness, genomes, es, log.best(), time.perf_counter() - started,
-                                   len(fresh), sum(r["merge_seconds"] for r in fresh),
+                if plan is not None:
+                    rescores, count = _rescore(generation, genomes, results, log, rescored, evaluator, subset)
+                    evaluated_here += count
+                    fresh += [record for record in rescores if not record["cached"]]
+                items = len(fitness_spec.items)
+                summary = _summary(generation, fitness, genomes, es, best_record(log, rescored),
+                                   time.perf_counter() - started, len(fresh), sum(r["merge_seconds"] for r in fresh),
                                    sum(r["eval_seconds"] for r in fresh))
+                summary["item_evaluations"] = sum(len(plan.items) if r.get("items") == "subset" else items
+                                                  for r in fresh)
                 history.append(summary)
-                _write_state(state_path, print_fingerprint, history, log, layout, es, population, config, done=False)
+                _write_state(state_path, print_fingerprint, history, best_record(log, rescored), layout, es,
+                             population, config, done=False)
                 run.log({f"fitness/{k}": summary[k] for k in ("best", "mean", "median", "worst", "std", "best_so_far")}
                         | {f"genome/{k[7:]}": summary[k] for k in summary if k.startswith("genome_")}
                         | {"sigma": summary["sigma"], "seconds": summary["seconds"]}, step=generation)
                 if config.figure_every and (generation + 1) % int(config.figure_every) == 0:
-                    _save_figures(run, history, layout, log.best()["genome"], es.mean)
+                    _save_figures(run, history, layout, best_record(log, rescored)["genome"], es.mean)
                 if config.progress:
                     print(f"generation {generation + 1}/{config.generations}: best {summary['best']:.6g} "
                           f"mean {summary['mean']:.6g} best so far {summary['best_so_far']:.6g}", flush=True)
-            best = log.best()
+            best = best_record(log, rescored)
             _save_figures(run, history, layout, best["genome"], es.mean)
             _finish(run, config, layout, paths, best, history, population)
-            _write_state(state_path, print_fingerprint, history, log, layout, es, population, config, done=True)
+            _write_state(state_path, print_fingerprint, history, best_record(log, rescored), layout, es, population,
+                             config, done=True)
     finally:
         evaluator.close()
     return SearchResult(run_dir, best["genome"], best["fitness"], history, evaluated_here)
 
 
 def _evaluate_generation(generation: int, genomes: list[list[float]], log: EvaluationLog, evaluator,
-                         config: EvolveConfig) -> tuple[dict[int, dict], int]:
+                         config: EvolveConfig, plan: SubsetPlan | None = None) -> tuple[dict[int, dict], int]:
     """Score one generation: candidates already in the log (this generation before a kill, or the same
-    genome earlier) are taken from it, the rest go to the evaluator. Returns records by index and the
-    number actually scored."""
+    genome earlier) are taken from it, the rest go to the evaluator (on the subset's items when ``plan``
+    is given, the fitness then being the subset estimate). Returns records by index and the number scored."""
     from tqdm import tqdm
 
+    kind = "full" if plan is None else "subset"
     results: dict[int, dict] = {}
     jobs = []
     for index, genome in enumerate(genomes):
         record = log.records.get((generation, index))
-        if record is None and (hit := log.lookup(genome)) is not None:
-            record = log.append(generation, index, genome, hit, cached=True)
+        if record is None and (hit := log.lookup(genome, kind)) is not None:
+            record = log.append(generation, index, genome, hit, cached=True, items=kind)
         if record is not None:
             results[index] = record
         else:
             jobs.append((index, genome))
     with tqdm(total=len(genomes), initial=len(results), unit="candidate", leave=False, disable=not config.progress,
               desc=f"generation {generation + 1}/{config.generations}") as bar:
-        for index, evaluation in evaluator.map(jobs):
-            results[index] = log.append(generation, index, genomes[index], evaluation)
+        for index, evaluation in evaluator.map(jobs, None if plan is None else plan.items):
+            if plan is not None:
+                evaluation.metrics["subset_fitness"] = evaluation.fitness
+                evaluation.fitness = plan.estimate(evaluation.fitness)
+            results[index] = log.append(generation, index, genomes[index], evaluation, items=kind)
             bar.update(1)
             bar.set_postfix(best=f"{max(r['fitness'] for r in results.values()):.4g}")
     return results, len(jobs)
+
+
+def _subset_plan(run_dir: Path, log: EvaluationLog, spec: SubsetSpec, population: int) -> SubsetPlan:
+    """The item subset, chosen from the first generation's per-item scores (a pure function of the log, so a
+    resumed run chooses the same one); also written to subset.json."""
+    records = [log.records.get((0, index)) for index in range(population)]
+    if any(record is None or record.get("item_scores") is None for record in records):
+        raise CMAAMError("fitness.subset: the first generation lacks per-item scores; the run folder was "
+                         "started without fitness.subset")
+    plan = select_subset([record["item_scores"] for record in records], spec)
+    atomic_write_json(run_dir / "subset.json", plan.to_json())
+    return plan
+
+
+def _rescore(generation: int, genomes: list[list[float]], results: dict[int, dict], log: EvaluationLog,
+             rescored: EvaluationLog, evaluator, spec: SubsetSpec) -> tuple[list[dict], int]:
+    """Score the generation's ``spec.rescore_top`` best candidates (by subset estimate) on the full set."""
+    top = sorted(results, key=lambda index: (-results[index]["fitness"], index))[:spec.rescore_top]
+    records, jobs = [], []
+    for index in top:
+        record = rescored.records.get((generation, index))
+        if record is None:
+            hit = rescored.lookup(genomes[index]) or log.lookup(genomes[index], "full")
+            if hit is not None:
+                record = rescored.append(generation, index, genomes[index], hit, cached=True)
+        if record is not None:
+            records.append(record)
+        else:
+            jobs.append((index, genomes[index]))
+    for index, evaluation in evaluator.map(jobs):
+        records.append(rescored.append(generation, index, genomes[index], evaluation))
+    return records, len(jobs)
+
+
+def best_record(log: EvaluationLog, rescored: EvaluationLog | None = None) -> dict | None:
+    """The best candidate scored on the full item set: every record without a subset, else the first
+    generation's and the rescored ones (the earliest among equals)."""
+    records = [r for r in log.records.values() if r.get("items", "full") == "full"]
+    if rescored is not None:
+        records += list(rescored.records.values())
+    ordered = sorted(records, key=lambda r: (-r["fitness"], r["generation"], r["index"]))
+    return ordered[0] if ordered else None
 
 
 def cache_key(layout: SearchLayout) -> Callable[[Sequence[float]], tuple]:
@@ -521,12 +592,20 @@ def prepare(config: EvolveConfig) -> tuple[FitnessSpec, SearchLayout, list[float
         if not subset:
             raise CMAAMError(f"MGSM subset is empty (offset {fitness.offset} of {len(items)} items)")
         spec.items = subset
+    if fitness.subset is not None:
+        from cmaam.search.fitness import ITEM_SCORES
+
+        if fitness.type == "mgsm" and fitness.metric not in ITEM_SCORES:
+            raise CMAAMError(f"fitness.subset: metric {fitness.metric!r} has no per-item score "
+                             f"(use {', '.join(ITEM_SCORES)})")
+        if fitness.subset.size >= len(spec.items):
+            raise CMAAMError(f"fitness.subset.size {fitness.subset.size} must be smaller than the "
+                             f"{len(spec.items)} items of the fitness")
     return spec, layout, x0, paths
 
 
-def _write_state(path: Path, fingerprint_: str, history: list[dict], log: EvaluationLog, layout: SearchLayout, es,
+def _write_state(path: Path, fingerprint_: str, history: list[dict], best: dict | None, layout: SearchLayout, es,
                  population: int, config: EvolveConfig, done: bool) -> None:
-    best = log.best()
     atomic_write_json(path, {
         "format": STATE_FORMAT, "fingerprint": fingerprint_, "name": config.name, "population": population,
         "genes": len(layout), "generations_planned": int(config.generations), "done": done,
@@ -562,7 +641,9 @@ def _finish(run, config: EvolveConfig, layout: SearchLayout, paths: Mapping[str,
     model_paths = {name: str(path) for name, path in paths.items()}
     summary = {"best_fitness": best["fitness"], "best_generation": best["generation"],
                "generations": len(history), "evaluations": sum(h["evaluated"] for h in history),
-               "genes": len(layout), "population": population, "seed": config.seed}
+               "genes": len(layout), "population": population, "seed": config.seed,
+               "item_evaluations": sum(h.get("item_evaluations", 0) for h in history),
+               "scoring_seconds": sum(h["merge_seconds"] + h["eval_seconds"] for h in history)}
     if isinstance(layout, DataFlowLayout):
         write_model = _finish_dataflow(config, layout, genome, model_paths, record, summary)
     else:

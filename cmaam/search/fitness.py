@@ -29,6 +29,7 @@ class Evaluation:
     metrics: dict[str, float] = field(default_factory=dict)
     merge_seconds: float = 0.0
     eval_seconds: float = 0.0
+    item_scores: list[float] | None = None  # per scored item; their mean is the fitness (item-based fitnesses)
 
 
 @dataclass
@@ -106,8 +107,8 @@ def format_answer(value: float) -> str:
 
 
 @torch.no_grad()
-def answer_likelihood(model, tokenizer, prompts: Sequence[str], answers: Sequence[str]) -> float:
-    """Mean over items of the per-token geometric-mean probability of the gold answer right after the prompt.
+def answer_likelihoods(model, tokenizer, prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
+    """Per item: the per-token geometric-mean probability of the gold answer right after the prompt.
 
     In (0, 1]; a smooth signal where accuracy on a small subset is flat (e.g. early in a search).
     """
@@ -119,14 +120,25 @@ def answer_likelihood(model, tokenizer, prompts: Sequence[str], answers: Sequenc
         logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1].float()
         targets = torch.tensor(answer_ids, device=logits.device).unsqueeze(1)
         scores.append(float(torch.log_softmax(logits, dim=-1).gather(1, targets).mean().exp()))
+    return scores
+
+
+def answer_likelihood(model, tokenizer, prompts: Sequence[str], answers: Sequence[str]) -> float:
+    """Mean over items of ``answer_likelihoods``."""
+    scores = answer_likelihoods(model, tokenizer, prompts, answers)
     return sum(scores) / len(scores)
+
+
+ITEM_SCORES = {"accuracy": "correct", "accuracy_with_language_check": "correct_with_language_check",
+               "language_match_rate": "language_ok"}  # MGSM metric -> its per-item field
 
 
 class MGSMFitness:
     """MGSM accuracy (or another metric of ``evaluate_mgsm``) of the in-memory merge on a fixed subset.
 
     With ``tiebreak`` w > 0 the fitness is metric + w * answer_likelihood; keep w below 1/len(items) so
-    the likelihood only orders candidates of equal accuracy.
+    the likelihood only orders candidates of equal accuracy. ``items`` (indices into the subset) scores
+    a part of it; the fitness is then the mean of those items' scores.
     """
 
     def __init__(self, merger: InMemoryMerger, spec: FitnessSpec):
@@ -146,24 +158,30 @@ class MGSMFitness:
         self.prompts = [self.generator.render(request) for request in requests]
         self.answers = [format_answer(item.answer) for item in spec.items]
 
-    def __call__(self, genome: Sequence[float]) -> Evaluation:
+    def __call__(self, genome: Sequence[float], items: Sequence[int] | None = None) -> Evaluation:
         from eval.mgsm import evaluate_mgsm
 
+        positions = list(range(len(self.spec.items))) if items is None else [int(i) for i in items]
         start = time.perf_counter()
         self.merger.apply(genome)
         merged = time.perf_counter()
-        result = evaluate_mgsm(self.generator, self.spec.items, self.spec.lang, shots=self.spec.shots,
-                               chain_of_thought=self.spec.chain_of_thought)
+        result = evaluate_mgsm(self.generator, [self.spec.items[i] for i in positions], self.spec.lang,
+                               shots=self.spec.shots, chain_of_thought=self.spec.chain_of_thought)
         metrics = {key: float(value) for key, value in result.metrics.items() if isinstance(value, (int, float))}
         if self.spec.metric not in metrics:
             raise CMAAMError(f"fitness.metric {self.spec.metric!r} is not an MGSM metric "
                              f"(available: {', '.join(sorted(metrics))})")
         fitness = metrics[self.spec.metric]
+        field_name = ITEM_SCORES.get(self.spec.metric)
+        scores = [float(sample[field_name]) for sample in result.samples] if field_name else None
         if self.spec.tiebreak:
-            metrics["answer_likelihood"] = answer_likelihood(self.merger.model, self.tokenizer, self.prompts,
-                                                             self.answers)
+            likelihoods = answer_likelihoods(self.merger.model, self.tokenizer, [self.prompts[i] for i in positions],
+                                             [self.answers[i] for i in positions])
+            metrics["answer_likelihood"] = sum(likelihoods) / len(likelihoods)
             fitness += float(self.spec.tiebreak) * metrics["answer_likelihood"]
-        return Evaluation(fitness, metrics, merged - start, time.perf_counter() - merged)
+            if scores is not None:
+                scores = [score + float(self.spec.tiebreak) * value for score, value in zip(scores, likelihoods)]
+        return Evaluation(fitness, metrics, merged - start, time.perf_counter() - merged, scores)
 
 
 def build_fitness(spec: FitnessSpec) -> Callable[[Sequence[float]], Evaluation]:
