@@ -28,13 +28,17 @@ from cmaam.search.fitness import FITNESS_TYPES, Evaluation, FitnessSpec
 from cmaam.search.genome import GenomeLayout, GenomeSpec
 from cmaam.search.inmemory import open_readers, plan_layout
 from cmaam.search.subset import SubsetPlan, SubsetSpec, select_subset
+from cmaam.search.vlm import VQA_METRICS, AlphaLayout, AlphaSearchSpec, plan_alpha_layout
 
 STATE_FORMAT = 1
 KEY_DECIMALS = 10  # genomes equal to 1e-10 share one cache entry
-SearchLayout = GenomeLayout | DataFlowLayout  # both offer labels, bounds, initial, clip, as_table, sigma
+SearchLayout = GenomeLayout | DataFlowLayout | AlphaLayout  # each offers labels, bounds, initial, clip, as_table, sigma
 BOUNDARY_HANDLERS = {"transform": "BoundTransform", "penalty": "BoundPenalty"}
 PRESET_FOLDER = Path(__file__).resolve().parents[2] / "configs" / "evolve"
-SPACES = ("parameter", "dataflow")  # what the genome describes: merge coefficients, or an inference path
+SPACES = ("parameter", "dataflow", "alphas")  # merge coefficients, an inference path, or a VLM pair's CMAAM alphas
+# FitnessConfig fields added after runs existed: left out of the resume fingerprint while at their defaults
+LATER_FITNESS_FIELDS = {"subset": None, "split": "val", "retention": None, "retention_limit": None,
+                        "weights": {"target": 1.0, "retention": 1.0}}
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -50,10 +54,10 @@ class ModelEntry:
 
 @dataclass
 class FitnessConfig:
-    """How candidates are scored: MGSM on a fixed subset, or the synthetic target-distance fitness."""
+    """How candidates are scored: MGSM on a fixed subset, VQA (a VLM pair), or the synthetic target-distance fitness."""
 
     type: str = "mgsm"
-    source: str | None = None  # TSV file, datasets folder or a bundled language code; default: lang
+    source: str | None = None  # mgsm: TSV file, datasets folder or bundled language code (default: lang); vqa: folder
     lang: str = "en"
     limit: int | None = 50
     offset: int = 0
@@ -65,6 +69,10 @@ class FitnessConfig:
     tiebreak: float = 0.0  # + tiebreak * gold-answer likelihood (keep below 1/limit)
     target: float | list[float] | None = None  # synthetic: the genome to recover
     subset: SubsetSpec | None = None  # cheaper fitness: score on a chosen item subset after generation 1
+    split: str = "val"  # vqa: the split file of source (and retention) folders: <split>.jsonl
+    retention: str | None = None  # vqa: English retention set (folder or JSONL)
+    retention_limit: int | None = None  # vqa: default: limit
+    weights: dict[str, float] = field(default_factory=lambda: {"target": 1.0, "retention": 1.0})  # vqa objective
 
 
 @dataclass
@@ -77,6 +85,7 @@ class EvolveConfig:
     space: str = "parameter"  # parameter: merge coefficients (genome) | dataflow: an inference path (dataflow)
     genome: GenomeSpec = field(default_factory=GenomeSpec)
     dataflow: DataFlowSpec | None = None
+    alphas: AlphaSearchSpec | None = None
     fitness: FitnessConfig = field(default_factory=FitnessConfig)
     generations: int = 100
     population: int | None = None  # None: cma's default 4 + 3 ln(genes)
@@ -126,18 +135,33 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig
     space = data.get("space", "parameter")
     if space not in SPACES:
         raise CMAAMError(f"{where}: space must be one of {', '.join(SPACES)}, got {space!r}")
-    if space == "dataflow":
-        if data.get("genome") is not None:
-            raise CMAAMError(f"{where}: genome sets merge coefficients (space: parameter); a data-flow search is "
-                             "configured under dataflow")
-        data["dataflow"] = DataFlowSpec.from_dict(data.get("dataflow"))
-    elif data.get("dataflow") is not None:
-        raise CMAAMError(f"{where}: dataflow needs space: dataflow")
+    sections = {"parameter": "genome", "dataflow": "dataflow", "alphas": "alphas"}
+    for other, section in sections.items():
+        if other != space and data.get(section) is not None:
+            raise CMAAMError(f"{where}: {section} configures space: {other}, but space is {space}")
     data["genome"] = GenomeSpec.from_dict(data.get("genome"))
+    if space == "dataflow":
+        data["dataflow"] = DataFlowSpec.from_dict(data.get("dataflow"))
+    if space == "alphas":
+        data["alphas"] = AlphaSearchSpec.from_dict(data.get("alphas"))
     data["fitness"] = _build(FitnessConfig, data.get("fitness"), f"{where}: fitness")
-    data["fitness"].subset = SubsetSpec.from_dict(data["fitness"].subset)
-    if data["fitness"].subset is not None and data["fitness"].type == "synthetic":
+    fitness = data["fitness"]
+    fitness.subset = SubsetSpec.from_dict(fitness.subset)
+    if fitness.subset is not None and fitness.type == "synthetic":
         raise CMAAMError(f"{where}: fitness.subset needs an item-based fitness (mgsm, vqa), not synthetic")
+    if (space == "alphas") != (fitness.type == "vqa"):
+        raise CMAAMError(f"{where}: the vqa fitness and space: alphas go together (a VLM pair scored with images), "
+                         f"got space {space} with fitness {fitness.type}")
+    if fitness.type == "vqa":
+        if not fitness.source:
+            raise CMAAMError(f"{where}: fitness.source is required for vqa (a VQA folder with {fitness.split}.jsonl)")
+        if fitness.metric not in VQA_METRICS:
+            raise CMAAMError(f"{where}: fitness.metric for vqa must be one of {', '.join(VQA_METRICS)}, "
+                             f"got {fitness.metric!r}")
+        weights = fitness.weights
+        if not isinstance(weights, Mapping) or set(weights) - {"target", "retention"} or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in weights.values()):
+            raise CMAAMError(f"{where}: fitness.weights must map target and retention to numbers >= 0, got {weights!r}")
     for key in ("name", "base_model"):
         if not data.get(key):
             raise CMAAMError(f"{where}: {key} is required")
@@ -179,6 +203,8 @@ def config_dict(config: EvolveConfig) -> dict[str, Any]:
     """The config as plain data (what config.yaml and the tracker receive)."""
     data = dataclasses.asdict(config)
     data["genome"]["bounds"] = {k: list(v) for k, v in config.genome.bounds.items()}
+    if config.alphas is not None:
+        data["alphas"]["scale_bounds"] = list(config.alphas.scale_bounds)
     if data["fitness"].get("subset") is None:
         data["fitness"].pop("subset", None)
     if config.dataflow is not None:
@@ -242,12 +268,12 @@ def _build_merge(entry: ModelEntry, options: dict, path: Path, built: Mapping[st
 
 
 def input_paths(config: EvolveConfig) -> list[Path | str | None]:
-    """What a search reads from outside its run folder: local models (not built ones), tokenizer, MGSM file."""
+    """What a search reads from outside its run folder: local models (not built ones), tokenizer, data."""
     from cmaam.io.locate import local_model_path
 
     models = [local_model_path(entry.path, f"model {entry.name}:") for entry in config.models if entry.build is None]
-    return [*models, config.tokenizer if config.tokenizer and Path(config.tokenizer).exists() else None,
-            config.fitness.source if config.fitness.source and Path(config.fitness.source).exists() else None]
+    files = (config.tokenizer, config.fitness.source, config.fitness.retention)
+    return [*models, *(path if path and Path(path).exists() else None for path in files)]
 
 
 def prepare_models(config: EvolveConfig) -> dict[str, Path]:
@@ -318,14 +344,15 @@ class EvaluationLog:
 def fingerprint(config: EvolveConfig, layout: SearchLayout, x0: Sequence[float], population: int) -> str:
     """What a resumed run must share with the original: genome layout, start, bounds, seed, fitness setup."""
     fitness = dataclasses.asdict(config.fitness)
-    if fitness.get("subset") is None:  # runs started before subsets existed keep their fingerprint
-        fitness.pop("subset", None)
+    for key, default in LATER_FITNESS_FIELDS.items():  # runs started before these existed keep their fingerprint
+        if fitness.get(key) == default:
+            fitness.pop(key)
     data = {"labels": layout.labels, "x0": list(x0), "bounds": layout.bounds(), "sigma": layout.sigma,
             "seed": config.seed, "population": population, "boundary": config.boundary, "fitness": fitness,
             "method": layout.spec.method if isinstance(layout, GenomeLayout) else "dataflow",
             "models": [m.name for m in config.models], "base": config.base_model}
-    if isinstance(layout, DataFlowLayout):
-        data["dataflow"] = layout.describe()
+    if isinstance(layout, (DataFlowLayout, AlphaLayout)):
+        data[layout.describe()["space"]] = layout.describe()
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -450,7 +477,7 @@ def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
                     rescores, count = _rescore(generation, genomes, results, log, rescored, evaluator, subset)
                     evaluated_here += count
                     fresh += [record for record in rescores if not record["cached"]]
-                items = len(fitness_spec.items)
+                items = len(fitness_spec.items) + len(fitness_spec.retention_items)
                 summary = _summary(generation, fitness, genomes, es, best_record(log, rescored),
                                    time.perf_counter() - started, len(fresh), sum(r["merge_seconds"] for r in fresh),
                                    sum(r["eval_seconds"] for r in fresh))
@@ -558,6 +585,8 @@ def plan_search_layout(readers: Mapping, config: EvolveConfig) -> SearchLayout:
     """The genome layout of the configured search space, checked against the models' headers."""
     if config.space == "dataflow":
         return plan_dataflow(readers, config.base_model, config.dataflow)
+    if config.space == "alphas":
+        return plan_alpha_layout(readers, config.base_model, config.alphas, progress=config.progress)
     return plan_layout(readers, config.base_model, config.genome)
 
 
@@ -577,13 +606,23 @@ def prepare(config: EvolveConfig) -> tuple[FitnessSpec, SearchLayout, list[float
                        trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
                        lang=fitness.lang, shots=fitness.shots, chain_of_thought=fitness.chain_of_thought,
                        max_new_tokens=fitness.max_new_tokens, batch_size=fitness.batch_size, metric=fitness.metric,
-                       tiebreak=float(fitness.tiebreak), tokenizer=config.tokenizer, dataflow=config.dataflow)
+                       tiebreak=float(fitness.tiebreak), tokenizer=config.tokenizer, dataflow=config.dataflow,
+                       alpha_layout=layout if isinstance(layout, AlphaLayout) else None, weights=dict(fitness.weights))
     if fitness.type == "synthetic":
         if fitness.target is None:
             raise CMAAMError("fitness.target is required for the synthetic fitness (a number or a full genome)")
         target = fitness.target if isinstance(fitness.target, list) else [float(fitness.target)] * len(layout)
         layout.check_genome(target, "fitness.target")
         spec.target = [float(v) for v in target]
+    elif fitness.type == "vqa":
+        from cmaam.search.vlm import load_vqa_items
+
+        spec.items = load_vqa_items(fitness.source, fitness.split, fitness.limit, "fitness.source")
+        if fitness.retention:
+            spec.retention_items = load_vqa_items(fitness.retention, fitness.split,
+                                                  fitness.retention_limit or fitness.limit, "fitness.retention")
+        elif fitness.weights.get("retention"):
+            raise CMAAMError("fitness.retention is not set but fitness.weights.retention is not 0")
     else:
         from eval.mgsm import load_mgsm
 
@@ -598,9 +637,10 @@ def prepare(config: EvolveConfig) -> tuple[FitnessSpec, SearchLayout, list[float
         if fitness.type == "mgsm" and fitness.metric not in ITEM_SCORES:
             raise CMAAMError(f"fitness.subset: metric {fitness.metric!r} has no per-item score "
                              f"(use {', '.join(ITEM_SCORES)})")
-        if fitness.subset.size >= len(spec.items):
+        scored = len(spec.items) + len(spec.retention_items)
+        if fitness.subset.size >= scored:
             raise CMAAMError(f"fitness.subset.size {fitness.subset.size} must be smaller than the "
-                             f"{len(spec.items)} items of the fitness")
+                             f"{scored} items of the fitness")
     return spec, layout, x0, paths
 
 
@@ -624,8 +664,14 @@ def _save_figures(run, history: list[dict], layout: SearchLayout, best: Sequence
     from cmaam.search.dataflow import plot_path
     from cmaam.search.monitor import plot_convergence, plot_genome
 
-    genome = ("path", plot_path(layout, best)) if isinstance(layout, DataFlowLayout) else \
-        ("genome", plot_genome(layout, best, mean))
+    from cmaam.search.vlm import plot_alphas
+
+    if isinstance(layout, DataFlowLayout):
+        genome = ("path", plot_path(layout, best))
+    elif isinstance(layout, AlphaLayout):
+        genome = ("alphas", plot_alphas(layout, best))
+    else:
+        genome = ("genome", plot_genome(layout, best, mean))
     for name, figure in (("convergence", plot_convergence(history)), genome):
         run.save_figure(figure, name)
         plt.close(figure)
@@ -646,6 +692,8 @@ def _finish(run, config: EvolveConfig, layout: SearchLayout, paths: Mapping[str,
                "scoring_seconds": sum(h["merge_seconds"] + h["eval_seconds"] for h in history)}
     if isinstance(layout, DataFlowLayout):
         write_model = _finish_dataflow(config, layout, genome, model_paths, record, summary)
+    elif isinstance(layout, AlphaLayout):
+        write_model = _finish_alphas(config, layout, genome, model_paths, record, summary)
     else:
         write_model = _finish_parameter(config, layout, genome, model_paths, summary)
     atomic_write_json(run_dir / "best_genome.json", record)
@@ -665,6 +713,22 @@ def _finish_parameter(config: EvolveConfig, layout: GenomeLayout, genome: list[f
     stored = _stored_dtype(Path(model_paths[config.base_model]), layout.tensor_names[0])
     recipe = genome_to_mergekit(layout, genome, model_paths, dtype=stored, out_dtype=config.dtype)
     recipe_path = atomic_write_yaml(config.run_dir / "merge_config.yaml", recipe)
+    summary["recipe"] = str(recipe_path)
+    return lambda output: merge_from_config(recipe_path, output, seed=config.seed, overwrite=True,
+                                            progress=config.progress)
+
+
+def _finish_alphas(config: EvolveConfig, layout: AlphaLayout, genome: list[float], model_paths: dict,
+                   record: dict, summary: dict) -> Callable[[Path], Path]:
+    """The best per-group alphas (beside CMAAM's) and the mergekit recipe that writes the merge."""
+    from cmaam.merging.config_merge import merge_from_config
+    from cmaam.search.vlm import alphas_to_mergekit
+
+    stored = _stored_dtype(Path(model_paths[layout.target]), next(iter(layout.tensor_group)))
+    recipe_path = atomic_write_yaml(config.run_dir / "merge_config.yaml",
+                                    alphas_to_mergekit(layout, genome, model_paths, dtype=stored))
+    record["alphas"] = layout.group_alphas(genome)
+    record["cmaam_alphas"] = dict(layout.start)
     summary["recipe"] = str(recipe_path)
     return lambda output: merge_from_config(recipe_path, output, seed=config.seed, overwrite=True,
                                             progress=config.progress)

@@ -16,9 +16,10 @@ from cmaam.io import parse_dtype
 from cmaam.core.errors import CMAAMError, load_errors
 from cmaam.search.dataflow import DataFlowMerger, DataFlowSpec, DataFlowSyntheticFitness
 from cmaam.search.genome import GenomeSpec
+from cmaam.search.vlm import AlphaLayout, AlphaMerger, VQAFitness
 from cmaam.search.inmemory import InMemoryMerger
 
-FITNESS_TYPES = ("mgsm", "synthetic")
+FITNESS_TYPES = ("mgsm", "vqa", "synthetic")
 
 
 @dataclass
@@ -60,10 +61,16 @@ class FitnessSpec:
     tiebreak: float = 0.0  # weight of the gold-answer likelihood added to the metric (0 = off)
     tokenizer: str | None = None  # folder of the tokenizer; default the base model's
     dataflow: DataFlowSpec | None = None  # set: the genome is an inference path (cmaam.search.dataflow)
+    alpha_layout: AlphaLayout | None = None  # set: the genome holds a VLM pair's group alphas (cmaam.search.vlm)
+    retention_items: list[Any] = field(default_factory=list)  # vqa: the retention set's VQAItems
+    weights: dict[str, float] = field(default_factory=dict)  # vqa: target / retention weights
 
 
-def build_merger(spec: FitnessSpec) -> InMemoryMerger | DataFlowMerger:
+def build_merger(spec: FitnessSpec) -> InMemoryMerger | DataFlowMerger | AlphaMerger:
     """The in-memory merger described by ``spec`` (loads every input tensor onto the device once)."""
+    if spec.alpha_layout is not None:
+        return AlphaMerger(spec.models, spec.alpha_layout, device=spec.device, dtype=parse_dtype(spec.dtype),
+                           trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
     if spec.dataflow is not None:
         return DataFlowMerger(spec.models, spec.base_model, spec.dataflow, device=spec.device,
                               dtype=parse_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code,
@@ -195,4 +202,6 @@ def build_fitness(spec: FitnessSpec) -> Callable[[Sequence[float]], Evaluation]:
         if isinstance(merger, DataFlowMerger):
             return DataFlowSyntheticFitness(merger, spec.target, seed=spec.seed)
         return SyntheticFitness(merger, spec.target)
+    if spec.kind == "vqa":
+        return VQAFitness(merger, spec)
     return MGSMFitness(merger, spec)

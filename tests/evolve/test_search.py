@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,17 +14,8 @@ from cmaam.io import CheckpointReader
 from cmaam.search.fitness import FitnessSpec, build_fitness
 from cmaam.search.evolution import parse_config, run_search
 from cmaam.monitor import main as monitor_main
+from evolve_helpers import kill_in_generation_2_then_resume, records
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-
-
-def records(run_dir: Path) -> list[dict]:
-    """evaluations.jsonl, in (generation, index) order, without timings."""
-    rows = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
-    for row in rows:
-        for key in ("merge_seconds", "eval_seconds", "cached"):
-            row.pop(key)
-    return sorted(rows, key=lambda r: (r["generation"], r["index"]))
 
 
 @pytest.fixture(scope="module")
@@ -81,40 +67,6 @@ def test_ray_with_two_workers_gives_identical_results(sequential_run, tmp_path):
     result = run_search(parse_config(config))
     assert records(result.run_dir) == records(reference.run_dir)
     assert result.best_genome == reference.best_genome and result.best_fitness == reference.best_fitness
-
-
-def _evolve(config_path: Path, *extra: str) -> subprocess.Popen:
-    environment = dict(os.environ, PYTHONPATH=str(REPOSITORY), CMAAM_DEBUG="")
-    return subprocess.Popen([sys.executable, "-m", "cmaam.evolve", "--config", str(config_path), "--no-progress",
-                             *extra], cwd=REPOSITORY, env=environment, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def kill_in_generation_2_then_resume(config: dict, tmp_path: Path, population: int) -> Path:
-    """Start the CLI, kill -9 it once a candidate of generation 2 is logged, check the state, resume."""
-    run_dir = Path(config["output_dir"])
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    log = run_dir / "evaluations.jsonl"
-    process = _evolve(config_path)
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if log.is_file() and any(json.loads(line)["generation"] == 1 for line in log.read_text().splitlines()
-                                 if line.endswith("}")):
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, process.communicate()[0]
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    state = json.loads((run_dir / "state.json").read_text())
-    assert len(state["generations"]) == 1 and not state["done"]  # killed inside generation 2
-    scored_before = len(log.read_text().splitlines())
-    assert population + 1 <= scored_before < 3 * population
-
-    resumed = _evolve(config_path, "--resume")
-    output = resumed.communicate(timeout=300)[0]
-    assert resumed.returncode == 0, output
-    return run_dir
 
 
 def test_kill_9_in_generation_2_then_resume_finishes_like_an_uninterrupted_run(sequential_run, tmp_path):
