@@ -15,13 +15,14 @@ A parameter-space merge is simply one more model in the pool (the PS+DFS hybrid)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from cmaam.core.errors import CMAAMError
+from cmaam.search.genome import LayoutBase, build_section
 
 SCALINGS = ("transition", "step", "none")
 STARTS = ("base", "all")
@@ -47,15 +48,7 @@ class DataFlowSpec:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "DataFlowSpec":
         """Build from a YAML mapping, with one-line errors for unknown keys and bad values."""
-        if values is None:
-            values = {}
-        if not isinstance(values, Mapping):
-            raise CMAAMError(f"dataflow: expected a mapping, got {type(values).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CMAAMError(f"dataflow: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        spec = cls(**values)
+        spec = build_section(cls, values, "dataflow")
         spec.check()
         return spec
 
@@ -94,7 +87,7 @@ class Step:
     slot: int = 0
 
 
-class DataFlowLayout:
+class DataFlowLayout(LayoutBase):
     """The map between a flat DFS genome and an inference path over ``layer_counts`` (model -> layers).
 
     ``models`` is the pool order; ``base_model`` is the path the search starts from (``start: base``).
@@ -120,13 +113,6 @@ class DataFlowLayout:
             self.labels += [f"scale[{t}]:{model}.{layer}" for t, (model, layer) in enumerate(self.slots)]
 
     # -- the genome interface the search loop uses (as GenomeLayout) -----------------------------
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def sigma(self) -> float:
-        return float(self.spec.sigma)
-
     @property
     def scale_genes(self) -> int:
         return len(self.labels) - len(self.slots)
@@ -154,19 +140,8 @@ class DataFlowLayout:
             raise CMAAMError(f"{where} has {len(genome)} values but this data-flow genome needs {len(self.labels)} "
                              f"({len(self.slots)} include genes + {self.scale_genes} {self.spec.scaling} scales)")
 
-    def clip(self, genome: Sequence[float]) -> list[float]:
-        """Genome values clipped into their bounds."""
-        lows, highs = self.bounds()
-        return [min(max(float(v), low), high) for v, low, high in zip(genome, lows, highs)]
-
-    def as_table(self, genome: Sequence[float]) -> dict[str, float]:
-        self.check_genome(genome)
-        return {label: float(v) for label, v in zip(self.labels, genome)}
-
     def describe(self) -> dict:
         """What identifies the genome (for the resume fingerprint)."""
-        from dataclasses import asdict
-
         return {"space": "dataflow", "dataflow": asdict(self.spec), "layers": self.layer_counts}
 
     # -- decoding ----------------------------------------------------------------------------------

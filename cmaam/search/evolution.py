@@ -25,7 +25,7 @@ from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_te
 from cmaam.core.errors import CMAAMError
 from cmaam.search.dataflow import DataFlowLayout, DataFlowSpec, plan_dataflow
 from cmaam.search.fitness import FITNESS_TYPES, Evaluation, FitnessSpec
-from cmaam.search.genome import GenomeLayout, GenomeSpec
+from cmaam.search.genome import GenomeLayout, GenomeSpec, build_section
 from cmaam.search.inmemory import open_readers, plan_layout
 from cmaam.search.subset import SubsetPlan, SubsetSpec, select_subset
 from cmaam.search.vlm import VQA_METRICS, AlphaLayout, AlphaSearchSpec, plan_alpha_layout
@@ -110,25 +110,13 @@ class EvolveConfig:
         return Path(self.output_dir or Path("results") / self.name).resolve()
 
 
-def _build(cls, values: Any, where: str):
-    if values is None:
-        values = {}
-    if not isinstance(values, Mapping):
-        raise CMAAMError(f"{where}: expected a mapping, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise CMAAMError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    return cls(**values)
-
-
 def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig:
     """Validate a YAML mapping into an EvolveConfig (one-line errors naming the bad key)."""
     data = dict(data or {})
     models = data.get("models")
     if not isinstance(models, list) or len(models) < 2:
         raise CMAAMError(f"{where}: models must list at least two models ({{name, path}})")
-    data["models"] = [_build(ModelEntry, entry, f"{where}: models[{i}]") for i, entry in enumerate(models)]
+    data["models"] = [build_section(ModelEntry, entry, f"{where}: models[{i}]") for i, entry in enumerate(models)]
     names = [model.name for model in data["models"]]
     if len(set(names)) != len(names):
         raise CMAAMError(f"{where}: model names must be unique, got {names}")
@@ -144,7 +132,7 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig
         data["dataflow"] = DataFlowSpec.from_dict(data.get("dataflow"))
     if space == "alphas":
         data["alphas"] = AlphaSearchSpec.from_dict(data.get("alphas"))
-    data["fitness"] = _build(FitnessConfig, data.get("fitness"), f"{where}: fitness")
+    data["fitness"] = build_section(FitnessConfig, data.get("fitness"), f"{where}: fitness")
     fitness = data["fitness"]
     fitness.subset = SubsetSpec.from_dict(fitness.subset)
     if fitness.subset is not None and fitness.type == "synthetic":
@@ -165,7 +153,7 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig
     for key in ("name", "base_model"):
         if not data.get(key):
             raise CMAAMError(f"{where}: {key} is required")
-    config = _build(EvolveConfig, data, where)
+    config = build_section(EvolveConfig, data, where)
     if config.base_model not in names:
         raise CMAAMError(f"{where}: base_model {config.base_model!r} is not one of the models ({', '.join(names)})")
     if config.fitness.type not in FITNESS_TYPES:

@@ -21,12 +21,13 @@ are scored on the full set too, and the run's best model is chosen among fully s
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from cmaam.core.errors import CMAAMError
+from cmaam.search.genome import build_section
 
 RULES = ("irt", "discrimination", "random")
 
@@ -46,13 +47,7 @@ class SubsetSpec:
         """Build from YAML (None stays None: full scoring), with one-line errors for bad values."""
         if values is None:
             return None
-        if not isinstance(values, Mapping):
-            raise CMAAMError(f"fitness.subset: expected a mapping, got {type(values).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CMAAMError(f"fitness.subset: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        spec = cls(**values)
+        spec = build_section(cls, values, "fitness.subset")
         for name in ("size", "rescore_top", "seed"):
             value = getattr(spec, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):

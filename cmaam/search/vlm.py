@@ -15,13 +15,14 @@ mean item score and the subset fitness (cmaam.search.subset) applies unchanged.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from cmaam.core.errors import CMAAMError
+from cmaam.search.genome import LayoutBase, build_section
 
 GENE_KINDS = ("scale", "alpha")
 VQA_METRICS = ("exact_match", "vqa_accuracy", "relaxed_accuracy", "anls")
@@ -48,14 +49,7 @@ class AlphaSearchSpec:
         """Build from a YAML mapping, with one-line errors for unknown keys and bad values."""
         from cmaam.alignment.merge import check_interp
 
-        values = {} if values is None else values
-        if not isinstance(values, Mapping):
-            raise CMAAMError(f"alphas: expected a mapping, got {type(values).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CMAAMError(f"alphas: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        spec = cls(**values)
+        spec = build_section(cls, values, "alphas")
         if spec.genes not in GENE_KINDS:
             raise CMAAMError(f"alphas: genes must be scale or alpha, got {spec.genes!r}")
         bounds = spec.scale_bounds
@@ -77,7 +71,7 @@ class AlphaSearchSpec:
                            preserve_mean=bool(self.preserve_mean), use_sensitivity=bool(self.use_sensitivity))
 
 
-class AlphaLayout:
+class AlphaLayout(LayoutBase):
     """The map between a genome (one gene per CMAAM group) and per-tensor alphas.
 
     ``start`` is CMAAM's alpha of every group, ``tensor_group`` the group of every merged tensor.
@@ -94,13 +88,6 @@ class AlphaLayout:
         self.target, self.source = target, source
         self.labels = [f"{spec.genes}[{group}]" for group in self.groups]
 
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    @property
-    def sigma(self) -> float:
-        return float(self.spec.sigma)
-
     def bounds(self) -> tuple[list[float], list[float]]:
         low, high = self.spec.scale_bounds if self.spec.genes == "scale" else (0.0, 1.0)
         return [low] * len(self), [high] * len(self)
@@ -112,14 +99,6 @@ class AlphaLayout:
         if len(genome) != len(self):
             raise CMAAMError(f"{where} has {len(genome)} values but this alpha genome needs {len(self)} "
                              f"(one per {self.spec.strategy} group)")
-
-    def clip(self, genome: Sequence[float]) -> list[float]:
-        lows, highs = self.bounds()
-        return [min(max(float(v), low), high) for v, low, high in zip(genome, lows, highs)]
-
-    def as_table(self, genome: Sequence[float]) -> dict[str, float]:
-        self.check_genome(genome)
-        return {label: float(v) for label, v in zip(self.labels, genome)}
 
     def describe(self) -> dict:
         return {"space": "alphas", "alphas": asdict(self.spec), "start": self.start}

@@ -219,9 +219,9 @@ def test_space_and_sections_must_agree():
     base = {"name": "x", "models": [{"name": "a", "path": "a"}, {"name": "b", "path": "b"}], "base_model": "a"}
     with pytest.raises(CMAAMError, match="space must be one of parameter, dataflow"):
         parse_config({**base, "space": "layers"})
-    with pytest.raises(CMAAMError, match="dataflow needs space: dataflow"):
+    with pytest.raises(CMAAMError, match="dataflow configures space: dataflow, but space is parameter"):
         parse_config({**base, "dataflow": {"repeats": 2}})
-    with pytest.raises(CMAAMError, match="genome sets merge coefficients"):
+    with pytest.raises(CMAAMError, match="genome configures space: parameter, but space is dataflow"):
         parse_config({**base, "space": "dataflow", "genome": {"method": "ties"}})
     assert parse_config({**base, "space": "dataflow"}).dataflow == DataFlowSpec()
 

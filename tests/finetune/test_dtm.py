@@ -13,7 +13,7 @@ import torch
 from cmaam.core.cli import run_cli
 from cmaam.core.errors import CMAAMError
 from cmaam.io import CheckpointReader
-from finetune.dtm import DTMConfig, kmeans, main, merge_submodels, run_dtm, split_by_category, write_parts
+from finetune.dtm import DTMConfig, kmeans, main, merge_submodels, split_by_category, write_parts
 
 LORA = ["--max-steps", "2", "--batch-size", "8", "--grad-accum", "1", "--lr", "5e-3", "--lora-rank", "4",
         "--lora-alpha", "8", "--lora-dropout", "0", "--warmup", "0", "--threads", "1", "--no-progress"]
