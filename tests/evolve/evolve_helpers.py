@@ -56,3 +56,14 @@ def kill_in_generation_2_then_resume(config: dict, tmp_path: Path, population: i
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
     return run_dir
+
+
+def reference_run(config: dict, folder: Path, **changes) -> tuple[dict, object]:
+    """A copy of ``config`` run uninterrupted into ``folder`` with figures each generation: (config, SearchResult)."""
+    import copy
+
+    from cmaam.search.evolution import parse_config, run_search
+
+    config = copy.deepcopy(config)
+    config.update(output_dir=str(folder), figure_every=1, **changes)
+    return config, run_search(parse_config(config))

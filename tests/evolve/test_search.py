@@ -14,18 +14,13 @@ from cmaam.io import CheckpointReader
 from cmaam.search.fitness import FitnessSpec, build_fitness
 from cmaam.search.evolution import parse_config, run_search
 from cmaam.monitor import main as monitor_main
-from evolve_helpers import kill_in_generation_2_then_resume, records
-
+from evolve_helpers import kill_in_generation_2_then_resume, records, reference_run
 
 
 @pytest.fixture(scope="module")
 def sequential_run(tiny_search, tmp_path_factory):
     """The reference: 3 generations x 4 candidates, sequential, W&B offline."""
-    config = copy.deepcopy(tiny_search)
-    config.update(output_dir=str(tmp_path_factory.mktemp("evolve") / "sequential"), wandb_mode="offline",
-                  figure_every=1)
-    result = run_search(parse_config(config))
-    return config, result
+    return reference_run(tiny_search, tmp_path_factory.mktemp("evolve") / "sequential", wandb_mode="offline")
 
 
 def test_tiny_run_writes_every_output(sequential_run):
@@ -98,9 +93,7 @@ def test_monitor_prints_the_history_and_draws_the_curve(sequential_run, capsys):
 # -- data-flow space (configs/evolve/tiny_dfs.yaml: two tiny Llamas and their slerp merge in the pool) --
 @pytest.fixture(scope="module")
 def dataflow_run(tiny_dfs_search, tmp_path_factory):
-    config = copy.deepcopy(tiny_dfs_search)
-    config.update(output_dir=str(tmp_path_factory.mktemp("dfs") / "sequential"), figure_every=1)
-    return config, run_search(parse_config(config))
+    return reference_run(tiny_dfs_search, tmp_path_factory.mktemp("dfs") / "sequential")
 
 
 def test_tiny_dfs_writes_the_path_its_recipe_and_a_model_equal_to_the_search_forward(dataflow_run):

@@ -127,11 +127,9 @@ def test_a_missing_dev_split_is_one_line_before_any_evaluation(tiny_vlm_search, 
 
 @pytest.fixture(scope="module")
 def vlm_run(tiny_vlm_search, tmp_path_factory):
-    from cmaam.search.evolution import parse_config, run_search
+    from evolve_helpers import reference_run
 
-    config = copy.deepcopy(tiny_vlm_search)
-    config.update(output_dir=str(tmp_path_factory.mktemp("vlm") / "sequential"), figure_every=1)
-    return config, run_search(parse_config(config))
+    return reference_run(tiny_vlm_search, tmp_path_factory.mktemp("vlm") / "sequential")
 
 
 def test_tiny_vlm_run_writes_alphas_recipe_and_the_best_merge(vlm_run):
