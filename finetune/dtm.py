@@ -39,6 +39,7 @@ class DTMConfig:
     category_field: str = "category"
     merge: str = "soup"  # soup, or a registered merge method (task_arithmetic, ties, dare_ties, ...)
     merge_parameters: dict[str, Any] = field(default_factory=dict)  # e.g. {density: 0.5} for ties
+    merge_weight: float | None = None  # weight of each sub-model in a method merge; default 1/K
     retention: str | None = None  # English VQA folder (test.jsonl) for the retention column
     single: bool = True  # also fine-tune once on all the data (the baseline)
     evaluate_parts: bool = True
@@ -59,6 +60,8 @@ class DTMConfig:
             raise CMAAMError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.merge != "soup":
             get_method(self.merge)  # one-line error for an unknown method
+        elif self.merge_parameters or self.merge_weight is not None:
+            raise CMAAMError("--merge-parameter and --merge-weight apply to a merge method, not the soup")
         for path, what in ((self.model, "model"), (self.data, "data")):
             if not Path(path).is_dir():
                 raise CMAAMError(f"{path}: {what} folder not found")
@@ -200,6 +203,15 @@ def train_lora(config: DTMConfig, data: Path, output: Path) -> dict:
     return json.loads(result.read_text(encoding="utf-8"))
 
 
+def merge_name(config: DTMConfig) -> str:
+    """The merge's name in the table and folder: soup, or the method with its weight and parameters."""
+    if config.merge == "soup":
+        return "soup"
+    extras = ([f"w{config.merge_weight:g}"] if config.merge_weight is not None else []) + \
+        [f"{key}{value}" for key, value in sorted(config.merge_parameters.items())]
+    return "_".join([config.merge, *extras])
+
+
 def merge_submodels(config: DTMConfig, models: Sequence[Path], output: Path) -> Path:
     """The DTM merge: a uniform soup, or ``config.merge`` over the sub-models with the base as base model."""
     from cmaam.io.atomic import atomic_write_yaml
@@ -210,11 +222,11 @@ def merge_submodels(config: DTMConfig, models: Sequence[Path], output: Path) -> 
         return output
     if config.merge == "soup":
         return uniform_soup(models, output, SoupOptions(progress=config.progress))
-    weight = 1.0 / len(models)
+    weight = config.merge_weight if config.merge_weight is not None else 1.0 / len(models)
     recipe = {"merge_method": config.merge, "base_model": str(Path(config.model).resolve()),
               "models": [{"model": str(Path(m).resolve()), "parameters": {"weight": weight}} for m in models],
               "parameters": dict(config.merge_parameters)}
-    path = atomic_write_yaml(Path(config.output) / "dtm_merge.yaml", recipe)
+    path = atomic_write_yaml(Path(config.output) / f"{output.name}.yaml", recipe)
     return merge_from_config(path, output, seed=config.seed, progress=config.progress)
 
 
@@ -248,8 +260,8 @@ def run_dtm(config: DTMConfig) -> dict:
         submodels.append(root / "submodels" / f"part_{k}" / "merged")
         rows.append({"model": f"part_{k}", "kind": "sub-model", "path": str(submodels[-1]),
                      "train_samples": _samples(part / "train.jsonl"), "train_seconds": result["train_seconds"]})
-    merged = merge_submodels(config, submodels, root / "dtm")
-    rows.append({"model": f"dtm_{config.merge}", "kind": "DTM merge", "path": str(merged),
+    merged = merge_submodels(config, submodels, root / f"dtm_{merge_name(config)}")
+    rows.append({"model": f"dtm_{merge_name(config)}", "kind": "DTM merge", "path": str(merged),
                  "train_samples": sum(r["train_samples"] for r in rows),
                  "train_seconds": sum(r["train_seconds"] for r in rows)})
     if config.single:
@@ -287,7 +299,7 @@ def table(rows: Sequence[dict], config: DTMConfig) -> str:
     retention = bool(config.retention)
     header = "| model | kind | train samples | target exact match |" + (" retention exact match |" if retention else "") \
         + " train s |"
-    lines = [f"DTM: {config.parts} parts by {config.split}, merged by {config.merge}, seed {config.seed}", "",
+    lines = [f"DTM: {config.parts} parts by {config.split}, merged by {merge_name(config)}, seed {config.seed}", "",
              header, "|---" * (header.count("|") - 1) + "|"]
     for row in rows:
         metrics = row.get("metrics")
@@ -345,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--merge", default="soup", help="soup (default) or a registered merge method")
     parser.add_argument("--merge-parameter", action="append", default=[], metavar="KEY=VALUE",
                         help="global parameter of the merge method (e.g. density=0.5)")
+    parser.add_argument("--merge-weight", type=float, default=None,
+                        help="weight of each sub-model in a method merge (default 1/K; 1 sums the task vectors)")
     parser.add_argument("--retention", help="English VQA folder (test.jsonl) for the retention column")
     parser.add_argument("--no-single", dest="single", action="store_false", help="skip the single fine-tune")
     parser.add_argument("--no-part-eval", dest="evaluate_parts", action="store_false",

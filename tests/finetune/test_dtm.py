@@ -92,6 +92,7 @@ def test_soup_and_task_arithmetic_at_one_over_k_are_the_average(tiny_llama, tmp_
     (["--merge", "average"], "unknown merge method 'average'"),
     (["--retention", "/nonexistent"], "no test.jsonl for the retention set"),
     (["--merge-parameter", "density"], "expected KEY=VALUE"),
+    (["--merge-weight", "1"], "apply to a merge method, not the soup"),
 ])
 def test_bad_arguments_are_one_line_errors(tiny_qwen2vl, synthetic_ko, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_code:
@@ -120,6 +121,14 @@ def test_a_tiny_dtm_run_writes_the_table_and_a_rerun_trains_nothing(tiny_qwen2vl
     assert stamps == {path: path.stat().st_mtime_ns for path in (tmp_path / "dtm").rglob("train_result.json")}
     assert json.loads((tmp_path / "dtm" / "dtm.json").read_text())["rows"] == report["rows"]
     subs = [CheckpointReader(tmp_path / "dtm" / "submodels" / f"part_{k}" / "merged") for k in range(2)]
-    with CheckpointReader(tmp_path / "dtm" / "dtm") as merged:
+    with CheckpointReader(tmp_path / "dtm" / "dtm_soup") as merged:
         name = next(n for n in merged.keys() if "q_proj.weight" in n and "visual" not in n)
         assert torch.allclose(merged.get(name), (subs[0].get(name) + subs[1].get(name)) / 2, atol=1e-6)
+    # another merge of the same sub-models: a new row and folder, nothing retrained
+    assert main([*arguments, "--merge", "task_arithmetic", "--merge-weight", "1"]) == 0
+    rows = json.loads((tmp_path / "dtm" / "dtm.json").read_text())["rows"]
+    assert [row["model"] for row in rows] == ["base", "part_0", "part_1", "dtm_task_arithmetic_w1", "single"]
+    assert stamps == {path: path.stat().st_mtime_ns for path in (tmp_path / "dtm").rglob("train_result.json")}
+    with CheckpointReader(tmp_path / "dtm" / "dtm_task_arithmetic_w1") as summed, CheckpointReader(tiny_qwen2vl) as base:
+        expected = subs[0].get(name) + subs[1].get(name) - base.get(name)  # base + the sum of the task vectors
+        assert torch.allclose(summed.get(name), expected, atol=1e-6)
