@@ -49,7 +49,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from cmaam.io import write_state_dict
-    from cmaam.search.fitness import FitnessSpec, build_fitness
+    from cmaam.core.options import ExecutionOptions
+    from cmaam.search.fitness import FitnessConfig, build_fitness
     from cmaam.search.genome import GenomeSpec
     from cmaam.testing.tiny import TinySize, build_tiny_causal_lm, perturb_model
     from eval.mgsm import load_mgsm
@@ -62,12 +63,11 @@ def main() -> None:
                         num_attention_heads=4, num_key_value_heads=2)
         base = build_tiny_causal_lm(work / "base", "llama", seed=0, size=size)
         other = perturb_model(base, work / "other", 0.3, seed=1)
-    spec = FitnessSpec(kind="mgsm", models={"base": str(base), "other": str(other)}, base_model="base",
-                       genome=GenomeSpec(method=args.method), device=args.device, dtype=args.dtype, seed=args.seed,
-                       items=load_mgsm(args.lang, lang=args.lang)[:args.limit], lang=args.lang,
-                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    config = FitnessConfig(lang=args.lang, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    options = ExecutionOptions(device=args.device, dtype=args.dtype, seed=args.seed)
     started = time.perf_counter()
-    fitness = build_fitness(spec)
+    fitness = build_fitness(config, {"base": str(base), "other": str(other)}, "base", GenomeSpec(method=args.method),
+                            options, items=load_mgsm(args.lang, lang=args.lang)[:args.limit])
     setup = time.perf_counter() - started
     layout = fitness.merger.layout
     parameters = sum(t.numel() for t in fitness.merger.targets.values())

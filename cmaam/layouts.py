@@ -6,6 +6,7 @@ import argparse
 from typing import Sequence
 
 from cmaam.core.cli import run_cli
+from cmaam.core.options import READ, add_execution_options
 from cmaam.alignment.layouts.layout import STRATEGIES
 from cmaam.alignment.layouts.resolve import get_layout
 
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rules-file", help="YAML rule table for an architecture without a built-in layout")
     parser.add_argument("--strategy", choices=STRATEGIES, default="layerwise", help="alpha grouping to show")
     parser.add_argument("--names", action="store_true", help="also print every name with its classification")
-    parser.add_argument("--allow-pickle", action="store_true", help="read .bin/.pt checkpoints (unsafe pickles)")
+    add_execution_options(parser, READ)
     args = parser.parse_args(argv)
     print(describe(args.model, args.model_type, args.rules_file, args.strategy, args.names, args.allow_pickle))
     return 0

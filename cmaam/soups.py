@@ -6,7 +6,8 @@ import argparse
 from typing import Sequence
 
 from cmaam.core.cli import run_cli
-from cmaam.merging.soups import SoupOptions, uniform_soup
+from cmaam.core.options import MERGE, ExecutionOptions, add_execution_options
+from cmaam.merging.soups import uniform_soup
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -14,16 +15,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cmaam.soups", description="Uniform model soup (equal-weight average).")
     parser.add_argument("output", help="output model folder")
     parser.add_argument("models", nargs="+", help="model folders (same architecture); the first gives config and tokenizer")
-    parser.add_argument("--dtype", default=None, help="output dtype: bfloat16, float16 or float32 (default: as stored)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--max-shard-size", default="5GB")
-    parser.add_argument("--allow-pickle", action="store_true", help="read .bin checkpoints (torch.load weights_only)")
-    parser.add_argument("--allow-nonfinite", action="store_true", help="merge even if a tensor holds NaN/Inf")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_execution_options(parser, MERGE)
     args = parser.parse_args(argv)
-    options = SoupOptions(dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
-                          allow_nonfinite=args.allow_nonfinite, max_shard_size=args.max_shard_size)
-    output = uniform_soup(args.models, args.output, options, overwrite=args.overwrite)
+    output = uniform_soup(args.models, args.output, ExecutionOptions.from_args(args))
     print(f"wrote the uniform soup of {len(args.models)} models to {output}")
     return 0
 

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from cmaam.core.cli import run_cli
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions, add_execution_options
 from finetune.data import SPLITS, count_table, split_counts, write_vqa_split
 
 LANGUAGES = ("ko", "en")
@@ -309,7 +310,6 @@ def generate(config: SyntheticConfig, progress: bool = True) -> Path:
         info = {"generator": "finetune.synthetic_vqa", "config": {**asdict(config), "output": None},
                 "answer_options": options, "chance_accuracy": chance}
         atomic_write_json(folder / "dataset_info.json", info)
-    print(table.markdown, end="")
     return Path(config.output)
 
 
@@ -325,17 +325,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="folder to create (train/val/test.jsonl, images/)")
     parser.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
     parser.add_argument("--lang", default="ko", choices=LANGUAGES, help="language of questions and answers")
-    parser.add_argument("--seed", type=int, default=0, help="scenes, wording and split seed (default 0)")
     parser.add_argument("--image-size", type=int, default=56, help="image side in pixels (default 56)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--test-fraction", type=float, default=0.1)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
                         help="visual tasks to include (default: all)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_execution_options(parser, ("seed", "overwrite", "progress"),
+                          help={"seed": "scenes, wording and split seed (default: 0)"})
     args = parser.parse_args(argv)
-    generate(SyntheticConfig(output=args.output, n=args.n, lang=args.lang, seed=args.seed,
-                             image_size=args.image_size, val_fraction=args.val_fraction,
-                             test_fraction=args.test_fraction, tasks=tuple(args.tasks), overwrite=args.overwrite))
+    options = ExecutionOptions.from_args(args)
+    output = generate(SyntheticConfig(output=args.output, n=args.n, lang=args.lang, seed=options.seed,
+                                      image_size=args.image_size, val_fraction=args.val_fraction,
+                                      test_fraction=args.test_fraction, tasks=tuple(args.tasks),
+                                      overwrite=options.overwrite), progress=options.progress)
+    print((output / "counts.md").read_text(encoding="utf-8"), end="")
     return 0
 
 

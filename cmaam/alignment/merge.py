@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +22,13 @@ from cmaam.alignment.report import (
 )
 from cmaam.alignment.scores.analyzer import Analysis, analyze_pair
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, parse_dtype
 from cmaam.io.atomic import atomic_directory, claim_output
 from cmaam.merging.executor import TensorJob, run_merge
 from cmaam.merging.methods import get_method
 
+logger = logging.getLogger(__name__)
 INTERPOLATIONS = ("linear", "slerp")
 ANALYSIS_FOLDER = "analysis"
 ALPHAS_FILE = "alphas.yaml"
@@ -60,14 +62,14 @@ def pair_jobs(target: CheckpointReader, alphas: dict[str, float], interp: str) -
 
 def report_unmatched(only_in_target: list[str], only_in_source: list[str], not_floating: list[str],
                      where: str) -> None:
-    """Print how many tensors were not interpolated and why (never dropped silently)."""
+    """Log how many tensors were not interpolated and why (never dropped silently)."""
     if only_in_target or not_floating:
-        print(f"note: {len(only_in_target)} tensor(s) only in the target and {len(not_floating)} "
-              f"non-floating tensor(s) were kept from the target (listed in {where})", file=sys.stderr)
+        logger.warning("%d tensor(s) only in the target and %d non-floating tensor(s) were kept from the target "
+                       "(listed in %s)", len(only_in_target), len(not_floating), where)
     if only_in_source:
         shown = ", ".join(only_in_source[:3]) + (" ..." if len(only_in_source) > 3 else "")
-        print(f"note: {len(only_in_source)} tensor(s) only in the source were skipped: {shown} "
-              f"(listed in {where})", file=sys.stderr)
+        logger.warning("%d tensor(s) only in the source were skipped: %s (listed in %s)", len(only_in_source),
+                       shown, where)
 
 
 @dataclass
@@ -81,20 +83,22 @@ class MergeResult:
 
 
 def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas: AlphaConfig | None = None,
-              interp: str = "linear", model_type: str | None = None, rules_file: str | None = None,
-              analyze: bool = False, alphas_only: bool = False, dtype: str | torch.dtype | None = None,
-              device: str = "auto", overwrite: bool = False, allow_pickle: bool = False,
-              allow_nonfinite: bool = False, max_shard_size: str | int = "5GB", progress: bool = True,
+              options: ExecutionOptions | None = None, *, interp: str = "linear", model_type: str | None = None,
+              rules_file: str | None = None, analyze: bool = False, alphas_only: bool = False,
               print_summary: bool = True) -> MergeResult:
     """Score S against T, compute per-group alphas and write the merged model (config/tokenizer from T).
 
+    ``options``: device, output dtype, overwrite, pickles, NaN/Inf check, shard size, progress.
     ``analyze`` adds report.json, report.md and heatmaps under ``output/analysis``; ``alphas_only``
     writes only those (and alphas.yaml) to ``output``. alphas.yaml is always written.
     """
+    options = options or ExecutionOptions()
+    device, overwrite, allow_pickle = options.device, options.overwrite, options.allow_pickle
+    allow_nonfinite, progress = options.allow_nonfinite, options.progress
     alphas = alphas or AlphaConfig()
     alphas.validate()
     check_interp(interp)
-    dtype = parse_dtype(dtype)
+    parse_dtype(options.dtype)  # an unknown dtype fails before any work
     inputs = [source, target, rules_file]
     with claim_output(output, inputs=inputs, overwrite=overwrite):  # before any work: refused or locked
         source_reader = CheckpointReader(source, allow_pickle=allow_pickle)
@@ -118,9 +122,8 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
                 write_extras(folder)
         else:
             run_merge({"target": target_reader, "source": source_reader},
-                      pair_jobs(target_reader, plan.tensor_alphas, interp), output, reference=target, dtype=dtype,
-                      device=device, allow_nonfinite=allow_nonfinite, overwrite=overwrite,
-                      max_shard_size=max_shard_size, progress=progress, before_commit=write_extras)
+                      pair_jobs(target_reader, plan.tensor_alphas, interp), output, options, reference=target,
+                      before_commit=write_extras)
     if print_summary:
         print(summary_table(report))
         print(f"strategy {alphas.strategy}: {len(plan.groups)} group(s), mean alpha {plan.mean_alpha:.4f} "

@@ -10,8 +10,9 @@ from typing import Callable, Mapping, Sequence
 import torch
 from tqdm import tqdm
 
-from cmaam.io import CheckpointReader, CheckpointWriter, TensorSpec
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
+from cmaam.io import CheckpointReader, CheckpointWriter, TensorSpec, parse_dtype
 
 
 @dataclass
@@ -68,25 +69,25 @@ def run_merge(
     readers: Mapping[str, CheckpointReader],
     jobs: Sequence[TensorJob],
     output: str | Path,
+    options: ExecutionOptions | None = None,
+    *,
     reference: str | Path | None = None,
     config: dict | None = None,
-    dtype: torch.dtype | None = None,
-    device: str = "cpu",
-    allow_nonfinite: bool = False,
-    overwrite: bool = False,
-    max_shard_size: int | str = "5GB",
-    progress: bool = True,
     description: str = "merging",
     before_commit: Callable[[Path], None] | None = None,
 ) -> Path:
     """Run ``jobs`` tensor by tensor into a new model folder at ``output`` (written atomically).
 
-    All checks that can fail on the inputs (missing tensors, shapes) run before anything is
-    written; the output may not overlap any reader's folder or weight file. ``before_commit`` may add
-    files to the temporary folder before it is renamed.
+    ``options`` gives the device, the output dtype of floating tensors, the NaN/Inf check, overwrite,
+    the shard size and progress. All checks that can fail on the inputs (missing tensors, shapes) run
+    before anything is written; the output may not overlap any reader's folder or weight file.
+    ``before_commit`` may add files to the temporary folder before it is renamed.
     """
+    options = options or ExecutionOptions()
+    dtype, allow_nonfinite, overwrite = parse_dtype(options.dtype), options.allow_nonfinite, options.overwrite
+    max_shard_size, progress = options.max_shard_size, options.progress
     specs = plan_specs(readers, jobs, dtype)
-    device = resolve_device(device)
+    device = resolve_device(options.device)
 
     def load(job: TensorJob) -> tuple[list[torch.Tensor], bool]:
         first_model, first_name = job.inputs[0]

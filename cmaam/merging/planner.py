@@ -21,7 +21,7 @@ import torch
 from cmaam.io import CheckpointReader, parse_dtype
 from cmaam.merging.executor import TensorJob
 from cmaam.core.errors import CMAAMError
-from cmaam.merging.mergekit_config import InputSlice, MergeConfig, OutputSlice, resolve_setting
+from cmaam.merging.mergekit_config import InputSlice, MergekitConfig, OutputSlice, resolve_setting
 from cmaam.merging.methods import MergeMethod, get_method
 
 LAYER_PATTERN = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|blocks|layer))\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -104,9 +104,9 @@ def merge_tensors(tensors: list[torch.Tensor], method: MergeMethod, base_index: 
 
 
 class Planner:
-    """Turns a MergeConfig plus opened readers into TensorJobs (one per output tensor)."""
+    """Turns a MergekitConfig plus opened readers into TensorJobs (one per output tensor)."""
 
-    def __init__(self, config: MergeConfig, readers: Mapping[str, CheckpointReader], seed: int = 0,
+    def __init__(self, config: MergekitConfig, readers: Mapping[str, CheckpointReader], seed: int = 0,
                  dtype: str | torch.dtype | None = None):
         self.config = config
         self.readers = readers
@@ -261,7 +261,7 @@ class Planner:
         return config
 
 
-def plan_merge(config: MergeConfig, readers: Mapping[str, CheckpointReader], seed: int = 0,
+def plan_merge(config: MergekitConfig, readers: Mapping[str, CheckpointReader], seed: int = 0,
                dtype: str | torch.dtype | None = None) -> MergePlan:
     """Plan ``config`` over opened ``readers`` (keyed by the model strings of the YAML)."""
     return Planner(config, readers, seed=seed, dtype=dtype).plan()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from pathlib import Path
 from typing import Sequence
@@ -19,9 +20,12 @@ from cmaam.alignment.merge import (
 )
 from cmaam.alignment.scores.analyzer import check_pair
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, CheckpointWriter, parse_dtype
 from cmaam.io.atomic import atomic_write_yaml, claim_outputs
 from cmaam.merging.executor import check_finite, plan_specs, resolve_device
+
+logger = logging.getLogger(__name__)
 
 
 def parse_alphas(text: str | Sequence[float]) -> list[float]:
@@ -49,17 +53,19 @@ def sweep_output(output_dir: str | Path, alpha: float) -> Path:
 
 
 def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas: str | Sequence[float],
-          interp: str = "linear", dtype: str | torch.dtype | None = None, device: str = "auto",
-          overwrite: bool = False, allow_pickle: bool = False, allow_nonfinite: bool = False,
-          max_shard_size: str | int = "5GB", progress: bool = True) -> list[Path]:
+          options: ExecutionOptions | None = None, *, interp: str = "linear") -> list[Path]:
     """Write (1 - a) * T + a * S (or slerp) for every alpha a, reading each input tensor once for all of them.
 
-    Each output is its own atomic writer; tensors only in the target (or not floating) are copied.
+    ``options``: device, output dtype, overwrite, pickles, NaN/Inf check, shard size, progress. Each
+    output is its own atomic writer; tensors only in the target (or not floating) are copied.
     """
+    options = options or ExecutionOptions()
+    overwrite, allow_pickle, allow_nonfinite = options.overwrite, options.allow_pickle, options.allow_nonfinite
+    max_shard_size, progress = options.max_shard_size, options.progress
     values = parse_alphas(alphas)
     check_interp(interp)
-    dtype = parse_dtype(dtype)
-    device = resolve_device(device)
+    dtype = parse_dtype(options.dtype)
+    device = resolve_device(options.device)
     outputs = [sweep_output(output_dir, value) for value in values]
     # Every output is checked and locked before any work; a failure removes the folders this run created.
     with claim_outputs(outputs, inputs=[source, target], overwrite=overwrite):
@@ -97,5 +103,5 @@ def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas
                 atomic_write_yaml(writer.folder / ALPHAS_FILE, {"settings": {
                     "source": str(source), "target": str(target), "interp": interp, "alpha": value}})
     for output in outputs:
-        print(f"wrote {output}")
+        logger.info("wrote %s", output)
     return outputs

@@ -252,3 +252,21 @@ def load_records(paths: Sequence[str | Path], wandb_project: str | None = None) 
         known = {r.name for r in records}
         records += [r for r in remote if r.name not in known]
     return records
+
+
+def compare_runs(runs: Sequence[str | Path], output: str | Path | None = None, wandb_project: str | None = None,
+                 metric: str = "exact_match", korean: str = "ko", english: str = "en", base: str | None = None,
+                 finetuned: str | None = None) -> tuple[Comparison, dict[str, Path]]:
+    """Compare the runs under ``runs`` (and a W&B project) and write comparison.md/.csv/.png to ``output``
+    (default: beside the first run; never inside a run folder). Returns the comparison and the files."""
+    from cmaam.io.atomic import check_no_overlap, output_lock
+
+    comparison = compare(load_records(runs, wandb_project), metric, korean, english, base, finetuned)
+    output = Path(output) if output else (Path(runs[0]) if runs else Path("comparison"))
+    if runs and (output / "metrics.json").exists():
+        output = output.parent / "comparison"
+    files = [output / name for name in ("comparison.md", "comparison.csv", "comparison.png")]
+    sources = [record.source for record in comparison.records if record.source and Path(record.source).exists()]
+    check_no_overlap(files, sources)
+    with output_lock(output):
+        return comparison, write_comparison(comparison, output)

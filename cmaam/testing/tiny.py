@@ -210,6 +210,23 @@ def build_tiny_vlm(output: str | Path, model_type: str = "qwen2_vl", seed: int =
     return Path(output)
 
 
+def write_tiny_model(output: str | Path, model_type: str = "qwen2_vl", seed: int = 0, size: TinySize | None = None,
+                     overwrite: bool = False) -> Path:
+    """Build a tiny random model (causal LM or VLM, by ``model_type``) into ``output``, atomically."""
+    from cmaam.io.atomic import atomic_directory
+
+    if model_type not in CAUSAL_LM_TYPES + VLM_TYPES:
+        raise CMAAMError(f"unknown tiny model type {model_type!r} (choose {', '.join(CAUSAL_LM_TYPES + VLM_TYPES)})")
+    size = size or TinySize()
+    size.validate()
+    with atomic_directory(output, overwrite=overwrite, inputs=()) as folder:
+        if model_type in CAUSAL_LM_TYPES:
+            build_tiny_causal_lm(folder, model_type, seed, size)
+        else:
+            build_tiny_vlm(folder, model_type, seed, size)
+    return Path(output)
+
+
 def perturb_model(source: str | Path, output: str | Path, scale: float = 0.02, seed: int = 1,
                   only: str | None = None) -> Path:
     """Copy a model folder adding seeded Gaussian noise (relative to each tensor's std) to float tensors.

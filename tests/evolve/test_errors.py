@@ -55,7 +55,7 @@ def test_missing_mgsm_file(config, tmp_path, capsys):
 def test_resume_without_a_run_and_unknown_keys(config, tmp_path, capsys):
     assert "nothing to resume" in run_evolve(config, tmp_path, capsys, "--resume")
     config["fitness"]["limt"] = 3
-    assert "fitness: unknown key(s) limt" in run_evolve(config, tmp_path, capsys)
+    assert "config.yaml: fitness.limt: unknown key (known: type, source," in run_evolve(config, tmp_path, capsys)
 
 
 def test_resume_with_a_changed_genome_is_refused(config, tmp_path, capsys):

@@ -11,6 +11,7 @@ import yaml
 from cmaam.io.atomic import atomic_write_yaml
 from cmaam.io import CheckpointReader
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
 from cmaam.search.fitness import SyntheticFitness
 from cmaam.search.genome import GenomeSpec
 from cmaam.search.inmemory import InMemoryMerger
@@ -38,7 +39,7 @@ def write_bytes_of_process() -> tuple[int, int]:
 def test_in_memory_merge_matches_the_mergekit_recipe(spec, tiny_llama_pair, tmp_path):
     base, other = tiny_llama_pair
     paths = {"base": str(base), "other": str(other)}
-    merger = InMemoryMerger(paths, "base", spec, seed=5)
+    merger = InMemoryMerger(paths, "base", spec, ExecutionOptions(seed=5))
     genome = random_genome(merger.layout, seed=1)
     merger.apply(genome)
     recipe = atomic_write_yaml(tmp_path / "recipe.yaml", genome_to_mergekit(merger.layout, genome, paths, "float32"))

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from cmaam.io import CheckpointReader
-from cmaam.search.fitness import FitnessSpec, build_fitness
+from cmaam.search.fitness import FitnessConfig, build_fitness
 from cmaam.search.evolution import parse_config, run_search
 from cmaam.monitor import main as monitor_main
 
@@ -63,9 +63,9 @@ def test_tiny_run_writes_every_output(sequential_run):
     assert list((run_dir / "wandb").glob("offline-run-*"))  # W&B offline run on disk
     assert json.loads((run_dir / "best_genome.json").read_text())["genome"] == best["genome"]
     # the saved model is the merge of the best genome: rescoring it in memory gives the logged fitness
-    spec = FitnessSpec(kind="synthetic", models={m["name"]: m["path"] for m in config["models"]},
-                       base_model="language", genome=parse_config(config).genome, target=best["genome"])
-    merger = build_fitness(spec).merger
+    merger = build_fitness(FitnessConfig(type="synthetic", target=best["genome"]),
+                           {m["name"]: m["path"] for m in config["models"]}, "language",
+                           parse_config(config).genome, parse_config(config).options).merger
     with CheckpointReader(run_dir / "best_model") as saved:
         for name in merger.layout.tensor_names:
             assert torch.equal(saved.get(name), merger.targets[name].detach()), name

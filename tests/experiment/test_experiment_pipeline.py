@@ -1,14 +1,18 @@
-"""The experiment pipeline end to end on a reduced demo config (seconds, not minutes)."""
+"""The experiment pipeline end to end, in process, on a reduced demo config (seconds, not minutes)."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy
 import pytest
+import torch
 import yaml
 
 from cmaam.core.errors import CMAAMError
@@ -25,22 +29,30 @@ def reduced_config(tmp_path: Path) -> Path:
     values["output_dir"] = str(tmp_path / "experiment")
     values["wandb_mode"] = "disabled"
     values["data"] = {"synthetic_samples": 40, "image_size": 56}
-    values["base_model"]["train_args"] = ["--max-steps", "2", "--batch-size", "4", "--lr", "1e-3"]
-    values["finetune"]["args"] = ["--max-steps", "2", "--batch-size", "4", "--lora-rank", "4", "--lora-alpha", "8"]
+    values["base_model"]["training"] = {"max_steps": 2, "batch_size": 4, "lr": 1e-3}
+    values["finetune"] = {"max_steps": 2, "batch_size": 4, "lora_rank": 4, "lora_alpha": 8}
     values["evaluation"] = {"limit": 4, "batch_size": 4, "max_new_tokens": 4}
     path = tmp_path / "reduced.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
 
 
+def no_subprocess(*args, **kwargs):
+    raise AssertionError(f"the pipeline started a subprocess: {args[:1]}")
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("pipeline")
     config = load_experiment_config(path=reduced_config(tmp_path))
-    first = Pipeline(config, echo=False)
-    first.run(["prepare", "base"])  # an "interrupted" experiment: only the first steps finished
-    second = Pipeline(config, echo=False)
-    second.run()
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", no_subprocess)  # every step runs in this process
+        first = Pipeline(config, echo=False)
+        first.run(["prepare", "base"])  # an "interrupted" experiment: only the first steps finished
+        second = Pipeline(config, echo=False)
+        second.run()
+    assert torch.get_num_threads() == threads  # the steps' settings do not outlive the run
     return config, first, second
 
 
@@ -59,8 +71,19 @@ def test_every_artefact_exists(finished):
         assert len((root / "results" / name / "samples_ko.jsonl").read_text().splitlines()) == 4
     for strategy in ("basic", "layerwise", "component", "full"):
         assert (root / "models" / f"cmaam_{strategy}" / "analysis" / "report.json").exists()
-    for step in ("prepare", "base", "finetune", "merge", "baselines", "evaluate", "compare"):
-        assert (root / "logs" / f"{step}.log").exists(), step
+
+
+
+def test_each_step_logs_its_records_and_output(finished):
+    config, _, _ = finished
+    logs = {step: (Path(config.output_dir) / "logs" / f"{step}.log").read_text()
+            for step in ("prepare", "base", "finetune", "merge", "baselines", "evaluate", "compare")}
+    for step, text in logs.items():
+        assert f"INFO cmaam.pipeline.experiment: == {step}: " in text, step  # each item's header (logging)
+    assert "(seed 0, threads 1, deterministic True)" in logs["merge"]
+    assert "INFO finetune.lora_vqa: training" in logs["finetune"] and "LoRA on" in logs["finetune"]
+    assert "strategy full:" in logs["merge"] and "mean alpha" in logs["merge"]  # merge_vlm's printed summary
+    assert "| cmaam_full | cmaam |" in logs["compare"]  # the table, printed by the step
 
 
 def test_compare_table_lists_every_model(finished):
@@ -90,33 +113,70 @@ def test_rerun_resumes_without_redoing_finished_steps(finished):
 
 def test_bad_config_values_are_one_line_errors(tmp_path):
     path = reduced_config(tmp_path)
-    with pytest.raises(CMAAMError, match="unknown strategies"):
-        load_experiment_config(path=path, overrides=["merge.strategies=[basic,magic]"])
-    with pytest.raises(CMAAMError, match="unknown key"):
-        load_experiment_config(path=path, overrides=["merge.alpha=0.3"])
-    with pytest.raises(CMAAMError, match=r"\[0, 1\]"):
-        load_experiment_config(path=path, overrides=["merge.base_alpha=1.5"])
+    cases = {
+        "merge.strategies=[basic,magic]": "reduced.yaml: merge.strategies: unknown 'magic'",
+        "merge.alpha=0.3": "reduced.yaml: merge.alpha: unknown key (known: strategies, base_alpha,",
+        "merge.base_alpha=1.5": "reduced.yaml: merge.base_alpha: must be in [0, 1], got 1.5",
+        "finetune.lora_rank=many": "reduced.yaml: finetune.lora_rank: expected a whole number, got 'many'",
+        "base_model.training.lr=-1": "reduced.yaml: base_model.training: --lr must be positive, got -1.0",
+    }
+    for assignment, message in cases.items():
+        with pytest.raises(CMAAMError) as error:
+            load_experiment_config(path=path, overrides=[assignment])
+        assert str(error.value).startswith(message), str(error.value)
     result = subprocess.run([sys.executable, "-m", "cmaam.experiment", "full"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
     assert "korean_source" in result.stderr
 
 
+def test_typed_fields_reach_the_library_calls(tmp_path):
+    config = load_experiment_config(path=reduced_config(tmp_path), overrides=[
+        "merge.preserve_mean=true", "merge.score_weights={pda: 1, gfs: 0, cmbc: 0}", "merge.base_alpha=0.7"])
+    alphas = config.merge.alphas("full")
+    assert alphas.strategy == "full" and alphas.base_alpha == 0.7 and alphas.preserve_mean is True
+    assert alphas.score_weights == {"pda": 1.0, "gfs": 0.0, "cmbc": 0.0}
+    assert config.finetune.max_steps == 2 and config.finetune.lora_rank == 4 and config.finetune.epochs == 3.0
+    saved = yaml.safe_load(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(config)))))
+    assert saved["merge"]["base_alpha"] == 0.7  # a float end to end
+
+
 def test_a_failing_step_stops_the_pipeline_with_its_log(tmp_path):
-    config = load_experiment_config(path=reduced_config(tmp_path), overrides=["base_model.train_args=[--no-such-flag]"])
-    with pytest.raises(CMAAMError, match=r"step base .* failed .*no-such-flag.*full log: .*base\.log"):
+    # the base is always trained fully, and full fine-tuning has no embeddings-only switch: train() refuses
+    config = load_experiment_config(path=reduced_config(tmp_path),
+                                    overrides=["base_model.training.train_embeddings=true"])
+    with pytest.raises(CMAAMError, match=r"step base \(train base on English\) failed: --target-modules and "
+                                         r"--train-embeddings apply to LoRA.*full log: .*base\.log"):
         Pipeline(config, echo=False).run(["prepare", "base"])
+    log = (Path(config.output_dir) / "logs" / "base.log").read_text()
+    assert "error: --target-modules and --train-embeddings apply to LoRA" in log
+    assert (Path(config.output_dir) / "models" / "initial" / "config.json").is_file()  # the item before it ran
 
 
-def test_every_step_runs_under_the_reproducible_launcher(finished):
-    config, _, _ = finished
-    logs = Path(config.output_dir) / "logs"
-    commands = [line for log in sorted(logs.glob("*.log")) for line in log.read_text().splitlines()
-                if line.startswith("$ ")]
-    modules = {command.split(" -m ")[-1].split()[0] for command in commands}
-    assert modules == {"finetune.synthetic_vqa", "cmaam.tiny", "finetune.lora_vqa", "cmaam.merge", "cmaam.sweep",
-                       "cmaam.experiment", "cmaam.compare"}
-    assert all(" -m cmaam.reproducible --seed 0 --threads 1 -m " in command for command in commands)
+class ProbePipeline(Pipeline):
+    """A pipeline with one step that records the process settings its work sees."""
+
+    STEPS = ("probe",)
+
+    def probe(self) -> None:
+        self.seen = []
+        for _ in range(2):
+            self._run("probe", "settings", lambda: self.seen.append({
+                "threads": torch.get_num_threads(), "deterministic": torch.are_deterministic_algorithms_enabled(),
+                "random": random.random(), "numpy": float(numpy.random.rand()), "torch": torch.rand(1).item()}))
+
+
+def test_every_item_starts_with_the_configured_seed_threads_and_kernels(tmp_path):
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    config = load_experiment_config(path=reduced_config(tmp_path), overrides=["seed=7", "threads=3"])
+    pipeline = ProbePipeline(config, echo=False)
+    pipeline.run()
+    expected = {"threads": 3, "deterministic": True, "random": random.Random(7).random(),
+                "numpy": numpy.random.RandomState(7).rand(),
+                "torch": torch.rand(1, generator=torch.Generator().manual_seed(7)).item()}
+    assert pipeline.seen == [expected, expected]  # each item reseeded, not continuing the previous stream
+    assert torch.get_num_threads() == threads and torch.are_deterministic_algorithms_enabled() == deterministic
 
 
 def test_a_second_run_gives_the_same_bytes(finished, tmp_path):

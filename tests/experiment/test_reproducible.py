@@ -1,4 +1,5 @@
-"""cmaam.reproducible: the launcher every pipeline step runs under (threads, deterministic kernels, seeds)."""
+"""cmaam.reproducible: run a module with the settings the pipeline applies before each step (threads,
+deterministic kernels, seeds; ``cmaam.core.reproducible``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
-
-from cmaam.reproducible import launcher_arguments
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 PROBE = '''
@@ -85,8 +84,3 @@ def test_bad_usage_is_one_line_error(tmp_path, arguments, message):
     assert message in result.stderr and result.stderr.strip().splitlines()[-1].startswith(
         ("error:", "python -m cmaam.reproducible: error:"))
     assert not result.stdout
-
-
-def test_launcher_arguments_spell_the_settings():
-    assert launcher_arguments(0, 1, True) == ["-m", "cmaam.reproducible", "--seed", "0", "--threads", "1"]
-    assert launcher_arguments(None, None, False) == ["-m", "cmaam.reproducible", "--no-deterministic"]

@@ -15,6 +15,7 @@ import torch
 
 from cmaam.io import CheckpointReader, write_state_dict
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
 from cmaam.merging.config_merge import merge_from_config
 from foundation.helpers import ROOT, run_cli_many, write_yaml
 
@@ -56,6 +57,8 @@ def models(family, tmp_path_factory):
         nan=write_state_dict(folder / "nan", nan, reference=good["base"]),
         pickled=pickled,
     )
+
+QUIET = ExecutionOptions(device="cpu", progress=False)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, output, expected: str, code: int = 2) -> None:
@@ -119,15 +122,15 @@ def test_nonfinite_pickle_and_overwrite_on_request(models, tmp_path):
     """The same inputs succeed with --allow-nonfinite, --allow-pickle and --overwrite (library calls)."""
     config = write_yaml(tmp_path, LINEAR, dict(models, other=models["nan"]))
     with pytest.raises(CMAAMError, match="NaN"):
-        merge_from_config(config, tmp_path / "nan_out", progress=False)
-    merge_from_config(config, tmp_path / "nan_out", progress=False, allow_nonfinite=True)
+        merge_from_config(config, tmp_path / "nan_out", QUIET)
+    merge_from_config(config, tmp_path / "nan_out", ExecutionOptions(device="cpu", progress=False, allow_nonfinite=True))
     merged = CheckpointReader(tmp_path / "nan_out").get("model.layers.0.self_attn.q_proj.weight")
     assert torch.isnan(merged[3, 5]) and torch.isfinite(merged).sum() == merged.numel() - 1
 
     pickled = write_yaml(tmp_path, LINEAR, dict(models, base=models["pickled"], other=models["ft1"]), "pickled.yaml")
     plain = write_yaml(tmp_path, LINEAR, dict(models, other=models["ft1"]), "plain.yaml")
-    merge_from_config(pickled, tmp_path / "from_pickle", progress=False, allow_pickle=True)
-    merge_from_config(plain, tmp_path / "from_safetensors", progress=False)
+    merge_from_config(pickled, tmp_path / "from_pickle", ExecutionOptions(device="cpu", progress=False, allow_pickle=True))
+    merge_from_config(plain, tmp_path / "from_safetensors", QUIET)
     a, b = CheckpointReader(tmp_path / "from_pickle"), CheckpointReader(tmp_path / "from_safetensors")
     assert sorted(a.keys()) == sorted(b.keys())
     assert all(torch.equal(a.get(name), b.get(name)) for name in b.keys())
@@ -135,7 +138,7 @@ def test_nonfinite_pickle_and_overwrite_on_request(models, tmp_path):
     output = tmp_path / "existing"
     output.mkdir()
     (output / "keep.txt").write_text("mine")
-    merge_from_config(plain, output, progress=False, overwrite=True)
+    merge_from_config(plain, output, ExecutionOptions(device="cpu", progress=False, overwrite=True))
     assert not (output / "keep.txt").exists()
     assert json.loads((output / "config.json").read_text())["model_type"] == "llama"
 

@@ -9,6 +9,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
+from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader
 from cmaam.merging.config_merge import merge_from_config
 from foundation.helpers import write_yaml
@@ -132,6 +133,8 @@ CASES = [(method, "llama") for method in CONFIGS] + [
     # which transformers 5 refuses to load; see test_frankenmerge_layout_and_generation)
 ]
 
+QUIET = ExecutionOptions(device="cpu", progress=False)  # mergekit parity is checked on the CPU
+
 
 def run_mergekit(config_path, output) -> None:
     from mergekit.config import MergeConfiguration
@@ -154,7 +157,7 @@ def max_differences(ours, theirs) -> dict[str, float]:
 @pytest.mark.parametrize("method,model_type", CASES, ids=[f"{m}-{t}" for m, t in CASES])
 def test_matches_mergekit(method, model_type, family, tmp_path):
     config = write_yaml(tmp_path, CONFIGS[method], family(model_type))
-    merge_from_config(config, tmp_path / "ours", progress=False)
+    merge_from_config(config, tmp_path / "ours", QUIET)
     run_mergekit(config, tmp_path / "mergekit")
     differences = max_differences(tmp_path / "ours", tmp_path / "mergekit")
     worst = max(differences, key=differences.get)
@@ -175,7 +178,7 @@ def test_frankenmerge_layout_and_generation(family, tmp_path):
 
     models = family("qwen2")
     config = write_yaml(tmp_path, CONFIGS["passthrough"], models)
-    output = merge_from_config(config, tmp_path / "out", progress=False)
+    output = merge_from_config(config, tmp_path / "out", QUIET)
     merged, ft1, base = CheckpointReader(output), CheckpointReader(models["ft1"]), CheckpointReader(models["base"])
     source_of = [(ft1, 0), (ft1, 1), (base, 1), (base, 2), (base, 3), (ft1, 2), (ft1, 3)]
     for index, (reader, layer) in enumerate(source_of):
@@ -198,7 +201,7 @@ def test_merged_model_loads_and_generates(method, family, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = write_yaml(tmp_path, CONFIGS[method], family("llama"))
-    output = merge_from_config(config, tmp_path / "out", progress=False, dtype="bfloat16")
+    output = merge_from_config(config, tmp_path / "out", ExecutionOptions(device="cpu", dtype="bfloat16", progress=False))
     model = AutoModelForCausalLM.from_pretrained(output)
     assert next(model.parameters()).dtype == torch.bfloat16
     tokenizer = AutoTokenizer.from_pretrained(output)
@@ -225,9 +228,9 @@ def file_bytes(folder) -> bytes:
 @pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
 def test_dare_is_seeded_and_byte_reproducible(method, family, tmp_path):
     config = write_yaml(tmp_path, DARE, dict(family("llama"), method=method))
-    first = merge_from_config(config, tmp_path / "a", seed=7, progress=False)
-    second = merge_from_config(config, tmp_path / "b", seed=7, progress=False)
-    other = merge_from_config(config, tmp_path / "c", seed=8, progress=False)
+    first = merge_from_config(config, tmp_path / "a", ExecutionOptions(device="cpu", seed=7, progress=False))
+    second = merge_from_config(config, tmp_path / "b", ExecutionOptions(device="cpu", seed=7, progress=False))
+    other = merge_from_config(config, tmp_path / "c", ExecutionOptions(device="cpu", seed=8, progress=False))
     assert file_bytes(first) == file_bytes(second)
     assert file_bytes(first) != file_bytes(other)
 
@@ -267,7 +270,7 @@ def test_per_tensor_seeds_do_not_depend_on_order(family, tmp_path):
 
     models = family("llama")
     config = write_yaml(tmp_path, DARE, dict(models, method="dare_ties"))
-    output = merge_from_config(config, tmp_path / "full", seed=3, progress=False)
+    output = merge_from_config(config, tmp_path / "full", ExecutionOptions(device="cpu", seed=3, progress=False))
     readers = {key: CheckpointReader(models[key]) for key in ("base", "ft1", "ft2")}
     for name in ("model.layers.3.mlp.up_proj.weight", "model.embed_tokens.weight"):
         alone = get_method("dare_ties")([readers["ft1"].get(name), readers["ft2"].get(name)], readers["base"].get(name),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,10 +11,11 @@ import torch
 from cmaam.io import CheckpointReader, write_state_dict
 from cmaam.core.cli import run_cli
 from cmaam.core.errors import CMAAMError
-from cmaam.merging.soups import DECISIONS_FILE, SoupOptions, greedy_soup, uniform_soup
+from cmaam.core.options import ExecutionOptions
+from cmaam.merging.soups import DECISIONS_FILE, greedy_soup, uniform_soup
 from cmaam.soups import main
 
-QUIET = SoupOptions(progress=False)
+QUIET = ExecutionOptions(device="cpu", progress=False)
 
 
 def _toy(folder, value, extra=None):
@@ -111,7 +113,7 @@ def test_uniform_soup_of_tiny_llamas(tiny_llama_pair, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(out)
     ids = tokenizer("soup", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
-    bf16 = uniform_soup(models, tmp_path / "soup16", SoupOptions(dtype="bfloat16", progress=False))
+    bf16 = uniform_soup(models, tmp_path / "soup16", ExecutionOptions(device="cpu", dtype="bfloat16", progress=False))
     with CheckpointReader(bf16) as reader:
         assert {reader.dtype(name) for name in reader.keys()} == {torch.bfloat16}
 
@@ -127,7 +129,7 @@ def test_uniform_soup_errors_leave_no_output(toys, tmp_path):
     with pytest.raises(CMAAMError, match="already exists"):
         uniform_soup([toys["c"], toys["d"]], tmp_path / "soup", QUIET)
     assert torch.allclose(_value(tmp_path / "soup"), torch.full((3,), 0.9))
-    uniform_soup([toys["c"], toys["d"]], tmp_path / "soup", QUIET, overwrite=True)
+    uniform_soup([toys["c"], toys["d"]], tmp_path / "soup", dataclasses.replace(QUIET, overwrite=True))
     assert torch.allclose(_value(tmp_path / "soup"), torch.full((3,), 1.95))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
