@@ -35,7 +35,7 @@ def describe(model: str, model_type: str | None = None, rules_file: str | None =
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cmaam.layouts", description=__doc__)
     parser.add_argument("model", help="Hugging Face model folder")
     parser.add_argument("--model-type", help="built-in layout (default: from config.json)")
@@ -43,7 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strategy", choices=STRATEGIES, default="layerwise", help="alpha grouping to show")
     parser.add_argument("--names", action="store_true", help="also print every name with its classification")
     add_execution_options(parser, READ)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     print(describe(args.model, args.model_type, args.rules_file, args.strategy, args.names, args.allow_pickle))
     return 0
 

@@ -9,8 +9,7 @@ from cmaam.core.options import ExecutionOptions, add_execution_options
 from cmaam.testing.tiny import CAUSAL_LM_TYPES, VLM_TYPES, TinySize, write_tiny_model
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cmaam.tiny --output DIR [--model-type qwen2_vl] [--seed 0] [--hidden-size 64] ...``."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cmaam.tiny", description="Build a tiny random model from a config.")
     parser.add_argument("--output", required=True)
     parser.add_argument("--model-type", default="qwen2_vl", choices=CAUSAL_LM_TYPES + VLM_TYPES)
@@ -23,7 +22,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vision-layers", type=int, default=2)
     add_execution_options(parser, ("seed", "overwrite"),
                           help={"seed": "seed of the random weights (default: 0)"})
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cmaam.tiny --output DIR [--model-type qwen2_vl] [--seed 0] [--hidden-size 64] ...``."""
+    args = build_parser().parse_args(argv)
     options = ExecutionOptions.from_args(args)
     size = TinySize(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size or 2 * args.hidden_size,
                     num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,

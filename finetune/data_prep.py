@@ -351,7 +351,7 @@ def copy_images(rows: dict[str, list[dict]], folder: Path) -> None:
             row["image"] = copies[source]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser():
     import argparse
 
     parser = argparse.ArgumentParser(prog="scripts/prepare_korean_vqa_data.py", description=__doc__.splitlines()[0])
@@ -374,7 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="threads checking images")
     add_execution_options(parser, ("seed", "overwrite", "progress"),
                           help={"seed": "sampling and split seed (default: 0)"})
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     options = ExecutionOptions.from_args(args)
     summary = prepare(PrepConfig(source=args.source, output=args.output, mode=args.mode, sizes=parse_sizes(args.sizes),
                                  seed=options.seed, val_fraction=args.val_fraction,

@@ -320,7 +320,7 @@ def _chance(rows: list[dict], lang: str) -> float | None:
     return sum(1 / len(answer_options(row["task"], lang)) for row in rows) / len(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m finetune.synthetic_vqa", description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="folder to create (train/val/test.jsonl, images/)")
     parser.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
@@ -332,7 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="visual tasks to include (default: all)")
     add_execution_options(parser, ("seed", "overwrite", "progress"),
                           help={"seed": "scenes, wording and split seed (default: 0)"})
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     options = ExecutionOptions.from_args(args)
     output = generate(SyntheticConfig(output=args.output, n=args.n, lang=args.lang, seed=options.seed,
                                       image_size=args.image_size, val_fraction=args.val_fraction,
