@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 
 from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text, claim_output
 from cmaam.core.errors import CMAAMError
-from cmaam.core.options import ExecutionOptions, add_execution_options
+from cmaam.core.options import DATA, ExecutionOptions, add_execution_options
 from eval.language import script_counts
 from finetune.data import CATEGORIES, SPLITS, count_table, split_counts, write_vqa_split
 
@@ -372,8 +372,7 @@ def build_parser():
     parser.add_argument("--lang", default="auto", choices=LANG_CHOICES,
                         help="record language (auto: 'ko' when question or answer has Hangul)")
     parser.add_argument("--workers", type=int, default=8, help="threads checking images")
-    add_execution_options(parser, ("seed", "overwrite", "progress"),
-                          help={"seed": "sampling and split seed (default: 0)"})
+    add_execution_options(parser, DATA, help={"seed": "sampling and split seed (default: 0)"})
     return parser
 
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from cmaam.core.cli import run_cli
 from cmaam.core.errors import CMAAMError
-from cmaam.core.options import ExecutionOptions, add_execution_options
+from cmaam.core.options import DATA, ExecutionOptions, add_execution_options
 from finetune.data import SPLITS, count_table, split_counts, write_vqa_split
 
 LANGUAGES = ("ko", "en")
@@ -330,8 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-fraction", type=float, default=0.1)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
                         help="visual tasks to include (default: all)")
-    add_execution_options(parser, ("seed", "overwrite", "progress"),
-                          help={"seed": "scenes, wording and split seed (default: 0)"})
+    add_execution_options(parser, DATA, help={"seed": "scenes, wording and split seed (default: 0)"})
     return parser
 
 

@@ -72,6 +72,7 @@ ALL = tuple(_FLAGS)
 # The usual sets: a merge (read, compute, write a model) and reading a model only.
 MERGE = ("device", "dtype", "max_shard_size", "overwrite", "allow_pickle", "allow_nonfinite", "progress")
 READ = ("allow_pickle",)
+DATA = ("seed", "overwrite", "progress")  # data sets written from a seed
 
 
 def add_execution_options(parser: argparse.ArgumentParser, names: Iterable[str] = MERGE, *,

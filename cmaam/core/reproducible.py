@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import random
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from cmaam.core.errors import CMAAMError
 
@@ -64,16 +64,19 @@ def configure(seed: int | None = None, threads: int | None = None, deterministic
 
 
 @contextlib.contextmanager
-def preserved() -> Iterator[None]:
+def preserved(environment: Mapping[str, str] | None = None) -> Iterator[None]:
     """Undo ``configure`` when the block ends: torch's intra-op thread count, deterministic mode, cuDNN flags and
-    the environment variables it sets (the inter-op count cannot be changed back once set).
+    the environment variables it sets (the inter-op count cannot be changed back once set). ``environment``:
+    more variables set for the block, and put back after it.
 
     For code that configures steps inside a longer-lived process (the experiment pipeline, tests); the random
     generators are not restored.
     """
     import torch
 
-    environment = {name: os.environ.get(name) for name in (*THREAD_VARIABLES, "CUBLAS_WORKSPACE_CONFIG")}
+    environment = dict(environment or {})
+    saved = {name: os.environ.get(name) for name in (*THREAD_VARIABLES, "CUBLAS_WORKSPACE_CONFIG", *environment)}
+    os.environ.update(environment)
     threads = torch.get_num_threads()
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
@@ -81,7 +84,7 @@ def preserved() -> Iterator[None]:
     try:
         yield
     finally:
-        for name, value in environment.items():
+        for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:

@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from tqdm import tqdm
 
 from cmaam.alignment.merge import (

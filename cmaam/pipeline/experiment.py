@@ -407,20 +407,11 @@ class Pipeline:
         if unknown:
             raise CMAAMError(f"unknown step {unknown[0]!r} (steps: {', '.join(self.STEPS)})")
         environment = {**STEP_ENVIRONMENT, "WANDB_MODE": self.config.wandb_mode}
-        saved = {name: os.environ.get(name) for name in environment}
-        os.environ.update(environment)
-        try:
-            with preserved(), claim_output(self.root, inputs=self.inputs(), overwrite=None):
-                self.root.mkdir(parents=True, exist_ok=True)
-                atomic_write_yaml(self.root / "experiment.yaml", plain(self.config))
-                for step in steps or self.STEPS:
-                    getattr(self, step)()
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+        with preserved(environment), claim_output(self.root, inputs=self.inputs(), overwrite=None):
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_yaml(self.root / "experiment.yaml", plain(self.config))
+            for step in steps or self.STEPS:
+                getattr(self, step)()
         table = self.root / "comparison" / "comparison.md"
         self._say(f"experiment {self.config.name} finished in {time.time() - started:.0f}s"
                   + (f"; table: {table}" if table.exists() else ""))

@@ -86,3 +86,22 @@ def test_preset_names_resolve_and_unknown_presets_list_them(capsys, tmp_path):
         run_cli(main, ["--config", "nope"])
     stderr = capsys.readouterr().err
     assert "config not found" in stderr and "tiny" in stderr
+
+
+def test_set_and_flags_are_validated_with_the_config(config, tmp_path, capsys):
+    stderr = run_evolve(config, tmp_path, capsys, "--set", "generations=0")
+    assert "config.yaml: generations: must be at least 1, got 0" in stderr
+    stderr = run_evolve(config, tmp_path, capsys, "--population", "1")
+    assert "config.yaml: population: must be at least 2, got 1" in stderr
+    stderr = run_evolve(config, tmp_path, capsys, "--set", "models.1.name=language")
+    assert "config.yaml: models: model names must be unique, got ['language', 'language']" in stderr
+    stderr = run_evolve(config, tmp_path, capsys, "--set", "fitness.type=magic")
+    assert "config.yaml: fitness.type: unknown 'magic' (choose mgsm, synthetic)" in stderr
+
+
+def test_flags_and_set_override_the_config_values():
+    from cmaam.search.evolution import load_config
+
+    config = load_config("tiny", ["fitness.limit=2", "genome.lambda=0.5"], {"seed": 4, "device": "cpu"})
+    assert (config.fitness.limit, config.genome.lambda_, config.seed, config.device) == (2, 0.5, 4, "cpu")
+    assert config.options.seed == 4 and config.options.device == "cpu"

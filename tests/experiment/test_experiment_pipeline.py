@@ -189,3 +189,16 @@ def test_a_second_run_gives_the_same_bytes(finished, tmp_path):
                 "models/finetuned/merged/model.safetensors", "models/cmaam_full/model.safetensors"]
     for name in compared:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_command_flags_override_the_config(tmp_path):
+    from cmaam.experiment import main
+
+    output = tmp_path / "exp"
+    assert main(["demo", "--steps", "prepare", "--set", f"output_dir={output}", "--set", "data.synthetic_samples=10",
+                 "--set", "data.image_size=28", "--seed", "5", "--device", "cpu"]) == 0
+    saved = yaml.safe_load((output / "experiment.yaml").read_text())
+    assert saved["seed"] == 5 and saved["device"] == "cpu" and saved["data"]["synthetic_samples"] == 10
+    info = json.loads((output / "data" / "synthetic_ko" / "dataset_info.json").read_text())
+    assert info["config"]["seed"] == 5  # the step received the overridden seed
+    assert json.loads((output / "data" / "synthetic_en" / "dataset_info.json").read_text())["config"]["seed"] == 6
