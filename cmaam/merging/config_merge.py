@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,9 +13,6 @@ if TYPE_CHECKING:
 
 # torch-backed modules are imported inside the functions so that config and path mistakes are
 # reported before the ~2 s torch import.
-
-# Test hook: seconds to sleep before each tensor, so a signal can land mid-write deterministically.
-DELAY_ENVIRONMENT = "CMAAM_TEST_TENSOR_DELAY"
 
 
 def resolve_model_path(reference: str, config_folder: Path | None) -> Path:
@@ -40,13 +35,6 @@ def open_readers(config: MergeConfig, config_folder: Path | None, allow_pickle: 
 
     return {reference: CheckpointReader(resolve_model_path(reference, config_folder), allow_pickle=allow_pickle)
             for reference in config.referenced_models()}
-
-
-def _delayed(merge, seconds: float):
-    def run(tensors):
-        time.sleep(seconds)
-        return merge(tensors) if merge is not None else tensors[0]
-    return run
 
 
 def merge_from_config(
@@ -85,22 +73,18 @@ def merge_from_config(
 def _merge(config: MergeConfig, config_folder: Path | None, output: str | Path, *, device: str, dtype: str | None,
            max_shard_size: str | int, overwrite: bool, allow_pickle: bool, allow_nonfinite: bool, seed: int,
            progress: bool) -> Path:
-    from cmaam.merging.executor import TensorJob, run_merge
+    from cmaam.merging.executor import run_merge
     from cmaam.merging.planner import plan_merge
 
     readers = open_readers(config, config_folder, allow_pickle)
     try:
         plan = plan_merge(config, readers, seed=seed, dtype=dtype)
-        jobs = plan.jobs
-        delay = float(os.environ.get(DELAY_ENVIRONMENT, "0") or 0)
-        if delay > 0:
-            jobs = [TensorJob(j.output_name, j.inputs, _delayed(j.merge, delay), j.dtype) for j in jobs]
 
         def save_config(folder: Path) -> None:
             if config.text:
                 (folder / "mergekit_config.yml").write_text(config.text, encoding="utf-8")
 
-        return run_merge(readers, jobs, output, reference=readers[plan.reference].path, config=plan.config,
+        return run_merge(readers, plan.jobs, output, reference=readers[plan.reference].path, config=plan.config,
                          dtype=plan.dtype, device=device, allow_nonfinite=allow_nonfinite, overwrite=overwrite,
                          max_shard_size=max_shard_size, progress=progress,
                          description=f"{config.merge_method} merge", before_commit=save_config)

@@ -20,12 +20,12 @@ from typing import Any, Sequence
 
 import yaml
 
+from cmaam.alignment.alphas.strategies import STRATEGIES
 from cmaam.core.errors import CMAAMError
 from cmaam.reproducible import launcher_arguments
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 PRESETS = ("demo", "tiny", "quick", "full")
-STRATEGIES = ("basic", "layerwise", "component", "full")
 
 
 @dataclass
