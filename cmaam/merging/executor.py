@@ -176,8 +176,10 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
             tensors = loading.result()
             if index + 1 < len(jobs):
                 loading = loader.submit(load, jobs[index + 1])
-            for consumer in consumers:
+            for position, consumer in enumerate(consumers):
                 output = consumer.consume(job, tensors)
+                if position == len(consumers) - 1:
+                    tensors = None  # the inputs are freed before waiting on the previous write
                 if output is None:
                     continue
                 if output.where is not None and not allow_nonfinite:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +99,12 @@ def test_full_combines_component_and_group_alignment(analysis):
     assert plan.groups["vision_encoder.0"].alpha == pytest.approx(math.sqrt(a_vision * a_group), rel=1e-12)
     assert plan.groups["vision_encoder.0"].component_alignment == pytest.approx(a_vision, rel=1e-12)
     assert compute_alphas(analysis, AlphaConfig("layerwise")).groups["vision.0"].component_alignment is None
+
+
+def test_strategy_names_import_without_torch():
+    """The experiment config and the layouts CLI check names before the ~2 s torch import."""
+    code = ("import sys, cmaam.pipeline.experiment, cmaam.layouts; "
+            "from cmaam.alignment.alphas import STRATEGIES; print(list(STRATEGIES), 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.stdout.split("] ")[-1].strip() == "False"
