@@ -61,7 +61,8 @@ def test_second_writer_fails_at_once_naming_the_holder(place, tmp_path):
     config.write_text(f"merge_method: linear\nmodels:\n  - model: {target}\n    parameters: {{weight: 0.5}}\n"
                       f"  - model: {source}\n    parameters: {{weight: 0.5}}\ndtype: float32\n")
     output = tmp_path / "out"
-    slow = environment(slow=0.1, sitecustomize=write_sitecustomize(tmp_path / "hooks"))  # slow tensor writes
+    # ~8 s of slow tensor writes: room for the second process to start (torch import) on a loaded machine
+    slow = environment(slow=0.4, sitecustomize=write_sitecustomize(tmp_path / "hooks"))
     first = subprocess.Popen([sys.executable, "-m", "cmaam.mergekit", str(config), str(output), "--no-progress"],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=slow)
     deadline = time.monotonic() + 60
