@@ -76,7 +76,7 @@ def main() -> None:
     options = ExecutionOptions(device=args.device, overwrite=True, progress=False)
 
     def analysis():
-        return compute_alphas(analyze_pair(readers["source"], readers["target"], device=args.device, progress=False),
+        return compute_alphas(analyze_pair(readers["source"], readers["target"], ExecutionOptions(device=args.device, progress=False)),
                               AlphaConfig("layerwise"))
 
     def linear_merge():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from cmaam.alignment.alphas.strategies import STRATEGIES, get_strategy
+from cmaam.alignment.layouts.resolve import get_layout
 from cmaam.core.cli import run_cli
 from cmaam.core.options import READ, add_execution_options
-from cmaam.alignment.layouts.layout import STRATEGIES
-from cmaam.alignment.layouts.resolve import get_layout
 
 
 def describe(model: str, model_type: str | None = None, rules_file: str | None = None,
@@ -25,7 +25,7 @@ def describe(model: str, model_type: str | None = None, rules_file: str | None =
     for component, count in layout.component_counts(names).items():
         numel = sum(reader.numel(name) for name, info in infos.items() if info.component == component)
         lines.append(f"{component:<20} {count:>8} {numel:>14,}")
-    groups = layout.groups(names, strategy)
+    groups = get_strategy(strategy).groups(infos)
     lines.append(f"{strategy} groups ({len(groups)}): " + ", ".join(f"{key} [{len(members)}]" for key, members in groups.items()))
     lines.append("bridge outputs: " + (", ".join(layout.bridge_outputs(names)) or "none"))
     lines.append(f"input embedding: {layout.input_embedding(names) or 'none'}")

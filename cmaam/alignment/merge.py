@@ -33,6 +33,8 @@ INTERPOLATIONS = ("linear", "slerp")
 ANALYSIS_FOLDER = "analysis"
 ALPHAS_FILE = "alphas.yaml"
 
+logger = logging.getLogger(__name__)
+
 
 def interpolate(tensors: list[torch.Tensor], alpha: float, interp: str = "linear") -> torch.Tensor:
     """Merge [target, source] at ``alpha``: (1 - alpha) * T + alpha * S, or slerp from T (t=0) to S (t=1)."""
@@ -64,12 +66,12 @@ def report_unmatched(only_in_target: list[str], only_in_source: list[str], not_f
                      where: str) -> None:
     """Log how many tensors were not interpolated and why (never dropped silently)."""
     if only_in_target or not_floating:
-        logger.warning("%d tensor(s) only in the target and %d non-floating tensor(s) were kept from the target "
-                       "(listed in %s)", len(only_in_target), len(not_floating), where)
+        logger.warning("note: %d tensor(s) only in the target and %d non-floating tensor(s) were kept from the "
+                       "target (listed in %s)", len(only_in_target), len(not_floating), where)
     if only_in_source:
         shown = ", ".join(only_in_source[:3]) + (" ..." if len(only_in_source) > 3 else "")
-        logger.warning("%d tensor(s) only in the source were skipped: %s (listed in %s)", len(only_in_source),
-                       shown, where)
+        logger.warning("note: %d tensor(s) only in the source were skipped: %s (listed in %s)",
+                       len(only_in_source), shown, where)
 
 
 @dataclass
@@ -93,18 +95,15 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
     writes only those (and alphas.yaml) to ``output``. alphas.yaml is always written.
     """
     options = options or ExecutionOptions()
-    device, overwrite, allow_pickle = options.device, options.overwrite, options.allow_pickle
-    allow_nonfinite, progress = options.allow_nonfinite, options.progress
     alphas = alphas or AlphaConfig()
     alphas.validate()
     check_interp(interp)
     parse_dtype(options.dtype)  # an unknown dtype fails before any work
     inputs = [source, target, rules_file]
-    with claim_output(output, inputs=inputs, overwrite=overwrite):  # before any work: refused or locked
-        source_reader = CheckpointReader(source, allow_pickle=allow_pickle)
-        target_reader = CheckpointReader(target, allow_pickle=allow_pickle)
-        analysis = analyze_pair(source_reader, target_reader, model_type=model_type, rules_file=rules_file,
-                                device=device, allow_nonfinite=allow_nonfinite, progress=progress)
+    with claim_output(output, inputs=inputs, overwrite=options.overwrite):  # before any work: refused or locked
+        source_reader = CheckpointReader(source, allow_pickle=options.allow_pickle)
+        target_reader = CheckpointReader(target, allow_pickle=options.allow_pickle)
+        analysis = analyze_pair(source_reader, target_reader, options, model_type=model_type, rules_file=rules_file)
         plan = compute_alphas(analysis, alphas)
         report = build_report(analysis, plan, {"source": str(source), "target": str(target), "interp": interp})
         report_unmatched(analysis.only_in_target, analysis.only_in_source, analysis.not_floating,
@@ -118,7 +117,7 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
                 write_analysis(folder / ANALYSIS_FOLDER, report)
 
         if alphas_only:
-            with atomic_directory(output, overwrite, inputs=inputs) as folder:
+            with atomic_directory(output, options.overwrite, inputs=inputs) as folder:
                 write_extras(folder)
         else:
             run_merge({"target": target_reader, "source": source_reader},

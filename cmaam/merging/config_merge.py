@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,9 +15,6 @@ if TYPE_CHECKING:
 
 # torch-backed modules are imported inside the functions so that config and path mistakes are
 # reported before the ~2 s torch import.
-
-# Test hook: seconds to sleep before each tensor, so a signal can land mid-write deterministically.
-DELAY_ENVIRONMENT = "CMAAM_TEST_TENSOR_DELAY"
 
 
 def resolve_model_path(reference: str, config_folder: Path | None) -> Path:
@@ -42,13 +37,6 @@ def open_readers(config: MergekitConfig, config_folder: Path | None, allow_pickl
 
     return {reference: CheckpointReader(resolve_model_path(reference, config_folder), allow_pickle=allow_pickle)
             for reference in config.referenced_models()}
-
-
-def _delayed(merge, seconds: float):
-    def run(tensors):
-        time.sleep(seconds)
-        return merge(tensors) if merge is not None else tensors[0]
-    return run
 
 
 def merge_from_config(config: str | Path | MergekitConfig, output: str | Path,
@@ -75,16 +63,13 @@ def merge_from_config(config: str | Path | MergekitConfig, output: str | Path,
 
 
 def _merge(config: MergekitConfig, config_folder: Path | None, output: str | Path, options: ExecutionOptions) -> Path:
-    from cmaam.merging.executor import TensorJob, run_merge
+    from cmaam.merging.executor import run_merge
     from cmaam.merging.planner import plan_merge
 
     readers = open_readers(config, config_folder, options.allow_pickle)
     try:
         plan = plan_merge(config, readers, seed=options.seed, dtype=options.dtype)
         jobs = plan.jobs
-        delay = float(os.environ.get(DELAY_ENVIRONMENT, "0") or 0)
-        if delay > 0:
-            jobs = [TensorJob(j.output_name, j.inputs, _delayed(j.merge, delay), j.dtype) for j in jobs]
 
         def save_config(folder: Path) -> None:
             if config.text:

@@ -24,8 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from cmaam.alignment.alphas import STRATEGIES
-from cmaam.core.config import InvalidValue, at_least, between, each, load_config, one_of, setting
+from cmaam.alignment.alphas.strategies import STRATEGIES
+from cmaam.core.config import (
+    InvalidValue,
+    at_least,
+    between,
+    each,
+    load_config,
+    one_of,
+    setting,
+)
 from cmaam.core.errors import CMAAMError, first_line
 from cmaam.core.options import ExecutionOptions
 from finetune.lora_vqa import TrainingSettings

@@ -8,12 +8,13 @@ import pytest
 
 from cmaam.alignment.alphas import AlphaConfig, alignment, compute_alphas, parse_score_weights, preserve_mean
 from cmaam.core.errors import CMAAMError
+from cmaam.alignment.layouts import ParamInfo
 from cmaam.alignment.scores.analyzer import Analysis, TensorScore
 from cmaam.alignment.scores.sensitivity import sensitivity_variance
 
 
 def tensor(name, component, stack, layer, numel, pda, gfs, sensitivity, cmbc=None):
-    return TensorScore(name, component, stack, layer, numel, pda, gfs, cmbc, sensitivity)
+    return TensorScore(name, ParamInfo(component, stack, layer), numel, pda, gfs, cmbc, sensitivity)
 
 
 @pytest.fixture

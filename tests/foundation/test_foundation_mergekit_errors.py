@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from cmaam.core.errors import CMAAMError
 from cmaam.core.options import ExecutionOptions
 from cmaam.merging.config_merge import merge_from_config
 from foundation.helpers import ROOT, run_cli_many, write_yaml
+from reliability.harness import environment, write_sitecustomize
 
 LINEAR = """
 merge_method: linear
@@ -151,7 +151,7 @@ def test_signal_during_writing_leaves_nothing(signal_number, models, tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "cmaam.mergekit", str(config), str(output), "--no-progress"], cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "CMAAM_TEST_TENSOR_DELAY": "0.05"},
+        env=environment(slow=0.05, sitecustomize=write_sitecustomize(tmp_path / "hooks")),  # slow tensor writes
     )
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".out.partial-*")) and time.monotonic() < deadline and process.poll() is None:

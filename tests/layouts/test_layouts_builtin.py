@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from cmaam.alignment.alphas import get_strategy
 from cmaam.alignment.layouts import COMPONENTS, ParamInfo, get_layout
+
+
+def groups(layout, names, strategy):
+    """The alpha groups of ``names`` under ``strategy``: {key: [names]}."""
+    return get_strategy(strategy).groups(layout.classify_all(names))
+
 
 DATA = Path(__file__).parent / "data"
 
@@ -135,7 +142,7 @@ def test_vision_block_and_llm_layer_are_different_groups():
     vision = layout.classify("visual.blocks.3.attn.qkv.weight")
     language = layout.classify("model.language_model.layers.3.mlp.up_proj.weight")
     assert (vision, language) == (ParamInfo("vision_encoder", "vision", 3), ParamInfo("language_model", "language", 3))
-    keys = {strategy: (layout.group_key(vision, strategy), layout.group_key(language, strategy))
+    keys = {strategy: (get_strategy(strategy).group_key(vision), get_strategy(strategy).group_key(language))
             for strategy in ("basic", "component", "layerwise", "full")}
     assert keys == {"basic": ("model", "model"), "component": ("vision_encoder", "language_model"),
                     "layerwise": ("vision.3", "language.3"), "full": ("vision_encoder.3", "language_model.3")}
@@ -146,18 +153,18 @@ def test_group_keys_of_extra_stacks_and_non_layer_tensors():
     abstractor = layout.classify("model.visual_abstractor.encoder.layers.2.crossattention.norm1.weight")
     expert = layout.classify("model.layers.2.self_attn.k_proj.multiway.1.weight")
     head = layout.classify("lm_head.weight")
-    assert [layout.group_key(abstractor, s) for s in ("layerwise", "full")] == \
+    assert [get_strategy(s).group_key(abstractor) for s in ("layerwise", "full")] == \
         ["abstractor.2", "cross_modal_bridge.abstractor.2"]
-    assert [layout.group_key(expert, s) for s in ("layerwise", "full")] == \
+    assert [get_strategy(s).group_key(expert) for s in ("layerwise", "full")] == \
         ["visual_expert.2", "cross_modal_bridge.visual_expert.2"]
-    assert [layout.group_key(head, s) for s in ("component", "layerwise", "full")] == ["shared_embedding"] * 3
+    assert [get_strategy(s).group_key(head) for s in ("component", "layerwise", "full")] == ["shared_embedding"] * 3
     names = read_names("mplug_owl2_llama2_7b_hub.txt")
-    assert len(layout.groups(names, "basic")) == 1
-    assert len(layout.groups(names, "component")) == 4
+    assert len(groups(layout, names, "basic")) == 1
+    assert len(groups(layout, names, "component")) == 4
     # one group per layer of each stack, plus the components holding non-layer tensors (all LLM tensors are in layers)
     non_layer = ["vision_encoder", "cross_modal_bridge", "shared_embedding"]
-    assert len(layout.groups(names, "layerwise")) == 24 + 6 + 32 + 32 + len(non_layer)
-    assert set(layout.groups(names, "full")) == set(non_layer) | {
+    assert len(groups(layout, names, "layerwise")) == 24 + 6 + 32 + 32 + len(non_layer)
+    assert set(groups(layout, names, "full")) == set(non_layer) | {
         f"{prefix}.{layer}" for prefix, layers in (("vision_encoder", 24), ("cross_modal_bridge.abstractor", 6),
                                                    ("cross_modal_bridge.visual_expert", 32), ("language_model", 32))
         for layer in range(layers)}

@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from cmaam.core.errors import CMAAMError
+from cmaam.alignment.alphas import get_strategy
 from cmaam.alignment.layouts import ParamInfo, get_layout
 
 RULES = r"""
@@ -60,7 +61,7 @@ def test_user_rules_classify_a_new_architecture(tmp_path):
     assert layout.classify("decoder.blocks.3.norm.weight") == ParamInfo("language_model", "language", 3)
     assert layout.bridge_outputs(NAMES) == ["resampler.out.weight"]
     assert layout.input_embedding(NAMES) == "decoder.tok_embeddings.weight"
-    assert sorted(layout.groups(NAMES, "layerwise")) == sorted(
+    assert sorted(get_strategy("layerwise").groups(layout.classify_all(NAMES))) == sorted(
         ["vision_encoder", "cross_modal_bridge", "shared_embedding"] + [f"vision.{b}" for b in range(3)]
         + [f"resampler.{b}" for b in range(2)] + [f"language.{b}" for b in range(4)])
     with pytest.raises(CMAAMError, match=r"1 parameter name\(s\) match no rule of the 'toy_vlm' layout: vit\.cls"):
