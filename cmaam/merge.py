@@ -17,7 +17,8 @@ from cmaam.core.cli import run_cli
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by merge and sweep: source/target, output dtype, device, safety switches."""
     parser.add_argument("--source", required=True, help="model folder holding the knowledge to inject (S)")
-    parser.add_argument("--target", required=True, help="model folder whose architecture, config and tokenizer are kept (T)")
+    parser.add_argument("--target", required=True,
+                        help="model folder whose architecture, config and tokenizer are kept (T)")
     parser.add_argument("--interp", default="linear", choices=INTERPOLATIONS, help="linear or slerp (t = alpha)")
     parser.add_argument("--dtype", default=None, help="output dtype (bfloat16, float16, float32); default: as stored")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")

@@ -1,7 +1,8 @@
 """Run one step reproducibly: a fixed number of torch threads, deterministic kernels, seeded generators.
 
 ``python -m cmaam.reproducible --threads 1 --seed 0 -m finetune.lora_vqa ARGS...`` configures the
-process, then runs the module as ``python -m`` would. The experiment pipeline starts every step this way, so each step of a run computes with the same settings.
+process, then runs the module as ``python -m`` would. The experiment pipeline starts every step this way,
+so each step of a run computes with the same settings.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ def main(argv=None) -> int:
     """``python -m cmaam.tiny --output DIR [--model-type qwen2_vl] [--seed 0] [--hidden-size 64] ...``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m cmaam.tiny", description="Build a tiny random model from a config.")
+    parser = argparse.ArgumentParser(prog="python -m cmaam.tiny",
+                                     description="Build a tiny random model from a config.")
     parser.add_argument("--output", required=True)
     parser.add_argument("--model-type", default="qwen2_vl", choices=CAUSAL_LM_TYPES + VLM_TYPES)
     parser.add_argument("--seed", type=int, default=0)

@@ -212,7 +212,8 @@ def plot(comparison: Comparison):
     bars.set_ylim(0, 1.05)
     bars.legend()
     bars.set_title("accuracy per model")
-    colours = {"base": "black", "finetuned": "tab:red", "cmaam": "tab:blue", "baseline": "tab:gray", "other": "tab:green"}
+    colours = {"base": "black", "finetuned": "tab:red", "cmaam": "tab:blue", "baseline": "tab:gray",
+               "other": "tab:green"}
     for row in comparison.rows:
         x, y = row[ko_key], row["en_retention_vs_base"]
         if x is None or y is None:

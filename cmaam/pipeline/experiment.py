@@ -272,7 +272,8 @@ class Pipeline:
         return ["-m", "finetune.lora_vqa", "--model", model, "--data", data, "--output", output,
                 "--seed", str(self.config.seed), "--results-root", self.root / "results" / "training",
                 "--run-name", run, "--wandb-mode", self.config.wandb_mode, "--wandb-project",
-                self.config.wandb_project, "--no-progress", "--eval-limit", "0", *(["--resume"] if done_before else []), *extra]
+                self.config.wandb_project, "--no-progress", "--eval-limit", "0",
+                *(["--resume"] if done_before else []), *extra]
 
     def base(self) -> None:
         """Demo only: build a tiny random VLM and train it fully on the English synthetic set."""

@@ -124,7 +124,8 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig
     if config.base_model not in names:
         raise CMAAMError(f"{where}: base_model {config.base_model!r} is not one of the models ({', '.join(names)})")
     if config.fitness.type not in FITNESS_TYPES:
-        raise CMAAMError(f"{where}: fitness.type must be one of {', '.join(FITNESS_TYPES)}, got {config.fitness.type!r}")
+        raise CMAAMError(f"{where}: fitness.type must be one of {', '.join(FITNESS_TYPES)}, "
+                         f"got {config.fitness.type!r}")
     if config.boundary not in BOUNDARY_HANDLERS:
         raise CMAAMError(f"{where}: boundary must be transform or penalty, got {config.boundary!r}")
     for key, value in (("generations", config.generations), ("population", config.population),

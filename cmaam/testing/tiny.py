@@ -53,7 +53,8 @@ def build_tokenizer(image_placeholder: str = _IMAGE_PLACEHOLDER["qwen2_vl"]):
         chat_template=chat_template(image_placeholder),
         padding_side="left",
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": [t for t in SPECIAL_TOKENS if t not in ("<|im_end|>", "<pad>")]})
+    extra = [t for t in SPECIAL_TOKENS if t not in ("<|im_end|>", "<pad>")]
+    tokenizer.add_special_tokens({"additional_special_tokens": extra})
     return tokenizer
 
 
@@ -183,7 +184,8 @@ def build_processor(model_type: str = "qwen2_vl"):
 
         image_processor = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
         return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
-                              num_additional_image_tokens=1, vision_feature_select_strategy="default", chat_template=template)
+                              num_additional_image_tokens=1, vision_feature_select_strategy="default",
+                              chat_template=template)
     return None
 
 

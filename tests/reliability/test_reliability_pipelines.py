@@ -87,7 +87,8 @@ def _(ws, folder):
 
 @CASES.add("experiment-set-malformed-value", EXPERIMENT, "--set data.synthetic_samples=[ (not YAML)")
 def _(ws, folder):
-    return dict(command=experiment("demo", "--set", f"output_dir={folder / 'exp'}", "--set", "data.synthetic_samples=["),
+    return dict(command=experiment("demo", "--set", f"output_dir={folder / 'exp'}",
+                                   "--set", "data.synthetic_samples=["),
                 outputs=[folder / "exp"], fragments=["data.synthetic_samples"])
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for the foundation tests: families of tiny models (base + two seeded 'fine-tunes') per architecture."""
+"""Fixtures of the merging tests: families of tiny models (base + two seeded 'fine-tunes') per architecture."""
 
 from __future__ import annotations
 

@@ -73,7 +73,8 @@ def test_sweep_bad_alpha_and_shapes(qwen_pair, variants, tmp_path, capsys):
     result = run_in_process(capsys, "cmaam.sweep", "--source", source, "--target", target, "--alphas", "0.3,1.2",
                  "--output-dir", tmp_path / "sweep")
     assert_one_line_error(result, tmp_path / "sweep", "outside [0, 1]")
-    result = run_in_process(capsys, "cmaam.sweep", "--source", variants["reshaped"], "--target", target, "--alphas", "0.3",
+    result = run_in_process(capsys, "cmaam.sweep", "--source", variants["reshaped"], "--target", target,
+                            "--alphas", "0.3",
                  "--output-dir", tmp_path / "sweep")
     assert_one_line_error(result, tmp_path / "sweep", "shapes differ")
 

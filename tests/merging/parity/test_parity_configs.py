@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from cmaam.io import CheckpointReader
 from cmaam.merging.config_merge import merge_from_config
-from foundation.helpers import write_yaml
+from merging_helpers import write_yaml
 
 mergekit_merge = pytest.importorskip("mergekit.merge", reason="mergekit is a dev dependency")
 
@@ -239,8 +239,8 @@ def test_dare_expectation_matches_undropped(family, tmp_path):
     from cmaam.merging.planner import plan_merge
 
     models = family("llama")
-    text = DARE.replace("$method", "dare_linear").replace("weight: 0.4, density: 0.7",
-                                                          "weight: 0.4, density: 0.7}\nparameters: {rescale_mode: inverse_density")
+    text = DARE.replace("$method", "dare_linear").replace(
+        "weight: 0.4, density: 0.7", "weight: 0.4, density: 0.7}\nparameters: {rescale_mode: inverse_density")
     dare = parse_merge_config(yaml.safe_load(write_yaml(tmp_path, text, dict(models)).read_text()))
     exact = parse_merge_config(yaml.safe_load(write_yaml(tmp_path, DARE.replace("$method", "task_arithmetic"),
                                                          dict(models), "exact.yaml").read_text()))

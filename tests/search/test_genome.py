@@ -26,7 +26,8 @@ def test_mistral_per_tensor_slerp_genome_has_291_genes():
     assert set(lows) == {0.0} and set(highs) == {1.0}
 
 
-@pytest.mark.parametrize("granularity, per_group, units", [("layer", 1, 32 + 3), ("group", 4, 8 + 3), ("group", 8, 4 + 3)])
+@pytest.mark.parametrize("granularity, per_group, units",
+                         [("layer", 1, 32 + 3), ("group", 4, 8 + 3), ("group", 8, 4 + 3)])
 def test_layer_and_group_granularity(granularity, per_group, units):
     layout = GenomeLayout(GenomeSpec(granularity=granularity, layers_per_group=per_group), mistral_names(), ["m"], "b")
     assert len(layout.units) == units == len(layout)

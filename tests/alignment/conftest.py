@@ -38,7 +38,8 @@ def variants(tiny_qwen2vl_pair, tmp_path_factory):
         "reshaped": rewrite(source, root / "reshaped", replace={
             "model.norm.weight": torch.ones(reader.shape("model.norm.weight")[0] + 1)}),
         "nan_source": rewrite(source, root / "nan_s", replace={
-            "model.layers.0.mlp.up_proj.weight": torch.full(reader.shape("model.layers.0.mlp.up_proj.weight"), float("nan"))}),
+            "model.layers.0.mlp.up_proj.weight":
+                torch.full(reader.shape("model.layers.0.mlp.up_proj.weight"), float("nan"))}),
         # source missing one LLM tensor and holding one extra tensor
         "unmatched_source": rewrite(source, root / "unmatched_s", drop=("model.layers.1.post_attention_layernorm",),
                                     add={"model.extra_adapter.weight": torch.ones(4)}),

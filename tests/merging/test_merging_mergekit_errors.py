@@ -16,7 +16,7 @@ import torch
 from cmaam.io import CheckpointReader, write_state_dict
 from cmaam.core.errors import CMAAMError
 from cmaam.merging.config_merge import merge_from_config
-from foundation.helpers import ROOT, run_cli_many, write_yaml
+from merging_helpers import ROOT, run_cli_many, write_yaml
 
 LINEAR = """
 merge_method: linear

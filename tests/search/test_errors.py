@@ -33,7 +33,8 @@ def config(tiny_search, tmp_path) -> dict:
 
 
 def test_models_with_different_shapes(config, tmp_path, capsys):
-    narrow = build_tiny_causal_lm(tmp_path / "narrow", "llama", seed=2, size=TinySize(hidden_size=32, intermediate_size=64))
+    narrow = build_tiny_causal_lm(tmp_path / "narrow", "llama", seed=2,
+                                  size=TinySize(hidden_size=32, intermediate_size=64))
     config["models"][1] = {"name": "math", "path": str(narrow)}
     capsys.readouterr()
     stderr = run_evolve(config, tmp_path, capsys)

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from cmaam.alignment.scores import cmbc, embedding_subspace, gfs, gradient_probes, pda, relative_change, sensitivity_variance
+from cmaam.alignment.scores import (cmbc, embedding_subspace, gfs, gradient_probes, pda, relative_change,
+                                   sensitivity_variance)
 from cmaam.alignment.scores.pda import quantiles, strided_sample, wasserstein1
 
 

@@ -121,10 +121,12 @@ def test_visual_experts_and_multiway_weights():
     cogvlm, owl = get_layout("cogvlm"), get_layout("mplug_owl2")
     assert cogvlm.classify("model.layers.5.self_attn.vision_expert_dense.weight") == \
         ParamInfo("cross_modal_bridge", "visual_expert", 5)
-    assert cogvlm.classify("model.layers.5.mlp.language_mlp.up_proj.weight") == ParamInfo("language_model", "language", 5)
+    assert cogvlm.classify("model.layers.5.mlp.language_mlp.up_proj.weight") == \
+        ParamInfo("language_model", "language", 5)
     assert owl.classify("model.layers.7.input_layernorm.multiway.1.weight") == \
         ParamInfo("cross_modal_bridge", "visual_expert", 7)
-    assert owl.classify("model.layers.7.input_layernorm.multiway.0.weight") == ParamInfo("language_model", "language", 7)
+    assert owl.classify("model.layers.7.input_layernorm.multiway.0.weight") == \
+        ParamInfo("language_model", "language", 7)
     assert owl.classify("model.visual_abstractor.encoder.layers.3.crossattention.normk.bias") == \
         ParamInfo("cross_modal_bridge", "abstractor", 3)
     assert not owl.is_bridge_output("model.visual_abstractor.visual_fc.bias")

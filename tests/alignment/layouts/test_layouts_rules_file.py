@@ -37,7 +37,8 @@ rules:
     layer: 1
 """
 NAMES = (
-    [f"vit.blocks.{b}.{m}.weight" for b in range(3) for m in ("attn", "mlp")] + ["vit.patch_embed.weight", "vit.pos_embed.weight"]
+    [f"vit.blocks.{b}.{m}.weight" for b in range(3) for m in ("attn", "mlp")]
+    + ["vit.patch_embed.weight", "vit.pos_embed.weight"]
     + [f"resampler.layers.{b}.cross_attn.weight" for b in range(2)] + ["resampler.out.weight", "resampler.out.bias"]
     + ["decoder.tok_embeddings.weight", "decoder.final_norm.weight", "decoder.output.weight"]
     + [f"decoder.blocks.{b}.{m}.weight" for b in range(4) for m in ("attention", "feed_forward", "norm")]
@@ -52,7 +53,8 @@ def write(tmp_path, text, name="rules.yaml"):
 
 def test_user_rules_classify_a_new_architecture(tmp_path):
     layout = get_layout(rules_file=write(tmp_path, RULES))
-    assert (layout.model_type, layout.description, layout.has_bridge) == ("toy_vlm", "a ViT + resampler + decoder", True)
+    assert (layout.model_type, layout.description, layout.has_bridge) == \
+        ("toy_vlm", "a ViT + resampler + decoder", True)
     assert layout.component_counts(NAMES) == {"vision_encoder": 8, "cross_modal_bridge": 4,
                                               "language_model": 12, "shared_embedding": 3}
     assert layout.classify("vit.blocks.2.mlp.weight") == ParamInfo("vision_encoder", "vision", 2)
@@ -89,11 +91,13 @@ def test_extends_puts_user_rules_before_a_builtin_table(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("rules: []", "expected a mapping with a non-empty 'rules' list"),
     ("- pattern: x", "expected a mapping with a non-empty 'rules' list"),
-    ("rules: [{pattern: 'a', component: vision}]", r"rule 1: rule 'a': unknown component 'vision' \(choose vision_encoder"),
+    ("rules: [{pattern: 'a', component: vision}]",
+     r"rule 1: rule 'a': unknown component 'vision' \(choose vision_encoder"),
     ("rules: [{pattern: 'a(', component: vision_encoder}]", r"rule 1: rule 'a\(': invalid regular expression"),
     ("rules: [{pattern: 'a', component: vision_encoder}, {pattern: 'b\\.(\\d+)', component: language_model, layer: 2}]",
      r"rule 2: .*layer group 2 is not a capture group of the pattern \(it has 1\)"),
-    ("rules: [{pattern: 'b(?P<n>\\d)', component: language_model, layer: block}]", "layer group 'block' is not a capture"),
+    ("rules: [{pattern: 'b(?P<n>\\d)', component: language_model, layer: block}]",
+     "layer group 'block' is not a capture"),
     ("rules: [{pattern: 'a', component: language_model, layers: 1}]", r"rule 1: unknown key\(s\) layers"),
     ("rules: [{component: language_model}]", r"rule 1: 'pattern' is required"),
     ("rules: [{pattern: 'a', component: language_model, layer: 1.5}]", "must be a capture group number or name"),

@@ -28,7 +28,8 @@ def test_spellings_and_aliases(spelling, canonical):
 
 @pytest.mark.parametrize("config, expected", [
     ({"model_type": "llava_next", "architectures": ["LlavaNextForConditionalGeneration"]}, "llava_next"),
-    ({"architectures": ["CogVLMForCausalLM"], "auto_map": {"AutoModelForCausalLM": "modeling_cogvlm.CogVLMForCausalLM"}},
+    ({"architectures": ["CogVLMForCausalLM"],
+      "auto_map": {"AutoModelForCausalLM": "modeling_cogvlm.CogVLMForCausalLM"}},
      "cogvlm"),
     ({"model_type": "mplug_owl2_custom", "architectures": ["MPLUGOwl2LlamaForCausalLM"]}, "mplug_owl2"),
     ({"model_type": "qwen2_5_vl"}, "qwen2_5_vl"),

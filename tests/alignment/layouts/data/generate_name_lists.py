@@ -27,7 +27,8 @@ def decoder(model: str, head: str | None, layers: int, bias: bool = False) -> li
 
 
 def clip_layer(prefix: str) -> list[str]:
-    modules = [f"self_attn.{p}_proj" for p in ("q", "k", "v", "out")] + ["mlp.fc1", "mlp.fc2", "layer_norm1", "layer_norm2"]
+    modules = ([f"self_attn.{p}_proj" for p in ("q", "k", "v", "out")]
+               + ["mlp.fc1", "mlp.fc2", "layer_norm1", "layer_norm2"])
     return [f"{prefix}.{module}.{kind}" for module in modules for kind in ("weight", "bias")]
 
 
@@ -57,7 +58,8 @@ def llava_hub(vision_layers: int, text_layers: int, clip: bool, image_newline: b
     if clip:
         names = [f"{tower}.embeddings.class_embedding", f"{tower}.embeddings.patch_embedding.weight",
                  f"{tower}.embeddings.position_embedding.weight"]
-        names += [f"{tower}.{norm}.{kind}" for norm in ("pre_layrnorm", "post_layernorm") for kind in ("weight", "bias")]
+        names += [f"{tower}.{norm}.{kind}" for norm in ("pre_layrnorm", "post_layernorm")
+                  for kind in ("weight", "bias")]
     else:  # SigLIP: patch embedding with bias, no class token, no pre-norm, head removed
         names = [f"{tower}.embeddings.patch_embedding.weight", f"{tower}.embeddings.patch_embedding.bias",
                  f"{tower}.embeddings.position_embedding.weight"]
@@ -101,11 +103,13 @@ def mplug_owl2() -> list[str]:
         names += [f"{layer}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
         for way in (0, 1):
             names += [f"{layer}.self_attn.{p}_proj.multiway.{way}.weight" for p in "kv"]
-            names += [f"{layer}.{norm}.multiway.{way}.weight" for norm in ("input_layernorm", "post_attention_layernorm")]
+            names += [f"{layer}.{norm}.multiway.{way}.weight"
+                      for norm in ("input_layernorm", "post_attention_layernorm")]
     vision = "model.vision_model"
     names += [f"{vision}.embeddings.cls_token", f"{vision}.embeddings.patch_embed.weight",
               f"{vision}.embeddings.position_embedding"]
-    names += [f"{vision}.{norm}.{kind}" for norm in ("embeddings.pre_layernorm", "post_layernorm") for kind in ("weight", "bias")]
+    names += [f"{vision}.{norm}.{kind}" for norm in ("embeddings.pre_layernorm", "post_layernorm")
+              for kind in ("weight", "bias")]
     for index in range(24):
         modules = ["input_layernorm", "self_attn.query_key_value", "self_attn.dense", "post_attention_layernorm",
                    "mlp.fc1", "mlp.fc2"]
@@ -129,7 +133,8 @@ LISTS = {
                              lambda: llava_hub(24, 32, clip=True, image_newline=False, bias=False)),
     "llava_1_6_mistral_7b_hub.txt": ("llava-v1.6-mistral-7b-hf (CLIP ViT-L/14-336 + Mistral-7B), hub names",
                                      lambda: llava_hub(24, 32, clip=True, image_newline=True, bias=False)),
-    "llava_onevision_qwen2_7b_hub.txt": ("llava-onevision-qwen2-7b-ov-hf (SigLIP so400m, 26 layers + Qwen2-7B), hub names",
+    "llava_onevision_qwen2_7b_hub.txt": ("llava-onevision-qwen2-7b-ov-hf (SigLIP so400m, 26 layers + Qwen2-7B), "
+                                         "hub names",
                                          lambda: llava_hub(26, 28, clip=False, image_newline=True, bias=True)),
     "cogvlm_chat_hub.txt": ("cogvlm-chat-hf (EVA2-CLIP-E 63 layers + Vicuna-7B with visual experts), hub names",
                             lambda: cogvlm(1)),

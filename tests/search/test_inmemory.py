@@ -83,24 +83,3 @@ def test_genome_from_a_finer_recipe_is_refused(tiny_llama_pair, tmp_path):
     recipe.write_text(yaml.safe_dump(genome_to_mergekit(fine, random_genome(fine, 2), paths)))
     with pytest.raises(CMAAMError, match="different values inside one layer unit"):
         genome_from_mergekit(coarse, recipe, paths)
-
-
-@pytest.mark.filterwarnings("ignore")
-def test_real_mergekit_reproduces_the_in_memory_slerp(tiny_llama_pair, tmp_path):
-    """The recipe is plain mergekit: mergekit's own run_merge gives the same tensors as the in-memory merge."""
-    pytest.importorskip("mergekit")
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import run_merge
-    from mergekit.options import MergeOptions
-
-    base, other = tiny_llama_pair
-    paths = {"base": str(base), "other": str(other)}
-    merger = InMemoryMerger(paths, "base", GenomeSpec(method="slerp", granularity="tensor"))
-    genome = random_genome(merger.layout, seed=4)
-    merger.apply(genome)
-    recipe = genome_to_mergekit(merger.layout, genome, paths, "float32")
-    run_merge(MergeConfiguration.model_validate(recipe), str(tmp_path / "mergekit"),
-              MergeOptions(copy_tokenizer=False, lazy_unpickle=False, low_cpu_memory=False, quiet=True))
-    with CheckpointReader(tmp_path / "mergekit") as written:
-        for name in merger.layout.tensor_names:
-            assert torch.equal(written.get(name), merger.targets[name].detach()), name

@@ -1,4 +1,4 @@
-"""Helpers shared by the foundation tests."""
+"""Helpers shared by the merging tests: YAML configs with model paths, CLI runs in fresh interpreters."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def write_yaml(folder: Path, text: str, models: dict[str, Path], name: str = "co
     return path
 
 
-def run_cli_module(module: str, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli_module(module: str, *args: str, env: dict | None = None,
+                   timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` in a fresh interpreter from the repository root."""
     environment = {key: value for key, value in os.environ.items() if key != "CMAAM_DEBUG"}
     environment.update(env or {})

@@ -8,7 +8,7 @@ import torch
 
 from cmaam.merging.compatibility import check_compatibility
 from cmaam.io import CheckpointReader, write_state_dict
-from foundation.helpers import run_cli_many
+from merging_helpers import run_cli_many
 
 
 def variant(tmp_path, base, name, change_tensors=None, change_config=None):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mergekit.merge_methods import merge_tensors
 
 from cmaam.merging.methods import get_method, list_methods
+
+merge_tensors = pytest.importorskip("mergekit.merge_methods", reason="mergekit is a dev dependency").merge_tensors
 
 SHAPES = [(7,), (24, 16), (3, 8, 5)]
 TOLERANCE = 1e-6

@@ -77,8 +77,8 @@ def test_dtype_cast_updates_config(dtype, tmp_path):
                        state["model.layers.0.input_layernorm.weight"].to(dtype).float())
 
 
-def test_reference_files_copied(tmp_path, family):
-    base = family("llama")["base"]
+def test_reference_files_copied(tmp_path, tiny_llama):
+    base = tiny_llama
     output = write_state_dict(tmp_path / "copy", tensors(), reference=base)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
         assert (output / name).read_bytes() == (base / name).read_bytes()

@@ -91,7 +91,8 @@ def test_planner_errors(family):
         "missing parameter 'weight'": "merge_method: linear\nmodels:\n  - model: {ft1}\n  - model: {ft2}\n"
                                       "    parameters: {{weight: 1}}\n",
         "appears twice": "merge_method: linear\nslices:\n  - sources:\n"
-                         "      - {{model: {ft1}, layer_range: [0, 2]}}\n      - {{model: {ft1}, layer_range: [2, 4]}}\n"
+                         "      - {{model: {ft1}, layer_range: [0, 2]}}\n"
+                         "      - {{model: {ft1}, layer_range: [2, 4]}}\n"
                          "parameters: {{weight: 1}}\n",
         "with --seed": "merge_method: dare_ties\nbase_model: {base}\nmodels:\n  - model: {ft1}\n"
                       "parameters: {{weight: 1, seed: 3}}\n",
