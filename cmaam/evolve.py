@@ -1,4 +1,4 @@
-"""``python -m cmaam.evolve --config configs/evolve/X.yaml``: CMA-ES search of a merge recipe against MGSM."""
+"""``python -m cmaam.evolve --config CONFIG``: CMA-ES search of a merge recipe against MGSM."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from cmaam.search.evolution import load_config, run_search
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cmaam.evolve", description=__doc__)
     parser.add_argument("--config", required=True,
-                        help="evolve YAML, or a preset name from configs/evolve (tiny, ko_mistral_wizardmath, ...)")
+                        help="evolve YAML, or a preset of cmaam/configs/evolve (tiny, ko_mistral_wizardmath, ...)")
     parser.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     parser.add_argument("--workers", type=int, help="parallel evaluators (Ray actors; 1 = sequential)")
     parser.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")

@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import yaml
 
 from cmaam.core.errors import CMAAMError
+from cmaam.core.presets import preset_path
 from cmaam.reproducible import launcher_arguments
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 PRESETS = ("demo", "tiny", "quick", "full")
 STRATEGIES = ("basic", "layerwise", "component", "full")
 
@@ -137,11 +137,11 @@ def _set(values: dict, assignment: str) -> None:
 
 def load_experiment_config(preset: str | None = None, path: str | Path | None = None,
                            overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """A preset (configs/experiments/<preset>.yaml) or a YAML file, with KEY=VALUE overrides, validated."""
+    """A preset (cmaam/configs/experiments/<preset>.yaml) or a YAML file, with KEY=VALUE overrides, validated."""
     if path is None:
         if preset not in PRESETS:
             raise CMAAMError(f"unknown preset {preset!r} (choose {', '.join(PRESETS)})")
-        path = REPOSITORY / "configs" / "experiments" / f"{preset}.yaml"
+        path = preset_path("experiments", preset)
     from cmaam.io.files import read_yaml
 
     path = Path(path)

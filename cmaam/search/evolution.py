@@ -23,6 +23,7 @@ import numpy as np
 
 from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text, atomic_write_yaml, claim_output
 from cmaam.core.errors import CMAAMError
+from cmaam.core.presets import preset_folder
 from cmaam.search.fitness import FITNESS_TYPES, Evaluation, FitnessSpec
 from cmaam.search.genome import GenomeLayout, GenomeSpec
 from cmaam.search.inmemory import open_readers, plan_layout
@@ -30,7 +31,7 @@ from cmaam.search.inmemory import open_readers, plan_layout
 STATE_FORMAT = 1
 KEY_DECIMALS = 10  # genomes equal to 1e-10 share one cache entry
 BOUNDARY_HANDLERS = {"transform": "BoundTransform", "penalty": "BoundPenalty"}
-PRESET_FOLDER = Path(__file__).resolve().parents[2] / "configs" / "evolve"
+PRESET_FOLDER = preset_folder("evolve")
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig
 
 
 def load_config(path: str | Path) -> EvolveConfig:
-    """Read an evolve YAML: a file path, or a preset name from configs/evolve (e.g. ``tiny``)."""
+    """Read an evolve YAML: a file path, or a preset name from cmaam/configs/evolve (e.g. ``tiny``)."""
 
     path = Path(path)
     if not path.exists() and not path.suffix and (PRESET_FOLDER / f"{path}.yaml").is_file():

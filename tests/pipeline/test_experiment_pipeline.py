@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from cmaam.core.errors import CMAAMError
+from cmaam.core.presets import preset_path
 from cmaam.pipeline.experiment import Pipeline, load_experiment_config
 
 MODELS = ["base", "finetuned", "cmaam_basic", "cmaam_layerwise", "cmaam_component", "cmaam_full",
@@ -20,7 +21,7 @@ MODELS = ["base", "finetuned", "cmaam_basic", "cmaam_layerwise", "cmaam_componen
 
 def reduced_config(tmp_path: Path) -> Path:
     """The demo preset with tiny data and a few training steps."""
-    values = yaml.safe_load((Path(__file__).parents[2] / "configs/experiments/demo.yaml").read_text())
+    values = yaml.safe_load(preset_path("experiments", "demo").read_text())
     values["name"] = "demo-test"
     values["output_dir"] = str(tmp_path / "experiment")
     values["wandb_mode"] = "disabled"

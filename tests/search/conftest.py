@@ -7,13 +7,13 @@ import copy
 import pytest
 import yaml
 
-from cmaam.search.evolution import PRESET_FOLDER
+from cmaam.core.presets import preset_path
 
 
 @pytest.fixture(scope="session")
 def tiny_preset() -> dict:
-    """configs/evolve/tiny.yaml as a mapping."""
-    return yaml.safe_load((PRESET_FOLDER / "tiny.yaml").read_text())
+    """The tiny evolve preset (cmaam/configs/evolve/tiny.yaml) as a mapping."""
+    return yaml.safe_load(preset_path("evolve", "tiny").read_text())
 
 
 @pytest.fixture(scope="session")
