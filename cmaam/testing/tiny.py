@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from cmaam.core.errors import CMAAMError, load_errors
+from cmaam.io.processors import save_processor
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -231,17 +232,3 @@ def perturb_model(source: str | Path, output: str | Path, scale: float = 0.02, s
             tensor = (tensor.float() + noise).to(tensor.dtype)
         tensors[name] = tensor
     return write_state_dict(output, tensors, reference=source)
-
-
-def save_processor(processor, output: str | Path) -> None:
-    """Save a processor under its standard class name (image-only Qwen2-VL saves as Qwen2VLProcessor)."""
-    import json
-
-    processor.save_pretrained(output)
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        path = Path(output) / name
-        if path.exists():
-            data = json.loads(path.read_text())
-            if data.get("processor_class") == "Qwen2VLImageOnlyProcessor":
-                data["processor_class"] = "Qwen2VLProcessor"
-                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
