@@ -10,6 +10,7 @@ train/val/test and a count table is printed and written (counts.md, counts.json)
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
@@ -24,6 +25,8 @@ from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_te
 from cmaam.core.errors import CMAAMError
 from eval.language import script_counts
 from finetune.data import CATEGORIES, SPLITS, count_table, split_counts, write_vqa_split
+
+logger = logging.getLogger(__name__)
 
 MODE_SIZES = {"tiny": 10_000, "quick": 100_000, "full": None}
 IMAGE_CHECKS = ("exists", "header")
@@ -325,8 +328,8 @@ def prepare(config: PrepConfig, progress: bool = True) -> dict:
     if reasons:
         print("broken rows: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(reasons.items())))
     if ignored:
-        print(f"ignored {len(ignored)} file(s) with no category in their name: "
-              + ", ".join(str(p.relative_to(config.source)) for p in ignored[:5]))
+        logger.warning("ignored %d file(s) with no category in their name: %s", len(ignored),
+                       ", ".join(str(p.relative_to(config.source)) for p in ignored[:5]))
     return summary
 
 

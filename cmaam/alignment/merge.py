@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,8 @@ from cmaam.merging.methods import get_method
 INTERPOLATIONS = ("linear", "slerp")
 ANALYSIS_FOLDER = "analysis"
 ALPHAS_FILE = "alphas.yaml"
+
+logger = logging.getLogger(__name__)
 
 
 def interpolate(tensors: list[torch.Tensor], alpha: float, interp: str = "linear") -> torch.Tensor:
@@ -60,14 +62,14 @@ def pair_jobs(target: CheckpointReader, alphas: dict[str, float], interp: str) -
 
 def report_unmatched(only_in_target: list[str], only_in_source: list[str], not_floating: list[str],
                      where: str) -> None:
-    """Print how many tensors were not interpolated and why (never dropped silently)."""
+    """Log how many tensors were not interpolated and why (never dropped silently)."""
     if only_in_target or not_floating:
-        print(f"note: {len(only_in_target)} tensor(s) only in the target and {len(not_floating)} "
-              f"non-floating tensor(s) were kept from the target (listed in {where})", file=sys.stderr)
+        logger.info("%d tensor(s) only in the target and %d non-floating tensor(s) were kept from the target "
+                    "(listed in %s)", len(only_in_target), len(not_floating), where)
     if only_in_source:
         shown = ", ".join(only_in_source[:3]) + (" ..." if len(only_in_source) > 3 else "")
-        print(f"note: {len(only_in_source)} tensor(s) only in the source were skipped: {shown} "
-              f"(listed in {where})", file=sys.stderr)
+        logger.info("%d tensor(s) only in the source were skipped: %s (listed in %s)", len(only_in_source), shown,
+                    where)
 
 
 @dataclass

@@ -6,12 +6,14 @@ or on which worker scored which candidate.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from typing import Iterator, Sequence
 
 from cmaam.core.errors import CMAAMError
 from cmaam.search.fitness import Evaluation, FitnessSpec, build_fitness
+
+logger = logging.getLogger(__name__)
 
 Job = tuple[int, list[float]]  # (index in the population, genome)
 
@@ -104,7 +106,7 @@ def make_evaluator(spec: FitnessSpec, workers: int = 1, address: str | None = No
     except ImportError:
         if address:
             raise CMAAMError("--ray-address needs Ray (pip install 'cmaam[ray]')") from None
-        print(f"warning: Ray is not installed; evaluating {workers} workers' share sequentially", file=sys.stderr)
+        logger.warning("Ray is not installed; evaluating %d workers' share sequentially", workers)
         return SequentialEvaluator(spec)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     return RayEvaluator(spec, workers, address, gpus_per_worker)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -135,8 +136,9 @@ def test_alphas_only_writes_the_analysis_without_weights(qwen_pair, tmp_path):
     assert document["groups"]["cross_modal_bridge"] == pytest.approx(result.plan.groups["cross_modal_bridge"].alpha)
 
 
-def test_keys_in_one_model_only_are_kept_and_reported(qwen_pair, variants, tmp_path, capsys):
+def test_keys_in_one_model_only_are_kept_and_reported(qwen_pair, variants, tmp_path, caplog):
     target, _ = qwen_pair
+    caplog.set_level(logging.INFO, logger="cmaam.alignment.merge")
     merge_vlm(variants["unmatched_source"], target, tmp_path / "out", AlphaConfig("component"), analyze=True,
               progress=False)
     report = json.loads((tmp_path / "out" / "analysis" / "report.json").read_text())
@@ -144,8 +146,11 @@ def test_keys_in_one_model_only_are_kept_and_reported(qwen_pair, variants, tmp_p
     assert report["only_in_target"] == [missing] and report["only_in_source"] == ["model.extra_adapter.weight"]
     merged, t = weights(tmp_path / "out"), weights(target)
     assert torch.equal(merged[missing], t[missing]) and "model.extra_adapter.weight" not in merged
-    stderr = capsys.readouterr().err
-    assert "1 tensor(s) only in the target" in stderr and "1 tensor(s) only in the source were skipped" in stderr
+    assert [record.getMessage() for record in caplog.records] == [
+        "1 tensor(s) only in the target and 0 non-floating tensor(s) were kept from the target "
+        "(listed in alphas.yaml and report.json)",
+        "1 tensor(s) only in the source were skipped: model.extra_adapter.weight "
+        "(listed in alphas.yaml and report.json)"]
 
 
 def test_sweep_outputs_equal_separate_linear_merges(qwen_pair, tmp_path):
@@ -168,3 +173,22 @@ def test_sweep_reads_each_tensor_once(qwen_pair, tmp_path, monkeypatch):
                         or original(self, name, *a, **k))
     sweep(source, target, tmp_path / "sweep", [0.2, 0.4, 0.6], progress=False)
     assert len(calls) == len(set(calls)) == 2 * len(CheckpointReader(target).keys())
+
+
+def test_the_merge_command_prints_the_notes_on_stderr(qwen_pair, variants, tmp_path, capsys):
+    """Through run_cli the notes read as before (``note: ...`` on stderr); the summary table stays on stdout."""
+    from cmaam.core.cli import run_cli
+    from cmaam.merge import main
+
+    target, _ = qwen_pair
+    with pytest.raises(SystemExit) as exited:
+        run_cli(main, ["--source", str(variants["unmatched_source"]), "--target", str(target),
+                       "--output", str(tmp_path / "out"), "--strategy", "component", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 0
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert notes == ["note: 1 tensor(s) only in the target and 0 non-floating tensor(s) were kept from the target "
+                     "(listed in alphas.yaml)",
+                     "note: 1 tensor(s) only in the source were skipped: model.extra_adapter.weight "
+                     "(listed in alphas.yaml)"]
+    assert "| component" in out and "note:" not in out
