@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from cmaam.alignment.alphas import AlphaConfig, parse_score_weights
+from cmaam.alignment.scores import cmbc, embedding_subspace, gfs, pda, relative_change
 from cmaam.io import CheckpointReader
 from cmaam.merging.executor import TensorJob, run_merge
 from cmaam.alignment.merge import merge_vlm
@@ -108,13 +109,21 @@ def test_analyze_writes_reports_with_every_tensor(qwen_pair, tmp_path, capsys):
     names = CheckpointReader(target).keys()
     assert set(report["tensors"]) == set(names)
     bridge = report["tensors"]["visual.merger.mlp.2.weight"]
-    assert bridge["component"] == "cross_modal_bridge" and 0 < bridge["cmbc"] <= 1
+    assert bridge["component"] == "cross_modal_bridge"
     assert report["summary"]["cmbc_capture_term"] is True
     assert report["tensors"]["model.layers.0.mlp.up_proj.weight"]["cmbc"] is None
     assert "vision.0" in report["groups"] and "language.0" in report["groups"]
-    for tensor in report["tensors"].values():
+    # every reported score is the pure score function on the checkpoint's tensors (report rounds to 8 digits)
+    source_reader, target_reader = CheckpointReader(source), CheckpointReader(target)
+    embedding = target_reader.get(report["summary"]["input_embedding"], dtype=torch.float32)
+    for name, tensor in report["tensors"].items():
+        s, t = source_reader.get(name, dtype=torch.float32), target_reader.get(name, dtype=torch.float32)
         assert tensor["alpha"] == report["groups"][tensor["group"]]["alpha"]
-        assert 0 <= tensor["pda"] <= 1 and 0 <= tensor["gfs"] <= 1 and tensor["sensitivity"] >= 0
+        assert tensor["pda"] == pytest.approx(pda(s, t), rel=1e-7, abs=1e-12), name
+        assert tensor["gfs"] == pytest.approx(gfs(s, t), rel=1e-7, abs=1e-12), name
+        assert tensor["sensitivity"] == pytest.approx(relative_change(s, t), rel=1e-7, abs=1e-12), name
+    s, t = (reader.get("visual.merger.mlp.2.weight", dtype=torch.float32) for reader in (source_reader, target_reader))
+    assert bridge["cmbc"] == pytest.approx(cmbc(s, t, embedding_subspace(embedding)), rel=1e-7)
     for name in ("heatmap_alpha.png", "heatmap_scores.png"):
         with Image.open(analysis / name) as image:
             assert image.size[0] > 100 and image.size[1] > 100

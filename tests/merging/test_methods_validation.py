@@ -29,14 +29,19 @@ def test_validate_rejects(name, values, fragment):
         get_method(name).validate(values)
 
 
-@pytest.mark.parametrize("name,values", [
-    ("ties", {"weight": [1.0, -0.5], "density": [0.0, 1.0], "lambda_": -2.0}),
-    ("slerp", {"t": 0.0}), ("slerp", {"t": 1.0}),
-    ("breadcrumbs", {"weight": 1.0, "density": 1.0, "gamma": 0.0}),
-    ("model_stock", {"filter_wise": True}), ("passthrough", {"scale": [None]}),
+@pytest.mark.parametrize("name,models,base,values,expected", [
+    # model 1 is dropped (density 0); model 2: (-0.5 * 2) / -0.5 = 2 (normalized), times lambda -2
+    ("ties", MODELS, BASE, {"weight": [1.0, -0.5], "density": [0.0, 1.0], "lambda_": -2.0}, -4.0),
+    ("slerp", MODELS[:1], BASE, {"t": 0.0}, 0.0),  # t = 0 is the base
+    ("slerp", MODELS[:1], BASE, {"t": 1.0}, 1.0),  # t = 1 is the model
+    ("breadcrumbs", MODELS[:1], BASE, {"weight": 1.0, "density": 1.0, "gamma": 0.0}, 1.0),  # nothing pruned
+    ("model_stock", MODELS, BASE, {"filter_wise": True}, 1.5),  # collinear task vectors: t = 1, the models' mean
+    ("passthrough", MODELS[:1], None, {"scale": [None]}, 1.0),  # no scale: the input as is
 ])
-def test_validate_accepts_edges(name, values):
-    get_method(name).validate(values)
+def test_edge_values_are_accepted_and_merge_as_computed_by_hand(name, models, base, values, expected):
+    method = get_method(name)
+    method.validate(values)  # raises CMAAMError if an edge value were refused
+    assert torch.equal(method(models, base, **values), torch.full((4, 3), expected))
 
 
 @pytest.mark.parametrize("call,fragment", [

@@ -14,6 +14,7 @@ import yaml
 from cmaam.core.errors import CMAAMError
 from cmaam.core.presets import preset_path
 from cmaam.pipeline.experiment import Pipeline, load_experiment_config
+from eval.vqa.metrics import exact_match
 
 MODELS = ["base", "finetuned", "cmaam_basic", "cmaam_layerwise", "cmaam_component", "cmaam_full",
           "linear_0.3", "linear_0.5", "linear_0.7"]
@@ -56,8 +57,12 @@ def test_every_artefact_exists(finished):
         assert (Path(path) / "config.json").exists(), name
         metrics = json.loads((root / "results" / name / "metrics.json").read_text())
         assert metrics["ko/count"] == 4 and metrics["en/count"] == 4
-        assert 0.0 <= metrics["ko/exact_match"] <= 1.0
-        assert len((root / "results" / name / "samples_ko.jsonl").read_text().splitlines()) == 4
+        for lang in ("ko", "en"):  # each accuracy is its samples re-scored against their gold answers
+            lines = (root / "results" / name / f"samples_{lang}.jsonl").read_text(encoding="utf-8").splitlines()
+            samples = [json.loads(line) for line in lines]
+            assert len(samples) == 4 and all(sample["lang"] == lang for sample in samples)
+            rescored = sum(exact_match(s["completion"], s["gold"], s["lang"]) for s in samples) / 4
+            assert metrics[f"{lang}/exact_match"] == pytest.approx(rescored), (name, lang)
     for strategy in ("basic", "layerwise", "component", "full"):
         assert (root / "models" / f"cmaam_{strategy}" / "analysis" / "report.json").exists()
     for step in ("prepare", "base", "finetune", "merge", "baselines", "evaluate", "compare"):
