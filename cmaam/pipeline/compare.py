@@ -139,6 +139,9 @@ def compare(records: Sequence[RunRecord], metric: str = "exact_match", korean: s
         if name is not None:
             if name not in by_name:
                 raise CMAAMError(f"--{role} {name!r} is not among the runs ({', '.join(sorted(by_name))})")
+            for record in records:  # the named run is the reference; one that had the role by its config yields
+                if record.role == role:
+                    record.role = "other"
             by_name[name].role = role
     base_record = next((r for r in records if r.role == "base"), None)
     tuned_record = next((r for r in records if r.role == "finetuned"), None)
