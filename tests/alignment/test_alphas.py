@@ -114,6 +114,8 @@ def test_preserve_mean_with_clipping_still_hits_the_mean():
     assert sum(alphas) / 3 == pytest.approx(0.8, abs=1e-9)
     assert max(alphas) == 1.0
     assert preserve_mean([0.0, 0.0], [1, 3], 0.3) == [0.3, 0.3]
+    # a mean that [alpha_min, alpha_max] cannot reach: the alphas end at the bound
+    assert preserve_mean([0.1, 0.2], [1, 1], base_alpha=0.9, alpha_max=0.5) == [0.5, 0.5]
 
 
 def test_score_weights_parse_and_renormalise():

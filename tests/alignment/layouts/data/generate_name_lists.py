@@ -2,7 +2,7 @@
 
 Sources: transformers' modeling code (Qwen2-VL, Qwen2.5-VL, LLaVA, LLaVA-NeXT, LLaVA-OneVision, CLIP,
 SigLIP), THUDM's remote code for CogVLM/CogVLM2 and the mPLUG-Owl2 conversion script (its state-dict
-keys). Run ``python tests/layouts/data/generate_name_lists.py`` to rewrite them.
+keys). Run ``python tests/alignment/layouts/data/generate_name_lists.py`` to rewrite them.
 """
 
 from __future__ import annotations
