@@ -50,7 +50,8 @@ def main() -> None:
     from cmaam.alignment.alphas import AlphaConfig, compute_alphas
     from cmaam.io import CheckpointReader
     from cmaam.merging.executor import run_merge
-    from cmaam.alignment.merge import merge_vlm, pair_jobs
+    from cmaam.alignment.merge import merge_vlm
+    from cmaam.merging.pairs import pair_jobs
     from cmaam.alignment.scores.analyzer import analyze_pair
     from cmaam.core.options import ExecutionOptions
     from cmaam.testing.tiny import TinySize, build_tiny_vlm, perturb_model
@@ -76,7 +77,8 @@ def main() -> None:
     options = ExecutionOptions(device=args.device, overwrite=True, progress=False)
 
     def analysis():
-        return compute_alphas(analyze_pair(readers["source"], readers["target"], ExecutionOptions(device=args.device, progress=False)),
+        options = ExecutionOptions(device=args.device, progress=False)
+        return compute_alphas(analyze_pair(readers["source"], readers["target"], options),
                               AlphaConfig("layerwise"))
 
     def linear_merge():

@@ -91,7 +91,8 @@ def main() -> None:
     evaluate = statistics.median(r[1] for r in rows)
     print(f"median per candidate: merge {merge:.4f}s, evaluation {evaluate:.3f}s "
           f"({100 * merge / (merge + evaluate):.1f}% of the time in the merge); "
-          f"bytes written per candidate: wchar max {max(r[2] for r in rows)}, write_bytes max {max(r[3] for r in rows)}; "
+          f"bytes written per candidate: wchar max {max(r[2] for r in rows)}, "
+          f"write_bytes max {max(r[3] for r in rows)}; "
           f"bench folder grew by {folder_bytes(work) - watched} bytes")
     started = time.perf_counter()
     saved = write_state_dict(work / "candidate_on_disk", fitness.merger.state_items(), reference=base)

@@ -1,4 +1,4 @@
-"""``python -m cmaam.evolve --config configs/evolve/X.yaml``: CMA-ES search of a merge recipe against MGSM."""
+"""``python -m cmaam.evolve --config CONFIG``: CMA-ES search of a merge recipe against MGSM."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ OPTIONS = ("device", "dtype", "seed", "allow_pickle", "trust_remote_code", "prog
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cmaam.evolve", description=__doc__)
     parser.add_argument("--config", required=True,
-                        help="evolve YAML, or a preset name from configs/evolve (tiny, ko_mistral_wizardmath, ...)")
+                        help="evolve YAML, or a preset of cmaam/configs/evolve (tiny, ko_mistral_wizardmath, ...)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set fitness.limit=20 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue the run in the output folder")
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wandb-mode", choices=("offline", "online", "disabled"), help="W&B logging (default offline)")
     parser.add_argument("--no-save-model", dest="save_model", action="store_false", default=None,
                         help="write the recipe but not the best model")
-    add_execution_options(parser, OPTIONS, from_config=True, help={"seed": "seed of the search (same seed -> same run)"})
+    add_execution_options(parser, OPTIONS, from_config=True,
+                          help={"seed": "seed of the search (same seed -> same run)"})
     return parser
 
 

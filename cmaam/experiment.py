@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="scripts/run_experiment.sh", description=__doc__.splitlines()[0])
     parser.add_argument("preset", choices=PRESETS, help="demo: built-in CPU demo; tiny/quick/full: real model+corpus")
-    parser.add_argument("--config", help="experiment YAML (default configs/experiments/<preset>.yaml)")
+    parser.add_argument("--config", help="experiment YAML (default cmaam/configs/experiments/<preset>.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.korean_source=/data/korean_vqa (repeatable)")
     parser.add_argument("--steps", help=f"comma-separated subset of: {', '.join(Pipeline.STEPS)}")

@@ -26,7 +26,8 @@ def describe(model: str, model_type: str | None = None, rules_file: str | None =
         numel = sum(reader.numel(name) for name, info in infos.items() if info.component == component)
         lines.append(f"{component:<20} {count:>8} {numel:>14,}")
     groups = get_strategy(strategy).groups(infos)
-    lines.append(f"{strategy} groups ({len(groups)}): " + ", ".join(f"{key} [{len(members)}]" for key, members in groups.items()))
+    lines.append(f"{strategy} groups ({len(groups)}): "
+                 + ", ".join(f"{key} [{len(members)}]" for key, members in groups.items()))
     lines.append("bridge outputs: " + (", ".join(layout.bridge_outputs(names)) or "none"))
     lines.append(f"input embedding: {layout.input_embedding(names) or 'none'}")
     if show_names:

@@ -10,7 +10,8 @@ from cmaam.alignment.alphas import (
     AlphaConfig,
     parse_score_weights,
 )
-from cmaam.alignment.merge import INTERPOLATIONS, merge_vlm
+from cmaam.alignment.merge import merge_vlm
+from cmaam.merging.pairs import INTERPOLATIONS
 from cmaam.core.cli import run_cli
 from cmaam.core.options import MERGE, ExecutionOptions, add_execution_options
 
@@ -18,7 +19,8 @@ from cmaam.core.options import MERGE, ExecutionOptions, add_execution_options
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by merge and sweep: source/target, interpolation, and the execution options."""
     parser.add_argument("--source", required=True, help="model folder holding the knowledge to inject (S)")
-    parser.add_argument("--target", required=True, help="model folder whose architecture, config and tokenizer are kept (T)")
+    parser.add_argument("--target", required=True,
+                        help="model folder whose architecture, config and tokenizer are kept (T)")
     parser.add_argument("--interp", default="linear", choices=INTERPOLATIONS, help="linear or slerp (t = alpha)")
     add_execution_options(parser, MERGE)
 

@@ -11,9 +11,11 @@ from cmaam.merging.soups import uniform_soup
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cmaam.soups", description="Uniform model soup (equal-weight average).")
+    parser = argparse.ArgumentParser(prog="python -m cmaam.soups",
+                                     description="Uniform model soup (equal-weight average).")
     parser.add_argument("output", help="output model folder")
-    parser.add_argument("models", nargs="+", help="model folders (same architecture); the first gives config and tokenizer")
+    parser.add_argument("models", nargs="+",
+                        help="model folders (same architecture); the first gives config and tokenizer")
     add_execution_options(parser, MERGE)
     return parser
 

@@ -10,7 +10,8 @@ from cmaam.testing.tiny import CAUSAL_LM_TYPES, VLM_TYPES, TinySize, write_tiny_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cmaam.tiny", description="Build a tiny random model from a config.")
+    parser = argparse.ArgumentParser(prog="python -m cmaam.tiny",
+                                     description="Build a tiny random model from a config.")
     parser.add_argument("--output", required=True)
     parser.add_argument("--model-type", default="qwen2_vl", choices=CAUSAL_LM_TYPES + VLM_TYPES)
     parser.add_argument("--hidden-size", type=int, default=64)

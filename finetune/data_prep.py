@@ -10,6 +10,7 @@ train/val/test and a count table is printed and written (counts.md, counts.json)
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
@@ -25,6 +26,8 @@ from cmaam.core.errors import CMAAMError
 from cmaam.core.options import DATA, ExecutionOptions, add_execution_options
 from eval.language import script_counts
 from finetune.data import CATEGORIES, SPLITS, count_table, split_counts, write_vqa_split
+
+logger = logging.getLogger(__name__)
 
 MODE_SIZES = {"tiny": 10_000, "quick": 100_000, "full": None}
 IMAGE_CHECKS = ("exists", "header")

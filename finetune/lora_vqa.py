@@ -285,7 +285,7 @@ def save_outputs(model, processor, config: LoraTrainConfig):
 
     Returns (merged folder, adapter folder or None, the merged in-memory model).
     """
-    from cmaam.testing.tiny import save_processor
+    from cmaam.io.processors import save_processor
 
     output = Path(config.output)
     adapter = None

@@ -55,7 +55,8 @@ WORDS = {
         **{f"digit_{d}": w for d, w in zip(DIGITS, "one two three four five six seven eight nine".split())},
     },
     "ko": {
-        "red": "빨간색", "green": "초록색", "blue": "파란색", "yellow": "노란색", "purple": "보라색", "orange": "주황색",
+        "red": "빨간색", "green": "초록색", "blue": "파란색", "yellow": "노란색", "purple": "보라색",
+        "orange": "주황색",
         "circle": "원", "square": "사각형", "triangle": "삼각형",
         "top_left": "왼쪽 위", "top_right": "오른쪽 위", "bottom_left": "왼쪽 아래", "bottom_right": "오른쪽 아래",
         **{f"count_{n}": f"{n}개" for n in range(1, 5)},

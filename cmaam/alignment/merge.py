@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from cmaam.alignment.alphas import (
     AlphaConfig,
@@ -21,57 +19,14 @@ from cmaam.alignment.report import (
     write_analysis,
 )
 from cmaam.alignment.scores.analyzer import Analysis, analyze_pair
-from cmaam.core.errors import CMAAMError
 from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, parse_dtype
 from cmaam.io.atomic import atomic_directory, claim_output
-from cmaam.merging.executor import TensorJob, run_merge
-from cmaam.merging.methods import get_method
+from cmaam.merging.executor import run_merge
+from cmaam.merging.pairs import ALPHAS_FILE, check_interp, pair_jobs, report_unmatched
 
 logger = logging.getLogger(__name__)
-INTERPOLATIONS = ("linear", "slerp")
 ANALYSIS_FOLDER = "analysis"
-ALPHAS_FILE = "alphas.yaml"
-
-logger = logging.getLogger(__name__)
-
-
-def interpolate(tensors: list[torch.Tensor], alpha: float, interp: str = "linear") -> torch.Tensor:
-    """Merge [target, source] at ``alpha``: (1 - alpha) * T + alpha * S, or slerp from T (t=0) to S (t=1)."""
-    target, source = tensors
-    if interp == "slerp":
-        return get_method("slerp")([source], target, t=alpha)
-    return get_method("linear")([target, source], None, weight=[1.0 - alpha, alpha], normalize=False)
-
-
-def check_interp(interp: str) -> None:
-    """One-line error for an unknown interpolation."""
-    if interp not in INTERPOLATIONS:
-        raise CMAAMError(f"unknown --interp {interp!r} (choose {', '.join(INTERPOLATIONS)})")
-
-
-def pair_jobs(target: CheckpointReader, alphas: dict[str, float], interp: str) -> list[TensorJob]:
-    """One job per target tensor: interpolated when it has an alpha, else copied from the target."""
-    jobs = []
-    for name in target.keys():
-        if name in alphas:
-            merge = functools.partial(interpolate, alpha=alphas[name], interp=interp)
-            jobs.append(TensorJob(name, [("target", name), ("source", name)], merge))
-        else:
-            jobs.append(TensorJob(name, [("target", name)]))
-    return jobs
-
-
-def report_unmatched(only_in_target: list[str], only_in_source: list[str], not_floating: list[str],
-                     where: str) -> None:
-    """Log how many tensors were not interpolated and why (never dropped silently)."""
-    if only_in_target or not_floating:
-        logger.warning("note: %d tensor(s) only in the target and %d non-floating tensor(s) were kept from the "
-                       "target (listed in %s)", len(only_in_target), len(not_floating), where)
-    if only_in_source:
-        shown = ", ".join(only_in_source[:3]) + (" ..." if len(only_in_source) > 3 else "")
-        logger.warning("note: %d tensor(s) only in the source were skipped: %s (listed in %s)",
-                       len(only_in_source), shown, where)
 
 
 @dataclass

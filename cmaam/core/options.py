@@ -46,7 +46,8 @@ class ExecutionOptions:
         """The options a parsed command line asks for; fields it has no flag for (or that were not given,
         with ``from_config=True``) keep ``base``'s values (default: the defaults above)."""
         base = base or cls()
-        given = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls) if hasattr(args, field.name)}
+        given = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)
+                 if hasattr(args, field.name)}
         options = dataclasses.replace(base, **given)
         options.validate()
         return options

@@ -191,8 +191,8 @@ class Planner:
                 first = output_slice.sources[0]
                 source_stack = self._stack(first.model)
                 for rest in source_stack.rests.get(first.layer_range[0] + offset, []):
-                    def input_name(model: str, rest=rest, offset=offset) -> str:
-                        start = next(s.layer_range[0] for s in output_slice.sources if s.model == model)
+                    def input_name(model: str, rest=rest, offset=offset, sources=output_slice.sources) -> str:
+                        start = next(s.layer_range[0] for s in sources if s.model == model)
                         return self._stack(model).name(start + offset, rest)
                     self._add(output_stack.name(output_layer, rest), output_slice, input_name, t, where[number])
                 types = self.readers[first.model].config.get("layer_types")

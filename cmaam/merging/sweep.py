@@ -10,19 +10,12 @@ from pathlib import Path
 from typing import Sequence
 
 
-from cmaam.alignment.merge import (
-    ALPHAS_FILE,
-    check_interp,
-    interpolate,
-    pair_jobs,
-    report_unmatched,
-)
-from cmaam.alignment.scores.analyzer import check_pair
 from cmaam.core.errors import CMAAMError
 from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, CheckpointWriter, parse_dtype
 from cmaam.io.atomic import atomic_write_yaml, claim_outputs
 from cmaam.merging.executor import ModelOutput, execute, plan_specs, resolve_device
+from cmaam.merging.pairs import ALPHAS_FILE, check_interp, check_pair, interpolate, pair_jobs, report_unmatched
 
 logger = logging.getLogger(__name__)
 

@@ -139,6 +139,9 @@ def compare(records: Sequence[RunRecord], metric: str = "exact_match", korean: s
         if name is not None:
             if name not in by_name:
                 raise CMAAMError(f"--{role} {name!r} is not among the runs ({', '.join(sorted(by_name))})")
+            for record in records:  # the named run is the reference; one that had the role by its config yields
+                if record.role == role:
+                    record.role = "other"
             by_name[name].role = role
     base_record = next((r for r in records if r.role == "base"), None)
     tuned_record = next((r for r in records if r.role == "finetuned"), None)
@@ -212,7 +215,8 @@ def plot(comparison: Comparison):
     bars.set_ylim(0, 1.05)
     bars.legend()
     bars.set_title("accuracy per model")
-    colours = {"base": "black", "finetuned": "tab:red", "cmaam": "tab:blue", "baseline": "tab:gray", "other": "tab:green"}
+    colours = {"base": "black", "finetuned": "tab:red", "cmaam": "tab:blue", "baseline": "tab:gray",
+               "other": "tab:green"}
     for row in comparison.rows:
         x, y = row[ko_key], row["en_retention_vs_base"]
         if x is None or y is None:

@@ -36,10 +36,10 @@ from cmaam.core.config import (
 )
 from cmaam.core.errors import CMAAMError, first_line
 from cmaam.core.options import ExecutionOptions
+from cmaam.core.presets import preset_path
 from finetune.lora_vqa import TrainingSettings
 
 logger = logging.getLogger(__name__)
-REPOSITORY = Path(__file__).resolve().parents[2]
 PRESETS = ("demo", "tiny", "quick", "full")
 KOREAN_MODES = ("tiny", "quick", "full")  # finetune.data_prep's --mode sizes: 10K, 100K, everything
 WANDB_MODES = ("offline", "online", "disabled")
@@ -150,17 +150,17 @@ class ExperimentConfig:
             raise InvalidValue("device", str(error)) from None
 
 
-def preset_path(preset: str) -> Path:
-    """configs/experiments/<preset>.yaml."""
+def experiment_preset(preset: str) -> Path:
+    """The shipped preset cmaam/configs/experiments/<preset>.yaml."""
     if preset not in PRESETS:
         raise CMAAMError(f"unknown preset {preset!r} (choose {', '.join(PRESETS)})")
-    return REPOSITORY / "configs" / "experiments" / f"{preset}.yaml"
+    return preset_path("experiments", preset)
 
 
 def load_experiment_config(preset: str | None = None, path: str | Path | None = None,
                            overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """A preset (configs/experiments/<preset>.yaml) or a YAML file, with KEY=VALUE overrides, validated."""
-    return load_config(ExperimentConfig, preset_path(preset) if path is None else path, overrides)
+    """A preset (cmaam/configs/experiments/<preset>.yaml) or a YAML file, with KEY=VALUE overrides, validated."""
+    return load_config(ExperimentConfig, experiment_preset(preset) if path is None else path, overrides)
 
 
 def plain(config: Any) -> Any:

@@ -25,6 +25,7 @@ import numpy as np
 from cmaam.core.config import InvalidValue, apply_overrides, at_least, from_dict, one_of, read_yaml, setting
 from cmaam.core.errors import CMAAMError
 from cmaam.core.options import ExecutionOptions
+from cmaam.core.presets import preset_folder
 from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text, atomic_write_yaml, claim_output
 from cmaam.search.fitness import Evaluation, FitnessConfig, build_fitness
 from cmaam.search.genome import GenomeLayout, GenomeSpec
@@ -33,7 +34,7 @@ from cmaam.search.inmemory import open_readers, plan_layout
 STATE_FORMAT = 1
 KEY_DECIMALS = 10  # genomes equal to 1e-10 share one cache entry
 BOUNDARY_HANDLERS = {"transform": "BoundTransform", "penalty": "BoundPenalty"}
-PRESET_FOLDER = Path(__file__).resolve().parents[2] / "configs" / "evolve"
+PRESET_FOLDER = preset_folder("evolve")
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None
                 ) -> EvolveConfig:
-    """Read an evolve YAML: a file path, or a preset name from configs/evolve (e.g. ``tiny``).
+    """Read an evolve YAML: a file path, or a preset name from cmaam/configs/evolve (e.g. ``tiny``).
 
     ``overrides`` are ``KEY=VALUE`` assignments (``--set``); ``settings`` are top-level values already typed
     (the command's flags), applied last. Everything is validated together.

@@ -39,7 +39,8 @@ COMMANDS = {
 }
 # commands whose values come from a config file: a flag overrides the config only when given
 FROM_CONFIG = {
-    "cmaam.evolve": (["--config", "tiny"], {"device", "dtype", "seed", "allow_pickle", "trust_remote_code", "progress"}),
+    "cmaam.evolve": (["--config", "tiny"],
+                     {"device", "dtype", "seed", "allow_pickle", "trust_remote_code", "progress"}),
     "cmaam.experiment": (["demo"], {"device", "seed"}),
 }
 
@@ -64,7 +65,8 @@ def test_every_command_has_the_same_flags_and_defaults(module):
 def test_every_flag_sets_the_same_field(module):
     required, offered = COMMANDS[module]
     parser = importlib.import_module(module).build_parser()
-    given = {"device": ["--device", "cpu"], "dtype": ["--dtype", "bfloat16"], "max_shard_size": ["--max-shard-size", "2GB"],
+    given = {"device": ["--device", "cpu"], "dtype": ["--dtype", "bfloat16"],
+             "max_shard_size": ["--max-shard-size", "2GB"],
              "overwrite": ["--overwrite"], "allow_pickle": ["--allow-pickle"], "allow_nonfinite": ["--allow-nonfinite"],
              "trust_remote_code": ["--trust-remote-code"], "seed": ["--seed", "7"], "progress": ["--no-progress"]}
     expected = {"device": "cpu", "dtype": "bfloat16", "max_shard_size": "2GB", "overwrite": True, "allow_pickle": True,

@@ -11,12 +11,12 @@ import torch
 from cmaam.core.options import ExecutionOptions
 
 from cmaam.alignment.layouts import get_layout
-from cmaam.alignment.merge import interpolate, pair_jobs
-from cmaam.alignment.scores.analyzer import analyze_pair, check_pair, score_tensor_pair
+from cmaam.alignment.scores.analyzer import analyze_pair, score_tensor_pair
 from cmaam.alignment.scores.cmbc import embedding_subspace
 from cmaam.core.errors import CMAAMError
 from cmaam.io import CheckpointReader, CheckpointWriter, write_state_dict
 from cmaam.merging.executor import ModelOutput, TensorJob, execute, plan_specs, run_merge
+from cmaam.merging.pairs import check_pair, interpolate, pair_jobs
 from cmaam.merging.sweep import sweep
 
 NAMES = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.0.input_layernorm.weight",

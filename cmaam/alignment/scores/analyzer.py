@@ -16,6 +16,7 @@ from cmaam.core.errors import CMAAMError
 from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader
 from cmaam.merging.executor import TensorJob, execute
+from cmaam.merging.pairs import check_pair
 
 SCORE_NAMES = ("pda", "gfs", "cmbc")
 BRIDGE = "cross_modal_bridge"
@@ -71,22 +72,6 @@ class Analysis:
     not_floating: list[str] = field(default_factory=list)
     embedding: str | None = None
     capture_term: bool = False
-
-
-def check_pair(source: CheckpointReader, target: CheckpointReader) -> list[str]:
-    """Raise CMAAMError unless S and T share an architecture; return the names they share (target order)."""
-    if source.model_type and target.model_type and source.model_type != target.model_type:
-        raise CMAAMError(f"source is a {source.model_type!r} model but target is {target.model_type!r}: "
-                         "both must have one architecture")
-    common = [name for name in target.keys() if name in source]
-    if not common:
-        raise CMAAMError(f"{source.path} and {target.path} share no tensor names: not the same architecture")
-    mismatched = [name for name in common if source.shape(name) != target.shape(name)]
-    if mismatched:
-        details = ", ".join(f"{n} {source.shape(n)} vs {target.shape(n)}" for n in mismatched[:3])
-        more = f" and {len(mismatched) - 3} more" if len(mismatched) > 3 else ""
-        raise CMAAMError(f"source and target shapes differ ({len(mismatched)} tensors: {details}{more})")
-    return common
 
 
 def resolve_layout(target: CheckpointReader, model_type: str | None = None, rules_file: str | None = None):
