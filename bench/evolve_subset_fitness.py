@@ -86,7 +86,8 @@ def main() -> None:
     saved_seconds = 1 - cheap["scoring_seconds"] / full["scoring_seconds"]
     lines = [f"preset {args.preset}: {args.population} candidates per generation, seed {args.seed}, "
              f"subset {args.size} items ({args.rule}), rescore top {args.rescore_top}", "",
-             "| arm | generations | item evaluations | candidates scored | scoring s | wall s | best fitness (full set) |",
+             "| arm | generations | item evaluations | candidates scored | scoring s | wall s "
+             "| best fitness (full set) |",
              "|---|---|---|---|---|---|---|"]
     for arm, generations in zip(arms, (args.generations, subset_generations)):
         lines.append(f"| {arm['arm']} | {generations} | {arm['item_evaluations']} | {arm['candidates_scored']} | "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,6 +22,8 @@ import numpy as np
 
 from cmaam.core.cli import run_cli
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
+from finetune.lora_vqa import TrainingSettings
 
 SPLITS = ("category", "cluster")
 PARTS_FILE = "parts.json"
@@ -29,11 +31,12 @@ PARTS_FILE = "parts.json"
 
 @dataclass
 class DTMConfig:
-    """A DTM run: the base, the data, how it is dispersed and merged, and the LoRA flags."""
+    """A DTM run: the base, the data, how it is dispersed and merged, and how every model is trained."""
 
     model: str
     data: str
     output: str
+    training: TrainingSettings = field(default_factory=TrainingSettings)  # the sub-models' and the single run's
     parts: int = 3
     split: str = "category"
     category_field: str = "category"
@@ -42,12 +45,14 @@ class DTMConfig:
     merge_weight: float | None = None  # weight of each sub-model in a method merge; default 1/K
     retention: str | None = None  # English VQA folder (test.jsonl) for the retention column
     single: bool = True  # also fine-tune once on all the data (the baseline)
+    evaluate: bool = True  # evaluate on the test split (the experiment pipeline evaluates its own way)
     evaluate_parts: bool = True
     eval_limit: int | None = None
     eval_batch_size: int = 16
     max_new_tokens: int = 16
     seed: int = 0
-    train_args: list[str] = field(default_factory=list)  # flags of python -m finetune.lora_vqa
+    threads: int | None = None  # torch threads of the trainings
+    wandb_mode: str = "disabled"  # tracking of the trainings
     progress: bool = True
 
     def validate(self) -> None:
@@ -56,6 +61,7 @@ class DTMConfig:
 
         if isinstance(self.parts, bool) or not isinstance(self.parts, int) or self.parts < 2:
             raise CMAAMError(f"--parts must be a whole number of at least 2, got {self.parts!r}")
+        self.training.validate()
         if self.split not in SPLITS:
             raise CMAAMError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.merge != "soup":
@@ -65,7 +71,7 @@ class DTMConfig:
         for path, what in ((self.model, "model"), (self.data, "data")):
             if not Path(path).is_dir():
                 raise CMAAMError(f"{path}: {what} folder not found")
-        for split in ("train", "test"):
+        for split in ("train", "test") if self.evaluate else ("train",):
             if not (Path(self.data) / f"{split}.jsonl").is_file():
                 raise CMAAMError(f"{self.data}: no {split}.jsonl")
         if self.retention and not (Path(self.retention) / "test.jsonl").is_file():
@@ -186,20 +192,16 @@ def write_parts(config: DTMConfig) -> list[Path]:
 
 # -- training, merging, evaluation --------------------------------------------------------------------
 def train_lora(config: DTMConfig, data: Path, output: Path) -> dict:
-    """One ``finetune.lora_vqa`` run (skipped when its train_result.json exists); returns that result."""
-    from finetune.lora_vqa import RESULT_FILE, LoraTrainConfig, build_parser, train
+    """One ``finetune.lora_vqa`` run with ``config.training`` (skipped when its train_result.json exists,
+    resumed from its checkpoints when interrupted); returns that result."""
+    from finetune.lora_vqa import RESULT_FILE, LoraTrainConfig, train
 
     result = output / RESULT_FILE
     if not result.is_file():
-        arguments = vars(build_parser().parse_args(["--model", str(config.model), "--data", str(data), "--output",
-                                                    str(output), "--seed", str(config.seed), "--eval-limit", "0",
-                                                    "--wandb-mode", "disabled", "--results-root",
-                                                    str(Path(config.output) / "results"), *config.train_args]))
-        if arguments["target_modules"] is not None:
-            arguments["target_modules"] = tuple(arguments["target_modules"])
-        arguments["resume"] = output.exists()
-        arguments["progress"] = arguments["progress"] and config.progress
-        train(LoraTrainConfig(**arguments))
+        train(LoraTrainConfig.from_settings(
+            config.training, model=str(config.model), data=str(data), output=str(output), seed=config.seed,
+            eval_limit=0, wandb_mode=config.wandb_mode, results_root=str(Path(config.output) / "results"),
+            run_name=f"dtm-{output.name}", resume=output.exists(), threads=config.threads, progress=config.progress))
     return json.loads(result.read_text(encoding="utf-8"))
 
 
@@ -216,18 +218,19 @@ def merge_submodels(config: DTMConfig, models: Sequence[Path], output: Path) -> 
     """The DTM merge: a uniform soup, or ``config.merge`` over the sub-models with the base as base model."""
     from cmaam.io.atomic import atomic_write_yaml
     from cmaam.merging.config_merge import merge_from_config
-    from cmaam.merging.soups import SoupOptions, uniform_soup
+    from cmaam.merging.soups import uniform_soup
 
     if output.exists():
         return output
+    options = ExecutionOptions(seed=config.seed, progress=config.progress)
     if config.merge == "soup":
-        return uniform_soup(models, output, SoupOptions(progress=config.progress))
+        return uniform_soup(models, output, options)
     weight = config.merge_weight if config.merge_weight is not None else 1.0 / len(models)
     recipe = {"merge_method": config.merge, "base_model": str(Path(config.model).resolve()),
               "models": [{"model": str(Path(m).resolve()), "parameters": {"weight": weight}} for m in models],
               "parameters": dict(config.merge_parameters)}
     path = atomic_write_yaml(Path(config.output) / f"{output.name}.yaml", recipe)
-    return merge_from_config(path, output, seed=config.seed, progress=config.progress)
+    return merge_from_config(path, output, options)
 
 
 def evaluate(model: Path | str, sets: dict[str, list], config: DTMConfig) -> dict[str, float]:
@@ -271,6 +274,10 @@ def run_dtm(config: DTMConfig) -> dict:
                      "train_seconds": result["train_seconds"]})
     rows.insert(0, {"model": "base", "kind": "base", "path": str(config.model), "train_samples": 0,
                     "train_seconds": 0.0})
+    report = {"config": asdict(config), "rows": rows, "seconds": time.time() - started}
+    if not config.evaluate:
+        atomic_write_json(root / "dtm.json", report)
+        return report
     sets = {"target": load_vqa_jsonl(Path(config.data) / "test.jsonl", limit=config.eval_limit)}
     if config.retention:
         sets["retention"] = load_vqa_jsonl(Path(config.retention) / "test.jsonl", limit=config.eval_limit)
@@ -283,7 +290,7 @@ def run_dtm(config: DTMConfig) -> dict:
             known[row["model"]] = evaluate(row["path"], sets, config)
             atomic_write_json(cache, known)
         row["metrics"] = known[row["model"]]
-    report = {"config": asdict(config), "rows": rows, "seconds": time.time() - started}
+    report["seconds"] = time.time() - started
     atomic_write_json(root / "dtm.json", report)
     atomic_write_text(root / "dtm.md", table(rows, config))
     _figure(rows, root / "dtm.png")
@@ -297,8 +304,8 @@ def _samples(path: Path) -> int:
 def table(rows: Sequence[dict], config: DTMConfig) -> str:
     """The comparison as Markdown: exact match on the target test split (and retention), training cost."""
     retention = bool(config.retention)
-    header = "| model | kind | train samples | target exact match |" + (" retention exact match |" if retention else "") \
-        + " train s |"
+    header = "| model | kind | train samples | target exact match |" \
+        + (" retention exact match |" if retention else "") + " train s |"
     lines = [f"DTM: {config.parts} parts by {config.split}, merged by {merge_name(config)}, seed {config.seed}", "",
              header, "|---" * (header.count("|") - 1) + "|"]
     for row in rows:
@@ -327,8 +334,8 @@ def _figure(rows: Sequence[dict], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(max(5, 0.9 * len(shown) + 2), 3.6))
     width = 0.8 / len(sets)
     for offset, name in enumerate(sets):
-        axis.bar([i + offset * width for i in range(len(shown))], [row["metrics"][f"{name}/exact_match"] for row in shown],
-                 width, label=name)
+        axis.bar([i + offset * width for i in range(len(shown))],
+                 [row["metrics"][f"{name}/exact_match"] for row in shown], width, label=name)
     axis.set_xticks([i + width * (len(sets) - 1) / 2 for i in range(len(shown))], [row["model"] for row in shown],
                     rotation=30, ha="right")
     axis.set_ylabel("exact match (test split)")
@@ -384,12 +391,26 @@ def parse_parameters(assignments: Sequence[str]) -> dict[str, Any]:
     return parameters
 
 
+def training_settings(arguments: Sequence[str]) -> tuple[TrainingSettings, int | None]:
+    """The training flags of ``python -m finetune.lora_vqa`` (its parser, so the same names and defaults) as
+    TrainingSettings, and its --threads."""
+    from finetune.lora_vqa import build_parser as lora_parser
+
+    values = vars(lora_parser().parse_args(["--model", "-", "--data", "-", "--output", "-", *arguments]))
+    if values["target_modules"] is not None:
+        values["target_modules"] = tuple(values["target_modules"])
+    settings = TrainingSettings(**{f.name: values[f.name] for f in fields(TrainingSettings)})
+    return settings, values["threads"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args, train_args = build_parser().parse_known_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
     options = vars(args)
     options["merge_parameters"] = parse_parameters(options.pop("merge_parameter"))
-    report = run_dtm(DTMConfig(**options, train_args=list(train_args)))
-    print(table(report["rows"], DTMConfig(**{k: v for k, v in report["config"].items()})), end="")
+    training, threads = training_settings(rest)
+    config = DTMConfig(**options, training=training, threads=threads)
+    report = run_dtm(config)
+    print(table(report["rows"], config), end="")
     return 0
 
 

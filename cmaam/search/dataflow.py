@@ -21,8 +21,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from cmaam.core.config import InvalidValue, at_least, one_of, setting
 from cmaam.core.errors import CMAAMError
-from cmaam.search.genome import LayoutBase, build_section
+from cmaam.core.options import ExecutionOptions
+from cmaam.search.genome import LayoutBase
 
 SCALINGS = ("transition", "step", "none")
 STARTS = ("base", "all")
@@ -35,46 +37,29 @@ SHARED_CONFIG_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_att
 
 @dataclass
 class DataFlowSpec:
-    """The data-flow genome: slots (pool x repeats), how inputs are scaled, the start and the step size."""
+    """The data-flow genome (an evolve config's ``dataflow`` section): slots (pool x repeats), how inputs are
+    scaled, the start and the step size."""
 
-    repeats: int = 1
-    scaling: str = "transition"  # transition (W[previous layer, layer]) | step (one per slot) | none
-    start: str = "base"  # base: the base model's layers (the base model itself) | all: every layer once, in pool order
+    repeats: int = setting(1, check=at_least(1))
+    scaling: str = setting("transition", check=one_of(SCALINGS))  # W[previous layer, layer] | one per slot | none
+    start: str = setting("base", check=one_of(STARTS))  # base: the base model's layers | all: every layer once
     include_init: float = 0.2  # |I_t| at the start: 2 sigma away from the include threshold 0
     scale_init: float = 1.0
     scale_bounds: tuple[float, float] = (0.1, 2.0)
     sigma: float = 0.1
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "DataFlowSpec":
-        """Build from a YAML mapping, with one-line errors for unknown keys and bad values."""
-        spec = build_section(cls, values, "dataflow")
-        spec.check()
-        return spec
-
-    def check(self) -> None:
-        """Raise CMAAMError on a value outside its range."""
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
-            raise CMAAMError(f"dataflow: repeats must be a whole number of at least 1, got {self.repeats!r}")
-        if self.scaling not in SCALINGS:
-            raise CMAAMError(f"dataflow: unknown scaling {self.scaling!r} (choose {', '.join(SCALINGS)})")
-        if self.start not in STARTS:
-            raise CMAAMError(f"dataflow: unknown start {self.start!r} (choose {', '.join(STARTS)})")
-        bounds = self.scale_bounds
-        if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2
-                and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
-            raise CMAAMError(f"dataflow: scale_bounds must be [low, high], got {bounds!r}")
-        self.scale_bounds = (float(bounds[0]), float(bounds[1]))
+    def validate(self) -> None:
+        """What involves several keys (positive scale bounds around the start) and open ranges."""
         low, high = self.scale_bounds
         if not 0 < low < high:
-            raise CMAAMError(f"dataflow: scale_bounds must satisfy 0 < low < high (positive scales keep the fold "
-                             f"rules valid), got [{low}, {high}]")
+            raise InvalidValue("scale_bounds", f"must satisfy 0 < low < high (positive scales keep the fold rules "
+                                               f"valid), got [{low}, {high}]")
         if not low <= float(self.scale_init) <= high:
-            raise CMAAMError(f"dataflow: scale_init {self.scale_init} is outside scale_bounds [{low}, {high}]")
+            raise InvalidValue("scale_init", f"{self.scale_init} is outside scale_bounds [{low}, {high}]")
         if not 0 < float(self.include_init) <= INCLUDE_BOUNDS[1]:
-            raise CMAAMError(f"dataflow: include_init must be in (0, 1], got {self.include_init}")
+            raise InvalidValue("include_init", f"must be in (0, 1], got {self.include_init}")
         if not float(self.sigma) > 0:
-            raise CMAAMError(f"dataflow: sigma must be positive, got {self.sigma}")
+            raise InvalidValue("sigma", f"must be positive, got {self.sigma}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +79,10 @@ class DataFlowLayout(LayoutBase):
     """
 
     def __init__(self, spec: DataFlowSpec, layer_counts: Mapping[str, int], base_model: str):
-        spec.check()
+        try:
+            spec.validate()
+        except InvalidValue as error:
+            raise CMAAMError(f"dataflow.{error}") from None
         if base_model not in layer_counts:
             raise CMAAMError(f"dataflow: base_model {base_model!r} is not one of the models")
         self.spec = spec
@@ -252,12 +240,17 @@ class DataFlowMerger:
     references to the sources' modules (the same interface as InMemoryMerger for the fitness).
     """
 
-    def __init__(self, models: Mapping[str, str | Path], base_model: str, spec: DataFlowSpec, device: str = "cpu",
-                 dtype: torch.dtype | None = None, trust_remote_code: bool = False, allow_pickle: bool = False):
+    def __init__(self, models: Mapping[str, str | Path], base_model: str, spec: DataFlowSpec,
+                 options: ExecutionOptions | None = None):
+        """``options``: device, dtype of the loaded models (default: as stored), pickles and remote code."""
+        from cmaam.io import parse_dtype
         from cmaam.merging.executor import resolve_device
         from cmaam.search.inmemory import build_empty_model, load_model, open_readers
 
-        self.device = resolve_device(device)
+        options = options or ExecutionOptions()
+        dtype, trust_remote_code, allow_pickle = parse_dtype(options.dtype), options.trust_remote_code, \
+            options.allow_pickle
+        self.device = resolve_device(options.device)
         readers = open_readers(models, allow_pickle)
         try:
             self.layout = plan_dataflow(readers, base_model, spec)

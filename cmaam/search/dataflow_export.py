@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from cmaam.core.options import ExecutionOptions
 from cmaam.search.dataflow import Step
 
-RESIDUAL_FOLD_TYPES = ("llama", "mistral", "qwen2")  # pre-norm RMSNorm blocks whose branches read the stream via the norm
+# pre-norm RMSNorm blocks whose branches read the residual stream only through the norm
+RESIDUAL_FOLD_TYPES = ("llama", "mistral", "qwen2")
 BRANCH_OUTPUTS = ("self_attn.o_proj", "mlp.down_proj")
 MODELING_FILE = "modeling_cmaam_dataflow.py"
 
@@ -112,10 +114,10 @@ def custom_model_parts(base_model_type: str, fold: Fold) -> tuple[dict[str, Any]
 
 
 def write_dataflow_model(recipe_path: str | Path, fold: Fold, output: str | Path, base_model_type: str,
-                         seed: int = 0, progress: bool = True, overwrite: bool = True) -> Path:
-    """Run the passthrough recipe into ``output``; for a custom fold add the input-scale module."""
+                         options: ExecutionOptions | None = None) -> Path:
+    """Run the passthrough recipe into ``output`` (``options``: seed, device, overwrite, progress ...); for a
+    custom fold add the input-scale module."""
     from cmaam.merging.config_merge import merge_from_config
 
     update, files = custom_model_parts(base_model_type, fold) if fold.kind == "custom" else (None, None)
-    return merge_from_config(recipe_path, output, seed=seed, overwrite=overwrite, progress=progress,
-                             config_update=update, extra_files=files)
+    return merge_from_config(recipe_path, output, options, config_update=update, extra_files=files)

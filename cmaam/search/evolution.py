@@ -10,6 +10,7 @@ again and takes every one already scored from the log. No genome is evaluated tw
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -21,21 +22,24 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text, atomic_write_yaml, claim_output
+from cmaam.core.config import InvalidValue, apply_overrides, at_least, from_dict, one_of, read_yaml, setting
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
+from cmaam.core.presets import preset_folder
+from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text, atomic_write_yaml, claim_output
 from cmaam.search.dataflow import DataFlowLayout, DataFlowSpec, plan_dataflow
-from cmaam.search.fitness import FITNESS_TYPES, Evaluation, FitnessSpec
-from cmaam.search.genome import GenomeLayout, GenomeSpec, build_section
+from cmaam.search.fitness import ITEM_SCORES, Evaluation, FitnessConfig, build_fitness
+from cmaam.search.genome import GenomeLayout, GenomeSpec
 from cmaam.search.inmemory import open_readers, plan_layout
 from cmaam.search.subset import SubsetPlan, SubsetSpec, select_subset
-from cmaam.search.vlm import VQA_METRICS, AlphaLayout, AlphaSearchSpec, plan_alpha_layout
+from cmaam.search.vlm import AlphaLayout, AlphaSearchSpec, plan_alpha_layout
 
 STATE_FORMAT = 1
 KEY_DECIMALS = 10  # genomes equal to 1e-10 share one cache entry
-SearchLayout = GenomeLayout | DataFlowLayout | AlphaLayout  # each offers labels, bounds, initial, clip, as_table, sigma
 BOUNDARY_HANDLERS = {"transform": "BoundTransform", "penalty": "BoundPenalty"}
-PRESET_FOLDER = Path(__file__).resolve().parents[2] / "configs" / "evolve"
+PRESET_FOLDER = preset_folder("evolve")
 SPACES = ("parameter", "dataflow", "alphas")  # merge coefficients, an inference path, or a VLM pair's CMAAM alphas
+SearchLayout = GenomeLayout | DataFlowLayout | AlphaLayout  # each offers labels, bounds, initial, clip, as_table, sigma
 # FitnessConfig fields added after runs existed: left out of the resume fingerprint while at their defaults
 LATER_FITNESS_FIELDS = {"subset": None, "split": "val", "retention": None, "retention_limit": None,
                         "weights": {"target": 1.0, "retention": 1.0}}
@@ -49,154 +53,125 @@ class ModelEntry:
 
     name: str
     path: str
-    build: dict[str, Any] | None = None  # {type: llama, seed: 0} | {perturb: other, scale: 0.3, seed: 1} | {merge: {...}}
-
-
-@dataclass
-class FitnessConfig:
-    """How candidates are scored: MGSM on a fixed subset, VQA (a VLM pair), or the synthetic target-distance fitness."""
-
-    type: str = "mgsm"
-    source: str | None = None  # mgsm: TSV file, datasets folder or bundled language code (default: lang); vqa: folder
-    lang: str = "en"
-    limit: int | None = 50
-    offset: int = 0
-    shots: int = 0
-    chain_of_thought: bool = True
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    metric: str = "accuracy"
-    tiebreak: float = 0.0  # + tiebreak * gold-answer likelihood (keep below 1/limit)
-    target: float | list[float] | None = None  # synthetic: the genome to recover
-    subset: SubsetSpec | None = None  # cheaper fitness: score on a chosen item subset after generation 1
-    split: str = "val"  # vqa: the split file of source (and retention) folders: <split>.jsonl
-    retention: str | None = None  # vqa: English retention set (folder or JSONL)
-    retention_limit: int | None = None  # vqa: default: limit
-    weights: dict[str, float] = field(default_factory=lambda: {"target": 1.0, "retention": 1.0})  # vqa objective
+    build: dict[str, Any] | None = None  # {type: llama, seed: 0} | {perturb: other, scale: 0.3} | {merge: {...}}
 
 
 @dataclass
 class EvolveConfig:
-    """A search: models, genome, fitness, optimiser settings and where the run folder goes."""
+    """A search: models, genome, fitness, optimiser settings and where the run folder goes.
+
+    Loaded by ``cmaam.core.config`` (``load_config``): unknown keys and bad values are one-line errors
+    naming the key. ``device``, ``dtype``, ``seed``, ``trust_remote_code``, ``allow_pickle`` and ``progress``
+    are the execution options (``options``) of the in-memory merges and the saved best model.
+    """
 
     name: str
     models: list[ModelEntry]
     base_model: str
-    space: str = "parameter"  # parameter: merge coefficients (genome) | dataflow: an inference path (dataflow)
-    genome: GenomeSpec = field(default_factory=GenomeSpec)
-    dataflow: DataFlowSpec | None = None
-    alphas: AlphaSearchSpec | None = None
+    space: str = setting("parameter", check=one_of(SPACES))  # what the genome describes
+    genome: GenomeSpec | None = None  # space: parameter (default: GenomeSpec())
+    dataflow: DataFlowSpec | None = None  # space: dataflow (default: DataFlowSpec())
+    alphas: AlphaSearchSpec | None = None  # space: alphas (default: AlphaSearchSpec())
     fitness: FitnessConfig = field(default_factory=FitnessConfig)
-    generations: int = 100
-    population: int | None = None  # None: cma's default 4 + 3 ln(genes)
-    seed: int = 0
-    boundary: str = "transform"  # transform (BoundTransform) or penalty (BoundPenalty)
+    generations: int = setting(100, check=at_least(1))
+    population: int | None = setting(None, check=at_least(2))  # None: cma's default 4 + 3 ln(genes)
+    seed: int = setting(0, check=at_least(0))
+    boundary: str = setting("transform", check=one_of(tuple(BOUNDARY_HANDLERS)))  # BoundTransform / BoundPenalty
     device: str = "auto"
     dtype: str | None = None  # dtype of the in-memory model; default: as stored
-    workers: int = 1
+    workers: int = setting(1, check=at_least(1))
     ray_address: str | None = None
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float = setting(0.0, check=at_least(0))
     output_dir: str | None = None  # default results/<name>
     tokenizer: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
     save_model: bool = True
-    wandb_mode: str | None = None  # offline (default, or $WANDB_MODE), online, disabled
-    figure_every: int = 1  # redraw the figures every N generations (0: only at the end)
+    wandb_mode: str | None = setting(None, check=one_of(("offline", "online", "disabled")))  # None: $WANDB_MODE
+    figure_every: int = setting(1, check=at_least(0))  # redraw the figures every N generations (0: only at the end)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        """The configured space's section takes its defaults when the YAML leaves it out."""
+        section = {"parameter": ("genome", GenomeSpec), "dataflow": ("dataflow", DataFlowSpec),
+                   "alphas": ("alphas", AlphaSearchSpec)}.get(self.space)
+        if section is not None and getattr(self, section[0]) is None:
+            setattr(self, section[0], section[1]())
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir or Path("results") / self.name).resolve()
 
+    @property
+    def options(self) -> ExecutionOptions:
+        """The execution options of the merges (in memory, and the best model written at the end)."""
+        return ExecutionOptions(device=self.device, dtype=self.dtype, seed=self.seed,
+                                trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle,
+                                progress=self.progress)
+
+    def validate(self) -> None:
+        """What involves several keys: two models or more, unique names, a base model among them."""
+        if len(self.models) < 2:
+            raise InvalidValue("models", "must list at least two models ({name, path})")
+        names = [model.name for model in self.models]
+        if len(set(names)) != len(names):
+            raise InvalidValue("models", f"model names must be unique, got {names}")
+        for key in ("name", "base_model"):
+            if not getattr(self, key):
+                raise InvalidValue(key, "must not be empty")
+        if self.base_model not in names:
+            raise InvalidValue("base_model", f"{self.base_model!r} is not one of the models ({', '.join(names)})")
+        sections = {"parameter": "genome", "dataflow": "dataflow", "alphas": "alphas"}
+        for space, section in sections.items():
+            if space != self.space and getattr(self, section) is not None:
+                raise InvalidValue(section, f"configures space: {space}, but space is {self.space}")
+        if (self.space == "alphas") != (self.fitness.type == "vqa"):
+            raise InvalidValue("fitness", f"the vqa fitness and space: alphas go together (a VLM pair scored with "
+                                          f"images), got space {self.space} with fitness {self.fitness.type}")
+
+    @property
+    def space_spec(self) -> GenomeSpec | DataFlowSpec | AlphaSearchSpec:
+        """The section of the configured space."""
+        return {"parameter": self.genome, "dataflow": self.dataflow, "alphas": self.alphas}[self.space]
+
 
 def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig:
     """Validate a YAML mapping into an EvolveConfig (one-line errors naming the bad key)."""
-    data = dict(data or {})
-    models = data.get("models")
-    if not isinstance(models, list) or len(models) < 2:
-        raise CMAAMError(f"{where}: models must list at least two models ({{name, path}})")
-    data["models"] = [build_section(ModelEntry, entry, f"{where}: models[{i}]") for i, entry in enumerate(models)]
-    names = [model.name for model in data["models"]]
-    if len(set(names)) != len(names):
-        raise CMAAMError(f"{where}: model names must be unique, got {names}")
-    space = data.get("space", "parameter")
-    if space not in SPACES:
-        raise CMAAMError(f"{where}: space must be one of {', '.join(SPACES)}, got {space!r}")
-    sections = {"parameter": "genome", "dataflow": "dataflow", "alphas": "alphas"}
-    for other, section in sections.items():
-        if other != space and data.get(section) is not None:
-            raise CMAAMError(f"{where}: {section} configures space: {other}, but space is {space}")
-    data["genome"] = GenomeSpec.from_dict(data.get("genome"))
-    if space == "dataflow":
-        data["dataflow"] = DataFlowSpec.from_dict(data.get("dataflow"))
-    if space == "alphas":
-        data["alphas"] = AlphaSearchSpec.from_dict(data.get("alphas"))
-    data["fitness"] = build_section(FitnessConfig, data.get("fitness"), f"{where}: fitness")
-    fitness = data["fitness"]
-    fitness.subset = SubsetSpec.from_dict(fitness.subset)
-    if fitness.subset is not None and fitness.type == "synthetic":
-        raise CMAAMError(f"{where}: fitness.subset needs an item-based fitness (mgsm, vqa), not synthetic")
-    if (space == "alphas") != (fitness.type == "vqa"):
-        raise CMAAMError(f"{where}: the vqa fitness and space: alphas go together (a VLM pair scored with images), "
-                         f"got space {space} with fitness {fitness.type}")
-    if fitness.type == "vqa":
-        if not fitness.source:
-            raise CMAAMError(f"{where}: fitness.source is required for vqa (a VQA folder with {fitness.split}.jsonl)")
-        if fitness.metric not in VQA_METRICS:
-            raise CMAAMError(f"{where}: fitness.metric for vqa must be one of {', '.join(VQA_METRICS)}, "
-                             f"got {fitness.metric!r}")
-        weights = fitness.weights
-        if not isinstance(weights, Mapping) or set(weights) - {"target", "retention"} or any(
-                isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in weights.values()):
-            raise CMAAMError(f"{where}: fitness.weights must map target and retention to numbers >= 0, got {weights!r}")
-    for key in ("name", "base_model"):
-        if not data.get(key):
-            raise CMAAMError(f"{where}: {key} is required")
-    config = build_section(EvolveConfig, data, where)
-    if config.base_model not in names:
-        raise CMAAMError(f"{where}: base_model {config.base_model!r} is not one of the models ({', '.join(names)})")
-    if config.fitness.type not in FITNESS_TYPES:
-        raise CMAAMError(f"{where}: fitness.type must be one of {', '.join(FITNESS_TYPES)}, got {config.fitness.type!r}")
-    if config.boundary not in BOUNDARY_HANDLERS:
-        raise CMAAMError(f"{where}: boundary must be transform or penalty, got {config.boundary!r}")
-    for key, value in (("generations", config.generations), ("population", config.population),
-                       ("fitness.limit", config.fitness.limit)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise CMAAMError(f"{where}: {key} must be a whole number, got {value!r}")
-    if int(config.generations) < 1:
-        raise CMAAMError(f"{where}: generations must be at least 1")
-    if config.population is not None and int(config.population) < 2:
-        raise CMAAMError(f"{where}: population must be at least 2")
-    if config.fitness.limit is not None and int(config.fitness.limit) < 1:
-        raise CMAAMError(f"{where}: fitness.limit must be positive")
-    return config
+    return from_dict(EvolveConfig, data, where)
 
 
-def load_config(path: str | Path) -> EvolveConfig:
-    """Read an evolve YAML: a file path, or a preset name from configs/evolve (e.g. ``tiny``)."""
+def load_config(path: str | Path, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None
+                ) -> EvolveConfig:
+    """Read an evolve YAML: a file path, or a preset name from cmaam/configs/evolve (e.g. ``tiny``).
 
+    ``overrides`` are ``KEY=VALUE`` assignments (``--set``); ``settings`` are top-level values already typed
+    (the command's flags), applied last. Everything is validated together.
+    """
     path = Path(path)
     if not path.exists() and not path.suffix and (PRESET_FOLDER / f"{path}.yaml").is_file():
         path = PRESET_FOLDER / f"{path}.yaml"
     if not path.is_file():
         presets = sorted(p.stem for p in PRESET_FOLDER.glob("*.yaml")) if PRESET_FOLDER.is_dir() else []
         raise CMAAMError(f"{path}: config not found" + (f" (presets: {', '.join(presets)})" if presets else ""))
-    from cmaam.io.files import read_yaml
-
-    return parse_config(read_yaml(path), str(path))
+    values = read_yaml(path) or {}
+    if not isinstance(values, dict):
+        raise CMAAMError(f"{path}: expected a mapping of keys at the top, got {type(values).__name__}")
+    apply_overrides(values, overrides)
+    values.update(settings or {})
+    return from_dict(EvolveConfig, values, str(path))
 
 
 def config_dict(config: EvolveConfig) -> dict[str, Any]:
     """The config as plain data (what config.yaml and the tracker receive)."""
     data = dataclasses.asdict(config)
-    data["genome"]["bounds"] = {k: list(v) for k, v in config.genome.bounds.items()}
-    if config.alphas is not None:
-        data["alphas"]["scale_bounds"] = list(config.alphas.scale_bounds)
-    if data["fitness"].get("subset") is None:
-        data["fitness"].pop("subset", None)
-    if config.dataflow is not None:
-        data["dataflow"]["scale_bounds"] = list(config.dataflow.scale_bounds)
+    if config.genome is not None:
+        data["genome"]["bounds"] = {k: list(v) for k, v in config.genome.bounds.items()}
+    for section in ("dataflow", "alphas"):
+        if data.get(section) is not None:
+            data[section]["scale_bounds"] = list(data[section]["scale_bounds"])
+    for key, default in LATER_FITNESS_FIELDS.items():
+        if data["fitness"].get(key) == default:
+            data["fitness"].pop(key)
     return data
 
 
@@ -252,7 +227,7 @@ def _build_merge(entry: ModelEntry, options: dict, path: Path, built: Mapping[st
         return value
 
     recipe_path = atomic_write_yaml(path.parent / f"{path.name}.merge.yaml", resolve(recipe))
-    merge_from_config(recipe_path, path, overwrite=True, progress=False)
+    merge_from_config(recipe_path, path, ExecutionOptions(overwrite=True, progress=False))
 
 
 def input_paths(config: EvolveConfig) -> list[Path | str | None]:
@@ -426,7 +401,7 @@ def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
                          "--output-dir")
 
     # --- every check that can fail, before any evaluation --------------------------------------
-    fitness_spec, layout, x0, paths = prepare(config)
+    build_fitness_here, layout, x0, paths = prepare(config)
     population = int(config.population or default_population(len(layout)))
     print_fingerprint = fingerprint(config, layout, x0, population)
     state = read_state(run_dir) if resume else {}
@@ -446,7 +421,7 @@ def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
                              config, done=False)
 
     wandb_mode = config.wandb_mode or default_wandb_mode()
-    evaluator = make_evaluator(fitness_spec, config.workers, config.ray_address, config.gpus_per_worker)
+    evaluator = make_evaluator(build_fitness_here, config.workers, config.ray_address, config.gpus_per_worker)
     evaluated_here = 0
     try:
         with start_run(run_dir.name, config_dict(config), root=run_dir.parent, wandb_mode=wandb_mode,
@@ -465,7 +440,7 @@ def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
                     rescores, count = _rescore(generation, genomes, results, log, rescored, evaluator, subset)
                     evaluated_here += count
                     fresh += [record for record in rescores if not record["cached"]]
-                items = len(fitness_spec.items) + len(fitness_spec.retention_items)
+                items = len(build_fitness_here.keywords["items"]) + len(build_fitness_here.keywords["retention_items"])
                 summary = _summary(generation, fitness, genomes, es, best_record(log, rescored),
                                    time.perf_counter() - started, len(fresh), sum(r["merge_seconds"] for r in fresh),
                                    sum(r["eval_seconds"] for r in fresh))
@@ -574,12 +549,16 @@ def plan_search_layout(readers: Mapping, config: EvolveConfig) -> SearchLayout:
     if config.space == "dataflow":
         return plan_dataflow(readers, config.base_model, config.dataflow)
     if config.space == "alphas":
-        return plan_alpha_layout(readers, config.base_model, config.alphas, progress=config.progress)
+        return plan_alpha_layout(readers, config.base_model, config.alphas, config.options)
     return plan_layout(readers, config.base_model, config.genome)
 
 
-def prepare(config: EvolveConfig) -> tuple[FitnessSpec, SearchLayout, list[float], dict[str, Path]]:
-    """Resolve models, check shapes and genome, load the MGSM subset: the fitness spec and start genome."""
+def prepare(config: EvolveConfig) -> tuple[functools.partial, SearchLayout, list[float], dict[str, Path]]:
+    """Resolve models, check shapes and genome, load the items: the fitness builder and start genome.
+
+    The builder is ``build_fitness`` with every argument bound (picklable: each Ray worker calls it); its
+    ``items`` and ``retention_items`` keywords are the scored items.
+    """
     paths = prepare_models(config)
     readers = open_readers(paths, config.allow_pickle)
     try:
@@ -588,48 +567,41 @@ def prepare(config: EvolveConfig) -> tuple[FitnessSpec, SearchLayout, list[float
         for reader in readers.values():
             reader.close()
     x0 = layout.initial()
-    fitness = config.fitness
-    spec = FitnessSpec(kind=fitness.type, models={k: str(v) for k, v in paths.items()}, base_model=config.base_model,
-                       genome=config.genome, device=config.device, dtype=config.dtype, seed=config.seed,
-                       trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
-                       lang=fitness.lang, shots=fitness.shots, chain_of_thought=fitness.chain_of_thought,
-                       max_new_tokens=fitness.max_new_tokens, batch_size=fitness.batch_size, metric=fitness.metric,
-                       tiebreak=float(fitness.tiebreak), tokenizer=config.tokenizer, dataflow=config.dataflow,
-                       alpha_layout=layout if isinstance(layout, AlphaLayout) else None, weights=dict(fitness.weights))
+    fitness, items, retention = config.fitness, [], []
     if fitness.type == "synthetic":
         if fitness.target is None:
             raise CMAAMError("fitness.target is required for the synthetic fitness (a number or a full genome)")
         target = fitness.target if isinstance(fitness.target, list) else [float(fitness.target)] * len(layout)
         layout.check_genome(target, "fitness.target")
-        spec.target = [float(v) for v in target]
+        fitness = dataclasses.replace(fitness, target=[float(v) for v in target])
     elif fitness.type == "vqa":
         from cmaam.search.vlm import load_vqa_items
 
-        spec.items = load_vqa_items(fitness.source, fitness.split, fitness.limit, "fitness.source")
+        items = load_vqa_items(fitness.source, fitness.split, fitness.limit, "fitness.source")
         if fitness.retention:
-            spec.retention_items = load_vqa_items(fitness.retention, fitness.split,
-                                                  fitness.retention_limit or fitness.limit, "fitness.retention")
+            retention = load_vqa_items(fitness.retention, fitness.split, fitness.retention_limit or fitness.limit,
+                                       "fitness.retention")
         elif fitness.weights.get("retention"):
             raise CMAAMError("fitness.retention is not set but fitness.weights.retention is not 0")
     else:
         from eval.mgsm import load_mgsm
 
-        items = load_mgsm(fitness.source, lang=fitness.lang)
-        subset = items[int(fitness.offset):][:fitness.limit]
-        if not subset:
-            raise CMAAMError(f"MGSM subset is empty (offset {fitness.offset} of {len(items)} items)")
-        spec.items = subset
+        loaded = load_mgsm(fitness.source, lang=fitness.lang)
+        items = loaded[int(fitness.offset):][:fitness.limit]
+        if not items:
+            raise CMAAMError(f"MGSM subset is empty (offset {fitness.offset} of {len(loaded)} items)")
     if fitness.subset is not None:
-        from cmaam.search.fitness import ITEM_SCORES
-
         if fitness.type == "mgsm" and fitness.metric not in ITEM_SCORES:
             raise CMAAMError(f"fitness.subset: metric {fitness.metric!r} has no per-item score "
                              f"(use {', '.join(ITEM_SCORES)})")
-        scored = len(spec.items) + len(spec.retention_items)
-        if fitness.subset.size >= scored:
+        if fitness.subset.size >= len(items) + len(retention):
             raise CMAAMError(f"fitness.subset.size {fitness.subset.size} must be smaller than the "
-                             f"{scored} items of the fitness")
-    return spec, layout, x0, paths
+                             f"{len(items) + len(retention)} items of the fitness")
+    space = layout if isinstance(layout, AlphaLayout) else config.space_spec
+    build = functools.partial(build_fitness, fitness, {k: str(v) for k, v in paths.items()}, config.base_model,
+                              space, config.options, items=items, tokenizer=config.tokenizer,
+                              retention_items=retention)
+    return build, layout, x0, paths
 
 
 def _write_state(path: Path, fingerprint_: str, history: list[dict], best: dict | None, layout: SearchLayout, es,
@@ -651,7 +623,6 @@ def _save_figures(run, history: list[dict], layout: SearchLayout, best: Sequence
 
     from cmaam.search.dataflow import plot_path
     from cmaam.search.monitor import plot_convergence, plot_genome
-
     from cmaam.search.vlm import plot_alphas
 
     if isinstance(layout, DataFlowLayout):
@@ -702,8 +673,7 @@ def _finish_parameter(config: EvolveConfig, layout: GenomeLayout, genome: list[f
     recipe = genome_to_mergekit(layout, genome, model_paths, dtype=stored, out_dtype=config.dtype)
     recipe_path = atomic_write_yaml(config.run_dir / "merge_config.yaml", recipe)
     summary["recipe"] = str(recipe_path)
-    return lambda output: merge_from_config(recipe_path, output, seed=config.seed, overwrite=True,
-                                            progress=config.progress)
+    return lambda output: merge_from_config(recipe_path, output, dataclasses.replace(config.options, overwrite=True))
 
 
 def _finish_alphas(config: EvolveConfig, layout: AlphaLayout, genome: list[float], model_paths: dict,
@@ -718,8 +688,7 @@ def _finish_alphas(config: EvolveConfig, layout: AlphaLayout, genome: list[float
     record["alphas"] = layout.group_alphas(genome)
     record["cmaam_alphas"] = dict(layout.start)
     summary["recipe"] = str(recipe_path)
-    return lambda output: merge_from_config(recipe_path, output, seed=config.seed, overwrite=True,
-                                            progress=config.progress)
+    return lambda output: merge_from_config(recipe_path, output, dataclasses.replace(config.options, overwrite=True))
 
 
 def _finish_dataflow(config: EvolveConfig, layout: DataFlowLayout, genome: list[float], model_paths: dict,
@@ -745,8 +714,8 @@ def _finish_dataflow(config: EvolveConfig, layout: DataFlowLayout, genome: list[
     record["path"] = path_table(steps)
     record["fold"] = {"kind": fold.kind, "reason": fold.reason, "input_scales": fold.input_scales}
     summary.update(recipe=str(recipe_path), path_length=len(steps), fold=fold.kind)
-    return lambda output: write_dataflow_model(recipe_path, fold, output, first["model_type"], seed=config.seed,
-                                               progress=config.progress)
+    return lambda output: write_dataflow_model(recipe_path, fold, output, first["model_type"],
+                                               dataclasses.replace(config.options, overwrite=True))
 
 
 def _stored_dtype(path: Path, name: str) -> str:

@@ -5,9 +5,9 @@ After the first generation has been scored on every item (the calibration popula
 
 - ``irt`` (as MERGE^3, ICML 2025): fit a two-parameter logistic IRT model,
   P(item i right | candidate j) = sigmoid(a_i (theta_j - b_i)), to the right/wrong responses (score >=
-  ``threshold``) by joint MAP (priors theta ~ N(0, 1), b ~ N(0, 2^2), log a ~ N(0, 0.5^2), a <= e^1.5); keep the items of
-  largest Fisher information sum_j a_i^2 P_ij (1 - P_ij) over the calibration abilities. Items everyone
-  gets right, or wrong, or that do not separate candidates carry no information and are left out.
+  ``threshold``) by joint MAP (priors theta ~ N(0, 1), b ~ N(0, 2^2), log a ~ N(0, 0.5^2), a <= e^1.5);
+  keep the items of largest Fisher information sum_j a_i^2 P_ij (1 - P_ij) over the calibration abilities.
+  Items everyone gets right, or wrong, or that do not separate candidates carry no information and are left out.
 - ``discrimination`` (classical test theory; works for continuous item scores such as a likelihood
   tie-break): keep the items whose score correlates most with the candidate's score on the other items.
 - ``random``: a seeded random subset (the baseline the other rules should beat).
@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from cmaam.core.config import at_least, one_of, setting
 from cmaam.core.errors import CMAAMError
-from cmaam.search.genome import build_section
 
 RULES = ("irt", "discrimination", "random")
 
@@ -36,28 +36,11 @@ RULES = ("irt", "discrimination", "random")
 class SubsetSpec:
     """How the item subset is chosen and used (the ``fitness.subset`` section of an evolve config)."""
 
-    size: int = 8
-    rule: str = "irt"
-    rescore_top: int = 1  # candidates per generation also scored on the full set
-    threshold: float = 0.5  # irt: an item score >= threshold counts as right
-    seed: int = 0  # random rule, IRT initialisation
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "SubsetSpec | None":
-        """Build from YAML (None stays None: full scoring), with one-line errors for bad values."""
-        if values is None:
-            return None
-        spec = build_section(cls, values, "fitness.subset")
-        for name in ("size", "rescore_top", "seed"):
-            value = getattr(spec, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
-                raise CMAAMError(f"fitness.subset.{name} must be a whole number of at least "
-                                 f"{0 if name == 'seed' else 1}, got {value!r}")
-        if spec.rule not in RULES:
-            raise CMAAMError(f"fitness.subset.rule must be one of {', '.join(RULES)}, got {spec.rule!r}")
-        if not 0 < float(spec.threshold) <= 1:
-            raise CMAAMError(f"fitness.subset.threshold must be in (0, 1], got {spec.threshold}")
-        return spec
+    size: int = setting(8, check=at_least(1))
+    rule: str = setting("irt", check=one_of(RULES))
+    rescore_top: int = setting(1, check=at_least(1))  # candidates per generation also scored on the full set
+    threshold: float = setting(0.5, check=lambda value: None if 0 < value <= 1 else "must be in (0, 1]")
+    seed: int = setting(0, check=at_least(0))  # random rule, IRT initialisation
 
 
 @dataclass

@@ -21,8 +21,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from cmaam.core.config import InvalidValue, between, one_of, setting
 from cmaam.core.errors import CMAAMError
-from cmaam.search.genome import LayoutBase, build_section
+from cmaam.core.options import ExecutionOptions
+from cmaam.alignment.alphas.strategies import STRATEGIES
+from cmaam.merging.pairs import INTERPOLATIONS
+from cmaam.search.genome import LayoutBase
 
 GENE_KINDS = ("scale", "alpha")
 VQA_METRICS = ("exact_match", "vqa_accuracy", "relaxed_accuracy", "anls")
@@ -32,35 +36,26 @@ VQA_METRICS = ("exact_match", "vqa_accuracy", "relaxed_accuracy", "anls")
 class AlphaSearchSpec:
     """The ``alphas`` section: CMAAM's grouping and start, what a gene means, and the step size."""
 
-    strategy: str = "layerwise"  # CMAAM grouping: basic | component | layerwise | full (one gene per group)
-    base_alpha: float = 0.5
-    alpha_min: float = 0.0
-    alpha_max: float = 1.0
+    strategy: str = setting("layerwise", check=one_of(STRATEGIES))  # CMAAM grouping: one gene per group
+    base_alpha: float = setting(0.5, check=between(0, 1))
+    alpha_min: float = setting(0.0, check=between(0, 1))
+    alpha_max: float = setting(1.0, check=between(0, 1))
     score_weights: dict[str, float] | None = None  # default pda 0.4, gfs 0.3, cmbc 0.3
     preserve_mean: bool = False
     use_sensitivity: bool = True
-    genes: str = "scale"  # scale: factor on CMAAM's alpha | alpha: the alpha itself
+    genes: str = setting("scale", check=one_of(GENE_KINDS))  # scale: factor on CMAAM's alpha | alpha: the alpha
     scale_bounds: tuple[float, float] = (0.0, 2.0)
-    interp: str = "linear"  # linear | slerp
+    interp: str = setting("linear", check=one_of(INTERPOLATIONS))  # linear | slerp
     sigma: float = 0.1
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "AlphaSearchSpec":
-        """Build from a YAML mapping, with one-line errors for unknown keys and bad values."""
-        from cmaam.alignment.merge import check_interp
-
-        spec = build_section(cls, values, "alphas")
-        if spec.genes not in GENE_KINDS:
-            raise CMAAMError(f"alphas: genes must be scale or alpha, got {spec.genes!r}")
-        bounds = spec.scale_bounds
-        if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2 and 0 <= float(bounds[0]) < float(bounds[1])):
-            raise CMAAMError(f"alphas: scale_bounds must be [low, high] with 0 <= low < high, got {bounds!r}")
-        spec.scale_bounds = (float(bounds[0]), float(bounds[1]))
-        if not float(spec.sigma) > 0:
-            raise CMAAMError(f"alphas: sigma must be positive, got {spec.sigma}")
-        check_interp(spec.interp)
-        spec.alpha_config().validate()
-        return spec
+    def validate(self) -> None:
+        """Bounds and step size; CMAAM's own checks of the alpha settings."""
+        low, high = self.scale_bounds
+        if not 0 <= low < high:
+            raise InvalidValue("scale_bounds", f"must be [low, high] with 0 <= low < high, got [{low}, {high}]")
+        if not float(self.sigma) > 0:
+            raise InvalidValue("sigma", f"must be positive, got {self.sigma}")
+        self.alpha_config().validate()
 
     def alpha_config(self):
         """CMAAM's AlphaConfig for the starting alphas."""
@@ -117,7 +112,7 @@ class AlphaLayout(LayoutBase):
 
 
 def plan_alpha_layout(readers: Mapping[str, Any], target: str, spec: AlphaSearchSpec,
-                      progress: bool = False) -> AlphaLayout:
+                      options: ExecutionOptions | None = None) -> AlphaLayout:
     """Run CMAAM's analysis of the pair (source = the model that is not ``target``) and lay out the genome."""
     from cmaam.alignment.alphas import compute_alphas
     from cmaam.alignment.scores.analyzer import analyze_pair
@@ -126,7 +121,7 @@ def plan_alpha_layout(readers: Mapping[str, Any], target: str, spec: AlphaSearch
         raise CMAAMError(f"alphas: the search merges exactly two models, the target (base_model) and a source; "
                          f"got {', '.join(readers)}")
     source = next(name for name in readers if name != target)
-    analysis = analyze_pair(readers[source], readers[target], progress=progress)
+    analysis = analyze_pair(readers[source], readers[target], options)
     if analysis.only_in_target or analysis.only_in_source:
         first = (analysis.only_in_target or analysis.only_in_source)[0]
         raise CMAAMError(f"alphas: {source} and {target} must hold the same tensors (first difference: {first!r})")
@@ -162,13 +157,16 @@ def alphas_to_mergekit(layout: AlphaLayout, genome: Sequence[float], model_paths
 class AlphaMerger:
     """Target and source tensors on the device; ``apply(genome)`` writes the merge into one preallocated VLM."""
 
-    def __init__(self, models: Mapping[str, str | Path], layout: AlphaLayout, device: str = "cpu",
-                 dtype: torch.dtype | None = None, trust_remote_code: bool = False, allow_pickle: bool = False):
-        from cmaam.io import CheckpointReader
+    def __init__(self, models: Mapping[str, str | Path], layout: AlphaLayout, options: ExecutionOptions | None = None):
+        """``options``: device, dtype of the merged model (default: as stored), pickles and remote code."""
+        from cmaam.io import CheckpointReader, parse_dtype
         from cmaam.merging.executor import resolve_device
         from cmaam.search.inmemory import build_empty_model, checkpoint_targets
 
-        self.device = resolve_device(device)
+        options = options or ExecutionOptions()
+        dtype, trust_remote_code, allow_pickle = parse_dtype(options.dtype), options.trust_remote_code, \
+            options.allow_pickle
+        self.device = resolve_device(options.device)
         self.layout = layout
         self.base_path = Path(models[layout.target])
         with CheckpointReader(models[layout.target], allow_pickle=allow_pickle) as target, \
@@ -189,7 +187,7 @@ class AlphaMerger:
     @torch.no_grad()
     def apply(self, genome: Sequence[float]) -> dict[str, float]:
         """Overwrite the merged tensors with the genome's alphas; returns the group alphas."""
-        from cmaam.alignment.merge import interpolate
+        from cmaam.merging.pairs import interpolate
 
         for name, alpha in self.layout.tensor_alphas(genome).items():
             self.targets[name].copy_(interpolate(self.inputs[name], alpha, self.layout.spec.interp))
@@ -213,24 +211,26 @@ def load_vqa_items(source: str | Path, split: str, limit: int | None, where: str
 
 
 class VQAFitness:
-    """Weighted VQA metric of the in-memory VLM merge on the target dev items and the retention items."""
+    """Weighted VQA metric of the in-memory VLM merge on the target dev items and the retention items
+    (``config``: the evolve config's FitnessConfig: metric, weights, batch size, new tokens)."""
 
-    def __init__(self, merger: AlphaMerger, spec):
+    def __init__(self, merger: AlphaMerger, config, items: Sequence[Any], retention_items: Sequence[Any] = (),
+                 trust_remote_code: bool = False):
         from cmaam.io.processors import load_processor
         from eval.generation import HFGenerator
 
         self.merger = merger
-        self.spec = spec
-        processor = load_processor(merger.base_path, trust_remote_code=spec.trust_remote_code)
+        self.config = config
+        processor = load_processor(merger.base_path, trust_remote_code=trust_remote_code)
         if processor is None:
             raise CMAAMError(f"{merger.base_path}: no processor; the VQA fitness needs a vision-language model")
-        self.generator = HFGenerator.from_model(merger.model, processor, batch_size=spec.batch_size,
-                                                max_new_tokens=spec.max_new_tokens, progress=False)
-        self.items = list(spec.items) + list(spec.retention_items)
-        total, target = len(self.items), len(spec.items)
-        weights = spec.weights or {}
-        self.groups = ["target"] * target + ["retention"] * len(spec.retention_items)
-        counts = {"target": target, "retention": len(spec.retention_items)}
+        self.generator = HFGenerator.from_model(merger.model, processor, batch_size=config.batch_size,
+                                                max_new_tokens=config.max_new_tokens, progress=False)
+        self.items = list(items) + list(retention_items)
+        total, target = len(self.items), len(items)
+        weights = config.weights or {}
+        self.groups = ["target"] * target + ["retention"] * len(retention_items)
+        counts = {"target": target, "retention": len(retention_items)}
         self.factor = [float(weights.get(g, 1.0)) * total / counts[g] for g in self.groups]
 
     def __call__(self, genome: Sequence[float], items: Sequence[int] | None = None):
@@ -242,8 +242,8 @@ class VQAFitness:
         alphas = self.merger.apply(genome)
         merged = time.perf_counter()
         result = evaluate_vqa(self.generator, [self.items[i] for i in positions],
-                              max_new_tokens=self.spec.max_new_tokens)
-        metric = self.spec.metric
+                              max_new_tokens=self.config.max_new_tokens)
+        metric = self.config.metric
         raw = [float(sample[metric]) for sample in result.samples]
         scores = [value * self.factor[i] for value, i in zip(raw, positions)]
         metrics: dict[str, float] = {"count": float(len(positions))}

@@ -129,6 +129,7 @@ def test_a_tiny_dtm_run_writes_the_table_and_a_rerun_trains_nothing(tiny_qwen2vl
     rows = json.loads((tmp_path / "dtm" / "dtm.json").read_text())["rows"]
     assert [row["model"] for row in rows] == ["base", "part_0", "part_1", "dtm_task_arithmetic_w1", "single"]
     assert stamps == {path: path.stat().st_mtime_ns for path in (tmp_path / "dtm").rglob("train_result.json")}
-    with CheckpointReader(tmp_path / "dtm" / "dtm_task_arithmetic_w1") as summed, CheckpointReader(tiny_qwen2vl) as base:
+    with CheckpointReader(tmp_path / "dtm" / "dtm_task_arithmetic_w1") as summed, \
+            CheckpointReader(tiny_qwen2vl) as base:
         expected = subs[0].get(name) + subs[1].get(name) - base.get(name)  # base + the sum of the task vectors
         assert torch.allclose(summed.get(name), expected, atol=1e-6)
