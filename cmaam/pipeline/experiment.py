@@ -110,6 +110,30 @@ class MergeStepConfig:
 
 
 @dataclass
+class EvolveStepConfig:
+    """Optional step ``evolve``: CMA-ES over the CMAAM alphas of the experiment's (base, fine-tune) pair, scored
+    on the Korean and English val splits (an evolve preset with ``space: alphas``, its models and data replaced
+    by the experiment's); its best merge is evaluated as one more row (role ``evolved``)."""
+
+    preset: str = "tiny_vlm"  # an evolve preset name or YAML path (space: alphas, fitness: vqa)
+    overrides: list[str] = field(default_factory=list)  # KEY=VALUE for it, e.g. [generations=10, fitness.limit=96]
+
+
+@dataclass
+class DTMStepConfig:
+    """Optional step ``dtm``: Disperse-Then-Merge of the Korean training split with the fine-tune's settings
+    (``finetune.dtm``); the merged model is evaluated as one more row (role ``dtm``), next to ``finetuned``,
+    which is the single fine-tune on all the data with the same settings."""
+
+    parts: int = setting(3, check=at_least(2))
+    split: str = setting("category", check=one_of(("category", "cluster")))
+    category_field: str = "category"
+    merge: str = "soup"  # soup, or a registered merge method (with the base as base model)
+    merge_parameters: dict[str, Any] = field(default_factory=dict)
+    merge_weight: float | None = None  # default 1/parts
+
+
+@dataclass
 class EvalConfig:
     """Evaluation of every model on the Korean test split and the English retention set."""
 
@@ -136,6 +160,8 @@ class ExperimentConfig:
     finetune: TrainingSettings = field(default_factory=lambda: TrainingSettings(
         epochs=3.0, batch_size=8, grad_accum=1, lora_rank=16, lora_alpha=32, lr=2e-3))
     merge: MergeStepConfig = field(default_factory=MergeStepConfig)
+    evolve: EvolveStepConfig | None = None  # optional steps: off unless the section is given
+    dtm: DTMStepConfig | None = None
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     @property
@@ -212,7 +238,7 @@ def step_output(log: Path) -> Iterator[None]:
 class Pipeline:
     """Runs the steps of one experiment; every path lives under ``config.output_dir``."""
 
-    STEPS = ("prepare", "base", "finetune", "merge", "baselines", "evaluate", "compare")
+    STEPS = ("prepare", "base", "finetune", "merge", "baselines", "evolve", "dtm", "evaluate", "compare")
 
     def __init__(self, config: ExperimentConfig, echo: bool = True):
         self.config = config
@@ -248,7 +274,31 @@ class Pipeline:
         models += [(f"cmaam_{s}", "cmaam", self.root / "models" / f"cmaam_{s}") for s in self.config.merge.strategies]
         models += [(f"linear_{a:g}", "baseline", self.root / "models" / "linear" / f"alpha_{a:g}")
                    for a in self.config.merge.baseline_alphas]
+        if self.config.evolve is not None:
+            models.append(("evolved_alphas", "evolved", self.evolve_folder / "best_model"))
+        if self.config.dtm is not None:
+            from finetune.dtm import merge_name
+
+            name = f"dtm_{merge_name(self.dtm_config())}"
+            models.append((name, "dtm", self.root / "dtm" / name))
         return models
+
+    @property
+    def evolve_folder(self) -> Path:
+        return self.root / "search" / "alphas"
+
+    def dtm_config(self):
+        """The ``finetune.dtm`` run of the ``dtm`` step (no single fine-tune: that is ``finetuned``; evaluated by
+        the evaluate step)."""
+        from finetune.dtm import DTMConfig
+
+        step, config = self.config.dtm, self.config
+        return DTMConfig(model=str(self.base_model), data=str(self.korean_data), output=str(self.root / "dtm"),
+                         training=config.finetune, parts=step.parts, split=step.split,
+                         category_field=step.category_field, merge=step.merge,
+                         merge_parameters=dict(step.merge_parameters), merge_weight=step.merge_weight, single=False,
+                         evaluate=False, seed=config.seed, threads=config.threads, wandb_mode=config.wandb_mode,
+                         progress=False)
 
     # -- running -----------------------------------------------------------------------------
     def _say(self, message: str) -> None:
@@ -374,6 +424,38 @@ class Pipeline:
         label = "linear " + "/".join(f"{a:g}" for a in self.config.merge.baseline_alphas)
         self._item("baselines", label, not missing,
                    lambda: sweep(self.finetuned_model, self.base_model, folder, missing, self.config.options))
+
+    def evolve(self) -> None:
+        """Optional: the CMA-ES search over the CMAAM alphas (resumed when interrupted)."""
+        if self.config.evolve is None:
+            return
+        from cmaam.search.evolution import load_config, run_search
+
+        step, folder = self.config.evolve, self.evolve_folder
+        overrides = [*step.overrides, f"fitness.source={self.korean_data}", f"fitness.retention={self.english_data}"]
+        settings = {"models": [{"name": "base", "path": str(self.base_model)},
+                               {"name": "finetuned", "path": str(self.finetuned_model)}],
+                    "base_model": "base", "output_dir": str(folder), "seed": self.config.seed,
+                    "device": self.config.device, "progress": False, "wandb_mode": self.config.wandb_mode}
+
+        def work() -> None:
+            search = load_config(step.preset, overrides, settings)
+            if search.space != "alphas":
+                raise CMAAMError(f"evolve.preset {step.preset!r}: the evolve step needs space: alphas")
+            run_search(search, resume=(folder / "state.json").is_file())
+
+        self._item("evolve", f"CMA-ES over CMAAM alphas ({step.preset})", (folder / "best_model").exists(), work)
+
+    def dtm(self) -> None:
+        """Optional: Disperse-Then-Merge of the Korean training data with the fine-tune's settings."""
+        if self.config.dtm is None:
+            return
+        from finetune.dtm import merge_name, run_dtm
+
+        config = self.dtm_config()
+        label = f"Disperse-Then-Merge ({config.parts} parts by {config.split}, {merge_name(config)})"
+        self._item("dtm", label, (self.root / "dtm" / f"dtm_{merge_name(config)}").exists(),
+                   lambda: run_dtm(config))
 
     def evaluate(self) -> None:
         """Every model on the Korean test split and the English retention set."""

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +209,24 @@ def test_command_flags_override_the_config(tmp_path):
     info = json.loads((output / "data" / "synthetic_ko" / "dataset_info.json").read_text())
     assert info["config"]["seed"] == 5  # the step received the overridden seed
     assert json.loads((output / "data" / "synthetic_en" / "dataset_info.json").read_text())["config"]["seed"] == 6
+
+
+def test_optional_evolve_and_dtm_steps_add_one_row_each(finished, tmp_path):
+    config, _, _ = finished
+    root = tmp_path / "experiment"
+    shutil.copytree(config.output_dir, root)  # the finished experiment, extended in a copy
+    extended = load_experiment_config(path=reduced_config(tmp_path), overrides=[
+        f"output_dir={root}", "evolve.preset=tiny_vlm",
+        "evolve.overrides=[generations=2, population=2, fitness.limit=4, fitness.retention_limit=4, "
+        "fitness.max_new_tokens=4, fitness.batch_size=4]",
+        "dtm.parts=2", "dtm.category_field=task"])
+    pipeline = Pipeline(extended, echo=False)
+    pipeline.run()
+    assert [item.split(":")[0] for item in pipeline.ran] == ["evolve", "dtm", "evaluate", "evaluate", "compare"]
+    state = json.loads((root / "search" / "alphas" / "state.json").read_text())
+    assert state["done"] and len(state["generations"]) == 2
+    assert json.loads((root / "dtm" / "parts" / "parts.json").read_text())["split"] == "category"
+    with open(root / "comparison" / "comparison.csv", newline="") as handle:
+        roles = {row["model"]: row["role"] for row in csv.DictReader(handle)}
+    assert roles["evolved_alphas"] == "evolved" and roles["dtm_soup"] == "dtm"
+    assert sorted(roles) == sorted([*MODELS, "evolved_alphas", "dtm_soup"])
