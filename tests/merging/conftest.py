@@ -1,0 +1,10 @@
+"""Fixtures of the merging tests (until the test move of issue 11 lands: the tiny-model families of tests/foundation)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from foundation.conftest import family  # noqa: E402,F401
