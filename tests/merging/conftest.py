@@ -1,4 +1,4 @@
-"""Fixtures of the merging tests (until the test move of issue 11 lands: the tiny-model families of tests/foundation)."""
+"""Fixtures of the merging tests (until the test move of issue 11 lands: tests/foundation's tiny-model families)."""
 
 from __future__ import annotations
 

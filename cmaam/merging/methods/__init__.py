@@ -6,6 +6,7 @@ from cmaam.merging.methods import (  # noqa: F401  (registration side effects)
     breadcrumbs,
     dare,
     della,
+    isotropic,
     karcher,
     linear,
     model_stock,
@@ -18,6 +19,8 @@ from cmaam.merging.methods import (  # noqa: F401  (registration side effects)
     slerp,
     task_arithmetic,
     ties,
+    tsv,
+    wudi,
 )
 
 __all__ = ["METHODS", "MergeMethod", "Parameter", "get_method", "list_methods", "register"]
