@@ -1,0 +1,99 @@
+"""MoE build time and peak memory: python -m cmaam.moe vs mergekit-moe on the same YAML and synthetic experts.
+
+    python bench/moe_build.py --size-gb 1 [--gate-mode cheap_embed] [--dtype bfloat16] [--repeats 1]
+
+Builds a Llama-shaped base and two experts of about ``--size-gb`` each (bench/merge_throughput.py's
+synthetic checkpoints, plus the tiny byte-level tokenizer), then runs each side in a fresh subprocess
+(wall seconds, peak RSS of the child), checks the two outputs hold the same tensors, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from merge_throughput import build_models, folder_bytes, measure, warm_cache  # noqa: E402
+
+CONFIG = """base_model: {base}
+gate_mode: {gate_mode}
+dtype: {dtype}
+experts:
+  - source_model: {ft1}
+    positive_prompts: ["write a python function", "fix this bug"]
+  - source_model: {ft2}
+    positive_prompts: ["solve this equation", "what is 12 * 7?"]
+"""
+
+
+def largest_difference(ours: Path, theirs: Path) -> float:
+    """Max abs difference over every tensor (the tensor names must match)."""
+    from cmaam.io import CheckpointReader
+
+    a, b = CheckpointReader(ours), CheckpointReader(theirs)
+    if sorted(a.keys()) != sorted(b.keys()):
+        raise SystemExit("error: the two outputs hold different tensors")
+    return max((a.get(name).double() - b.get(name).double()).abs().max().item() for name in a.keys())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gb", type=float, default=1.0, help="size of each input model (default: 1)")
+    parser.add_argument("--gate-mode", default="cheap_embed", choices=("cheap_embed", "hidden", "random"))
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    parser.add_argument("--repeats", type=int, default=1, help="runs per side; the fastest is reported")
+    parser.add_argument("--workdir", default=None, help="where models are built (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args()
+
+    from cmaam.testing.tiny import build_tokenizer
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cmaam_moe_bench_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    mergekit_moe = shutil.which("mergekit-moe") or str(Path(sys.executable).parent / "mergekit-moe")
+    try:
+        models = workdir / "models"
+        paths = build_models(models, args.size_gb, args.dtype) if not (models / "ft2").exists() \
+            else {name: models / name for name in ("base", "ft1", "ft2")}
+        build_tokenizer().save_pretrained(paths["base"])
+        config = workdir / "moe.yaml"
+        config.write_text(CONFIG.format(gate_mode=args.gate_mode, dtype=args.dtype,
+                                        **{key: str(value) for key, value in paths.items()}))
+        sides = {
+            "cmaam": [sys.executable, "-m", "cmaam.moe", str(config), str(workdir / "out_cmaam"), "--no-progress",
+                      "--overwrite"],
+            "mergekit": [mergekit_moe, str(config), str(workdir / "out_mergekit"), "--quiet", "--random-seed", "0"],
+        }
+        results = {}
+        for side, command in sides.items():
+            runs = []
+            for _ in range(args.repeats):
+                shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
+                warm_cache(paths.values())
+                runs.append(measure(command))
+            results[side] = min(runs, key=lambda run: run["seconds"])
+            results[side]["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+        difference = largest_difference(workdir / "out_cmaam", workdir / "out_mergekit")
+        model_gb = folder_bytes(paths["base"]) / 1e9
+        output_gb = folder_bytes(workdir / "out_cmaam") / 1e9
+        print(f"\n2 experts of {model_gb:.2f} GB ({args.dtype}), gate_mode {args.gate_mode}, output {output_gb:.2f} GB, "
+              f"fresh process per side; max abs difference between the outputs: {difference:.3g}\n")
+        header = f"{'side':<9} {'seconds':>8} {'peak RSS MB':>12} {'CPU s':>7}"
+        print(header)
+        print("-" * len(header))
+        for side, run in results.items():
+            print(f"{side:<9} {run['seconds']:>8.2f} {run['peak_rss_mb']:>12.0f} {run['cpu_seconds']:>7.2f}")
+        print(f"{'ratio':<9} time x{results['cmaam']['seconds'] / results['mergekit']['seconds']:.2f}, "
+              f"peak RSS x{results['cmaam']['peak_rss_mb'] / results['mergekit']['peak_rss_mb']:.2f} "
+              "(cmaam / mergekit-moe)")
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
