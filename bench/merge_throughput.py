@@ -155,22 +155,49 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--size-gb, --dtype, --repeats, --workdir, --keep: shared by the benches that build synthetic models."""
     parser.add_argument("--size-gb", type=float, default=1.0, help="size of each synthetic model (default: 1)")
-    parser.add_argument("--methods", nargs="+", default=["linear", "ties"], choices=sorted(METHOD_YAML))
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--repeats", type=int, default=1, help="runs per side; the fastest is reported")
     parser.add_argument("--workdir", default=None, help="where models are built (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+
+
+def synthetic_inputs(workdir: Path, size_gb: float, dtype_name: str) -> dict[str, Path]:
+    """base, ft1, ft2 under ``workdir/models`` (built unless already there)."""
+    models = workdir / "models"
+    if (models / "ft2").exists():
+        return {name: models / name for name in ("base", "ft1", "ft2")}
+    return build_models(models, size_gb, dtype_name)
+
+
+def run_sides(sides: dict[str, list[str]], paths: dict[str, Path], workdir: Path, repeats: int) -> dict[str, dict]:
+    """Run each side's command ``repeats`` times (output ``workdir/out_SIDE`` removed first, inputs' page cache
+    warm): the fastest run's figures, with the highest peak RSS of the runs."""
+    results = {}
+    for side, command in sides.items():
+        runs = []
+        for _ in range(repeats):
+            shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
+            warm_cache(paths.values())
+            runs.append(measure(command))
+        results[side] = min(runs, key=lambda r: r["seconds"])
+        results[side]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--methods", nargs="+", default=["linear", "ties"], choices=sorted(METHOD_YAML))
     args = parser.parse_args()
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cmaam_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
     mergekit_cli = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
     try:
-        paths = build_models(workdir / "models", args.size_gb, args.dtype) \
-            if not (workdir / "models" / "ft2").exists() else {n: workdir / "models" / n for n in ("base", "ft1", "ft2")}
+        paths = synthetic_inputs(workdir, args.size_gb, args.dtype)
         model_gb = folder_bytes(paths["base"]) / 1e9
         rows = []
         for method in args.methods:
@@ -181,16 +208,7 @@ def main() -> None:
                           "--no-progress", "--overwrite"],
                 "mergekit": [mergekit_cli, str(config), str(workdir / "out_mergekit"), "--quiet"],
             }
-            results = {}
-            for side, command in sides.items():
-                runs = []
-                for _ in range(args.repeats):
-                    shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
-                    warm_cache(paths.values())
-                    runs.append(measure(command))
-                results[side] = min(runs, key=lambda r: r["seconds"])
-                results[side]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-            rows.append((method, results))
+            rows.append((method, run_sides(sides, paths, workdir, args.repeats)))
         print(f"\nmodel size {model_gb:.2f} GB per input ({args.dtype}), 3 inputs, fresh process per side\n")
         header = f"{'method':<8} {'side':<9} {'seconds':>8} {'GB/s':>7} {'peak RSS MB':>12} {'CPU s':>7}"
         print(header)

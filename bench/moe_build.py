@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from merge_throughput import build_models, folder_bytes, measure, warm_cache  # noqa: E402
+from merge_throughput import add_common_arguments, folder_bytes, run_sides, synthetic_inputs  # noqa: E402
 
 CONFIG = """base_model: {base}
 gate_mode: {gate_mode}
@@ -42,12 +42,8 @@ def largest_difference(ours: Path, theirs: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-gb", type=float, default=1.0, help="size of each input model (default: 1)")
+    add_common_arguments(parser)
     parser.add_argument("--gate-mode", default="cheap_embed", choices=("cheap_embed", "hidden", "random"))
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
-    parser.add_argument("--repeats", type=int, default=1, help="runs per side; the fastest is reported")
-    parser.add_argument("--workdir", default=None, help="where models are built (default: a temporary folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
 
     from cmaam.testing.tiny import build_tokenizer
@@ -56,9 +52,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     mergekit_moe = shutil.which("mergekit-moe") or str(Path(sys.executable).parent / "mergekit-moe")
     try:
-        models = workdir / "models"
-        paths = build_models(models, args.size_gb, args.dtype) if not (models / "ft2").exists() \
-            else {name: models / name for name in ("base", "ft1", "ft2")}
+        paths = synthetic_inputs(workdir, args.size_gb, args.dtype)
         build_tokenizer().save_pretrained(paths["base"])
         config = workdir / "moe.yaml"
         config.write_text(CONFIG.format(gate_mode=args.gate_mode, dtype=args.dtype,
@@ -68,20 +62,12 @@ def main() -> None:
                       "--overwrite"],
             "mergekit": [mergekit_moe, str(config), str(workdir / "out_mergekit"), "--quiet", "--random-seed", "0"],
         }
-        results = {}
-        for side, command in sides.items():
-            runs = []
-            for _ in range(args.repeats):
-                shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
-                warm_cache(paths.values())
-                runs.append(measure(command))
-            results[side] = min(runs, key=lambda run: run["seconds"])
-            results[side]["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+        results = run_sides(sides, paths, workdir, args.repeats)
         difference = largest_difference(workdir / "out_cmaam", workdir / "out_mergekit")
         model_gb = folder_bytes(paths["base"]) / 1e9
         output_gb = folder_bytes(workdir / "out_cmaam") / 1e9
-        print(f"\n2 experts of {model_gb:.2f} GB ({args.dtype}), gate_mode {args.gate_mode}, output {output_gb:.2f} GB, "
-              f"fresh process per side; max abs difference between the outputs: {difference:.3g}\n")
+        print(f"\n2 experts of {model_gb:.2f} GB ({args.dtype}), gate_mode {args.gate_mode}, output "
+              f"{output_gb:.2f} GB, fresh process per side; max abs difference between the outputs: {difference:.3g}\n")
         header = f"{'side':<9} {'seconds':>8} {'peak RSS MB':>12} {'CPU s':>7}"
         print(header)
         print("-" * len(header))

@@ -151,7 +151,8 @@ def test_expert_pieces_stream_one_input_tensor_at_a_time(family, tmp_path, monke
     projection = CheckpointReader(models["base"]).numel("model.layers.0.mlp.up_proj.weight")
     assert max(sizes) <= largest
     assert len(parts) == 4 * 3 * 2 and set(parts) == {projection} and projection * 4 == stacked  # 4 layers
-    gate_up, down = merged.get("model.layers.2.mlp.experts.gate_up_proj"), merged.get("model.layers.2.mlp.experts.down_proj")
+    gate_up = merged.get("model.layers.2.mlp.experts.gate_up_proj")
+    down = merged.get("model.layers.2.mlp.experts.down_proj")
     for index, key in enumerate(("ft1", "ft2")):
         source = CheckpointReader(models[key])
         half = gate_up.shape[1] // 2
@@ -226,7 +227,7 @@ def test_bad_configs_are_one_line_errors(extra, replace, message, family, tmp_pa
 def test_qwen2_experts_without_a_shared_expert_fit_no_architecture(family, tmp_path):
     config = write_config(tmp_path, MIXTRAL, family("qwen2"), "cheap_embed")
     with pytest.raises(CMAAMError, match="no MoE output architecture fits this config: Mixtral .*needs llama or "
-                                         "mistral models; Qwen2-MoE needs exactly one shared expert"):
+                                         "mistral models; Qwen2-MoE needs exactly 1 shared expert"):
         build_moe(config, tmp_path / "out", progress=False)
 
 

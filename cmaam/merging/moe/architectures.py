@@ -65,9 +65,13 @@ class MoEArchitecture:
     name = ""
     model_type = ""
     accepted_types: tuple[str, ...] = ()
+    shared_experts = 0  # how many shared experts the architecture has
     stacked = True  # experts stacked into gate_up_proj / down_proj (else one tensor per expert)
 
     def problem(self, config: MoEConfig, model_types: dict[str, str]) -> str | None:
+        if len(config.shared_experts) != self.shared_experts:
+            return (f"needs exactly {self.shared_experts} shared expert (got {len(config.shared_experts)})"
+                    if self.shared_experts else "has no shared experts")
         types = _types(config, model_types)
         if len(types) > 1:
             return f"needs every model of one architecture (got {', '.join(sorted(types))})"
@@ -125,11 +129,6 @@ class Mixtral(MoEArchitecture):
     model_type = "mixtral"
     accepted_types = ("llama", "mistral")
 
-    def problem(self, config, model_types):
-        if config.shared_experts:
-            return "has no shared experts"
-        return super().problem(config, model_types)
-
     def output_config(self, base_config, config):
         import transformers
 
@@ -150,14 +149,14 @@ class Qwen2MoE(MoEArchitecture):
     name = "Qwen2-MoE"
     model_type = "qwen2_moe"
     accepted_types = ("llama", "mistral", "qwen2")
+    shared_experts = 1
     stacked = False
 
     def problem(self, config, model_types):
-        if len(config.shared_experts) != 1:
-            return f"needs exactly one shared expert (got {len(config.shared_experts)})"
-        if config.gate_mode != "random" and not config.shared_experts[0].positive_prompts:
+        problem = super().problem(config, model_types)
+        if problem is None and config.gate_mode != "random" and not config.shared_experts[0].positive_prompts:
             return "needs prompts for the shared expert's gate (or gate_mode: random)"
-        return super().problem(config, model_types)
+        return problem
 
     def output_config(self, base_config, config):
         from transformers.models.qwen2_moe import Qwen2MoeConfig
@@ -203,11 +202,6 @@ class Qwen3MoE(MoEArchitecture):
     name = "Qwen3-MoE"
     model_type = "qwen3_moe"
     accepted_types = ("qwen3",)
-
-    def problem(self, config, model_types):
-        if config.shared_experts:
-            return "has no shared experts"
-        return super().problem(config, model_types)
 
     def output_config(self, base_config, config):
         from transformers.models.qwen3_moe import Qwen3MoeConfig
