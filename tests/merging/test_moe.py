@@ -246,3 +246,31 @@ def test_cli_error_is_one_line_and_inputs_untouched(family, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "MoE model written to" in result.stdout
     assert CheckpointReader(tmp_path / "moe").config["num_local_experts"] == 2
+
+
+def test_hidden_gates_hold_one_layer_at_a_time(family):
+    """The hidden-state forward pass loads each decoder layer just before it runs and drops it after, and
+    gives the hidden states of the model loaded whole."""
+    from transformers import AutoModelForCausalLM
+
+    from cmaam.merging.moe.gates import LayerStreamedDecoder, load_tokenizer, tokenize
+
+    models = family("qwen2")
+    streamed = LayerStreamedDecoder(str(models["base"]), CheckpointReader(models["base"]))
+    alive = []
+
+    def count(module, args):
+        alive.append(sum(not p.is_meta for layer in streamed.decoder.layers for p in layer.parameters()))
+
+    for layer in streamed.decoder.layers:
+        layer.register_forward_pre_hook(count)  # runs after the loading hook
+    tokens = tokenize(["hello world", "안녕"], load_tokenizer(str(models["base"])))
+    with torch.no_grad():
+        ours = streamed(**tokens).hidden_states
+    per_layer = sum(1 for _ in streamed.decoder.layers[0].parameters())
+    assert alive == [per_layer] * len(streamed.decoder.layers)
+    assert all(p.is_meta for layer in streamed.decoder.layers for p in layer.parameters())
+    whole = AutoModelForCausalLM.from_pretrained(models["base"], dtype=torch.bfloat16)
+    with torch.no_grad():
+        reference = whole(**tokens, output_hidden_states=True).hidden_states
+    assert len(ours) == len(reference) and all(torch.equal(a, b) for a, b in zip(ours, reference))

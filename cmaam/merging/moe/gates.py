@@ -3,7 +3,8 @@
 hidden / hidden_last: the base model's hidden states entering each layer at the prompts' last token (the
 prompts left-padded in one batch, prefixed with the BOS token), averaged over the prompts; hidden_avg: the
 same averaged over each prompt's tokens first. The model runs in bfloat16 and the vectors are formed in
-bfloat16, as mergekit does, so the gates equal mergekit's. cheap_embed: the prompts' summed token embeddings,
+bfloat16, as mergekit does, so the gates equal mergekit's; it runs layer by layer from the checkpoint
+(``LayerStreamedDecoder``), one decoder layer in memory at a time. cheap_embed: the prompts' summed token embeddings,
 normalised, the same for every layer. Negative prompts are subtracted; each vector is normalised to length 1.
 random / uniform_random: N(0, 1) / U(-1/sqrt(hidden), 1/sqrt(hidden)) draws from a generator seeded with
 ``seed`` (torch.manual_seed(seed) draws the same numbers, which mergekit-moe uses with --random-seed).
@@ -49,11 +50,52 @@ def embedding_vector(embedding: torch.Tensor, tokens: dict[str, torch.Tensor], l
     return (total / total.norm(dim=-1, keepdim=True).clamp(min=1e-8)).repeat(layers, 1)
 
 
-def hidden_vector(model, tokens: dict[str, torch.Tensor], average: bool) -> torch.Tensor:
+class LayerStreamedDecoder:
+    """The base model's decoder in bfloat16 with its weights on the meta device: a layer's weights are read from
+    the checkpoint just before it runs and dropped after, so a forward pass holds one decoder layer (plus the
+    embedding and final norm) instead of the model. Same modules, same kernels: the same hidden states as the
+    model loaded whole (the MoE tests compare the gates with mergekit-moe's, which loads it whole)."""
+
+    def __init__(self, path: str, reader: CheckpointReader, device: str = "cpu"):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        self.decoder = model.model
+        self.reader, self.device = reader, torch.device(device)
+        rotary = self.decoder.rotary_emb  # its frequencies are computed, not stored: rebuild them for real
+        self.decoder.rotary_emb = type(rotary)(self.decoder.config).to(self.device)
+        self._load(self.decoder.embed_tokens, "model.embed_tokens")
+        self._load(self.decoder.norm, "model.norm")
+        for index, layer in enumerate(self.decoder.layers):
+            prefix = f"model.layers.{index}"
+            layer.register_forward_pre_hook(lambda module, args, prefix=prefix: self._load(module, prefix))
+            layer.register_forward_hook(lambda module, args, output: self._drop(module))
+        self.decoder.eval()
+
+    def _load(self, module: torch.nn.Module, prefix: str) -> None:
+        for name, parameter in list(module.named_parameters()):
+            owner, _, leaf = name.rpartition(".")
+            tensor = self.reader.get(f"{prefix}.{name}").to(device=self.device, dtype=parameter.dtype)
+            module.get_submodule(owner)._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=False)
+
+    @staticmethod
+    def _drop(module: torch.nn.Module) -> None:
+        for name, parameter in list(module.named_parameters()):
+            owner, _, leaf = name.rpartition(".")
+            module.get_submodule(owner)._parameters[leaf] = torch.nn.Parameter(
+                torch.empty_like(parameter, device="meta"), requires_grad=False)
+
+    def __call__(self, **inputs):
+        return self.decoder(**{key: value.to(self.device) for key, value in inputs.items()}, **{
+            "output_hidden_states": True, "return_dict": True, "use_cache": False})
+
+
+def hidden_vector(model: LayerStreamedDecoder, tokens: dict[str, torch.Tensor], average: bool) -> torch.Tensor:
     """(layers, hidden): the states entering each layer at the last token (or averaged), mean over prompts."""
     with torch.no_grad():
-        output = model(**{k: v.to(model.device) for k, v in tokens.items()}, output_hidden_states=True,
-                       return_dict=True)
+        output = model(**tokens)
     states = torch.stack(output.hidden_states[:-1])  # (layers, prompts, length, hidden)
     states = states.sum(dim=2) / states.shape[2] if average else states[:, :, -1, :]
     return states.sum(dim=1) / states.shape[1]
@@ -78,10 +120,7 @@ def gate_vectors(mode: str, base: str, reader: CheckpointReader, experts: list[E
         def vector(tokens):
             return embedding_vector(embedding, tokens, layers)
     else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, device_map=device)
-        model.eval()
+        model = LayerStreamedDecoder(base, reader, device)
 
         def vector(tokens):
             return hidden_vector(model, tokens, average=mode == "hidden_avg")
