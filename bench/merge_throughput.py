@@ -67,7 +67,8 @@ class SyntheticShape:
         return ([TensorSpec("model.embed_tokens.weight", (self.vocab_size, h), dtype)]
                 + [TensorSpec(f"model.layers.{n}.{name}", shape, dtype)
                    for n in range(d.num_hidden_layers) for name, shape in layer]
-                + [TensorSpec("model.norm.weight", (h,), dtype), TensorSpec("lm_head.weight", (self.vocab_size, h), dtype)])
+                + [TensorSpec("model.norm.weight", (h,), dtype),
+                   TensorSpec("lm_head.weight", (self.vocab_size, h), dtype)])
 
     def config(self, dtype) -> dict:
         d = self.dims
