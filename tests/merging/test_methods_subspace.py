@@ -257,13 +257,15 @@ dtype: float32
 @pytest.mark.parametrize("method", SUBSPACE)
 def test_yaml_runs_the_method_per_tensor(method, family, tmp_path):
     """Through cmaam.mergekit: projections get the subspace merge, norms the mean task vector."""
+    from cmaam.core.options import ExecutionOptions
     from cmaam.io import CheckpointReader
     from cmaam.merging.config_merge import merge_from_config
     from merging_helpers import write_yaml
 
     models = family("qwen2")
     config = write_yaml(tmp_path, YAML, dict(models, method=method))
-    merged = CheckpointReader(merge_from_config(config, tmp_path / "out", progress=False))
+    merged = CheckpointReader(merge_from_config(config, tmp_path / "out", ExecutionOptions(device="cpu",
+                                                                                          progress=False)))
     readers = {key: CheckpointReader(models[key]) for key in ("base", "ft1", "ft2")}
     for name in ("model.layers.2.self_attn.k_proj.weight", "model.layers.0.mlp.down_proj.weight",
                  "model.norm.weight", "model.layers.1.self_attn.q_proj.bias"):

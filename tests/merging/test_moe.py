@@ -4,15 +4,23 @@ tensor and the config equal; the result loads with transformers and generates; b
 from __future__ import annotations
 
 import json
+import re
 import string
 
 import pytest
 import torch
 
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader
 from cmaam.merging.moe import build_moe
 from merging_helpers import run_cli_module
+
+CPU = ExecutionOptions(device="cpu", progress=False)  # parity with mergekit-moe is checked on the CPU
+
+
+def options(seed: int = 0) -> ExecutionOptions:
+    return ExecutionOptions(device="cpu", progress=False, seed=seed)
 
 MIXTRAL = """
 base_model: $base
@@ -67,7 +75,7 @@ def test_equals_mergekit_moe(template, model_type, mode, cls, family, tmp_path):
     pytest.importorskip("mergekit.moe", reason="mergekit is a dev dependency")
     models = family(model_type)
     config = write_config(tmp_path, template, models, mode)
-    ours = build_moe(config, tmp_path / "ours", seed=5, progress=False)
+    ours = build_moe(config, tmp_path / "ours", options(5))
     run_mergekit_moe(config, tmp_path / "mergekit", seed=5)
     a, b = CheckpointReader(ours), CheckpointReader(tmp_path / "mergekit")
     assert sorted(a.keys()) == sorted(b.keys())
@@ -90,7 +98,7 @@ def test_loads_and_generates(model_type, family, tmp_path):
 
     models = family(model_type)
     template = QWEN2 if model_type == "qwen2" else MIXTRAL
-    output = build_moe(write_config(tmp_path, template, models, "cheap_embed"), tmp_path / "moe", progress=False)
+    output = build_moe(write_config(tmp_path, template, models, "cheap_embed"), tmp_path / "moe", CPU)
     model = AutoModelForCausalLM.from_pretrained(output)
     assert type(model).__name__ == {"mistral": "MixtralForCausalLM", "qwen2": "Qwen2MoeForCausalLM",
                                     "qwen3": "Qwen3MoeForCausalLM"}[model_type]
@@ -113,7 +121,7 @@ def test_experts_equal_to_the_base_give_the_base_model(model_type, family, tmp_p
     if model_type == "qwen2":
         text += "shared_experts:\n  - source_model: $ft1\n    positive_prompts: [\"x\"]\n    residual_scale: 0.0\n"
     config = write_config(tmp_path, text, models, "cheap_embed")
-    output = build_moe(config, tmp_path / "moe", allow_identical_experts=True, progress=False)
+    output = build_moe(config, tmp_path / "moe", CPU, allow_identical_experts=True)
     moe = AutoModelForCausalLM.from_pretrained(output).eval()
     dense = AutoModelForCausalLM.from_pretrained(models["base"]).eval()
     tokens = torch.tensor([[5, 17, 99, 200, 3, 42]])
@@ -145,7 +153,7 @@ def test_expert_pieces_stream_one_input_tensor_at_a_time(family, tmp_path, monke
 
     monkeypatch.setattr(writer_module.CheckpointWriter, "add", add)
     monkeypatch.setattr(writer_module.CheckpointWriter, "add_part", add_part)
-    output = build_moe(write_config(tmp_path, MIXTRAL, models, "random"), tmp_path / "moe", progress=False)
+    output = build_moe(write_config(tmp_path, MIXTRAL, models, "random"), tmp_path / "moe", CPU)
     merged = CheckpointReader(output)
     stacked = merged.numel("model.layers.0.mlp.experts.gate_up_proj")
     projection = CheckpointReader(models["base"]).numel("model.layers.0.mlp.up_proj.weight")
@@ -164,7 +172,7 @@ def test_expert_pieces_stream_one_input_tensor_at_a_time(family, tmp_path, monke
 def test_random_gates_are_seeded(family, tmp_path):
     models = family("mistral")
     config = write_config(tmp_path, MIXTRAL, models, "random")
-    first, again, other = (build_moe(config, tmp_path / name, seed=seed, progress=False)
+    first, again, other = (build_moe(config, tmp_path / name, options(seed))
                            for name, seed in (("a", 3), ("b", 3), ("c", 4)))
     assert (first / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
     gate = "model.layers.0.mlp.gate.weight"
@@ -178,8 +186,8 @@ def test_noise_and_residual_scale(family, tmp_path):
     text = MIXTRAL.replace("  - source_model: $ft2\n", "  - source_model: $ft2\n    noise_scale: 0.01\n"
                                                        "    residual_scale: 0.5\n")
     config = write_config(tmp_path, text, models, "random")
-    merged = CheckpointReader(build_moe(config, tmp_path / "a", seed=1, progress=False))
-    again = CheckpointReader(build_moe(config, tmp_path / "b", seed=1, progress=False))
+    merged = CheckpointReader(build_moe(config, tmp_path / "a", options(1)))
+    again = CheckpointReader(build_moe(config, tmp_path / "b", options(1)))
     source = CheckpointReader(models["ft2"])
     down = merged.get("model.layers.1.mlp.experts.down_proj")[1]
     gate_up = merged.get("model.layers.1.mlp.experts.gate_up_proj")[1]
@@ -194,11 +202,13 @@ def test_noise_and_residual_scale(family, tmp_path):
 ERRORS = [
     ("gate_mode: nearest", None, "gate_mode: unknown 'nearest'"),
     ("", ("positive_prompts: [\"hello world\", \"what is 2 + 2?\"]", "positive_prompts: []"),
-     "needs non-empty positive_prompts"),
+     "moe.yaml: experts[0].positive_prompts: gate_mode cheap_embed needs non-empty prompts"),
     ("", ("positive_prompts: [\"hello world\", \"what is 2 + 2?\"]", "positive_prompts: [\"  \"]"),
-     "needs non-empty positive_prompts"),
-    ("experts_per_token: 3", None, "experts_per_token is 3 but only 2"),
-    ("routing: top2", None, "unknown key 'routing'"),
+     "experts[0].positive_prompts: gate_mode cheap_embed needs non-empty prompts"),
+    ("experts_per_token: 3", None, "moe.yaml: experts_per_token: is 3 but only 2 expert(s) are listed"),
+    ("experts_per_token: 0", None, "experts_per_token: must be at least 1"),
+    ("routing: top2", None, "moe.yaml: routing: unknown key"),
+    ("dtype: float8", None, "dtype: unknown dtype 'float8'"),
     ("architecture: deepseek", None, "DeepSeek MoE output is not supported"),
     ("architecture: qwen3_moe", None, "Qwen3-MoE needs qwen3 models"),
     ("", ("$ft2", "$other"), "is a qwen2 model but the base model is mistral"),
@@ -219,8 +229,8 @@ def test_bad_configs_are_one_line_errors(extra, replace, message, family, tmp_pa
                                                                       num_key_value_heads=2))
     text = MIXTRAL if replace is None else MIXTRAL.replace(*replace)
     config = write_config(tmp_path, text + extra + "\n", models, "cheap_embed")
-    with pytest.raises(CMAAMError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
-        build_moe(config, tmp_path / "out", progress=False)
+    with pytest.raises(CMAAMError, match=re.escape(message)):
+        build_moe(config, tmp_path / "out", CPU)
     assert not (tmp_path / "out").exists()
 
 
@@ -228,7 +238,7 @@ def test_qwen2_experts_without_a_shared_expert_fit_no_architecture(family, tmp_p
     config = write_config(tmp_path, MIXTRAL, family("qwen2"), "cheap_embed")
     with pytest.raises(CMAAMError, match="no MoE output architecture fits this config: Mixtral .*needs llama or "
                                          "mistral models; Qwen2-MoE needs exactly 1 shared expert"):
-        build_moe(config, tmp_path / "out", progress=False)
+        build_moe(config, tmp_path / "out", CPU)
 
 
 def test_cli_error_is_one_line_and_inputs_untouched(family, tmp_path):
@@ -274,3 +284,12 @@ def test_hidden_gates_hold_one_layer_at_a_time(family):
     with torch.no_grad():
         reference = whole(**tokens, output_hidden_states=True).hidden_states
     assert len(ours) == len(reference) and all(torch.equal(a, b) for a, b in zip(ours, reference))
+
+
+def test_hidden_gates_need_prompts(family, tmp_path):
+    text = MIXTRAL.replace('    positive_prompts: ["안녕하세요, 반갑습니다"]\n', "")
+    config = write_config(tmp_path, text, family("mistral"), "hidden")
+    with pytest.raises(CMAAMError, match=re.escape("moe.yaml: experts[1].positive_prompts: gate_mode hidden needs "
+                                                   "non-empty prompts (or use gate_mode: random)")):
+        build_moe(config, tmp_path / "out", CPU)
+    assert not (tmp_path / "out").exists()

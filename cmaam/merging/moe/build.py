@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, CheckpointWriter, TensorSpec, parse_dtype
 from cmaam.io.atomic import claim_output
 from cmaam.merging.config_merge import resolve_model_path
@@ -61,7 +62,10 @@ def check_models(config: MoEConfig, readers: dict[str, CheckpointReader]) -> dic
 def output_dtype(config: MoEConfig, base: CheckpointReader) -> torch.dtype | None:
     """The config's ``dtype``, else the base model's config dtype (None: keep each tensor's)."""
     if config.dtype:
-        return parse_dtype(config.dtype)
+        try:
+            return parse_dtype(config.dtype)
+        except CMAAMError as error:
+            raise CMAAMError(f"dtype: {error}") from None
     stored = base.config.get("dtype") or base.config.get("torch_dtype")
     try:
         return parse_dtype(stored) if isinstance(stored, str) else None
@@ -95,58 +99,64 @@ def _read(piece: Piece, readers: dict[str, CheckpointReader], seed: int, output_
     return tensor
 
 
-def build_moe(config: str | Path | MoEConfig, output: str | Path, *, device: str = "cpu", seed: int = 0,
-              max_shard_size: str | int = "5GB", overwrite: bool = False, allow_pickle: bool = False,
-              allow_identical_experts: bool = False, progress: bool = True) -> Path:
-    """Write the MoE model of a mergekit-moe ``config`` to ``output`` (atomic; inputs never touched)."""
+def build_moe(config: str | Path | MoEConfig, output: str | Path, options: ExecutionOptions | None = None, *,
+              allow_identical_experts: bool = False) -> Path:
+    """Write the MoE model of a mergekit-moe ``config`` to ``output`` (atomic; inputs never touched).
+
+    ``options``: ``device`` runs the hidden-state router; ``dtype`` overrides the config's; ``seed`` seeds the
+    random router modes and experts' ``noise_scale``; ``overwrite``, ``allow_pickle``, ``max_shard_size``,
+    ``progress`` as for every command.
+    """
+    options = options or ExecutionOptions()
+    options.validate()
     config_file = None
     if not isinstance(config, MoEConfig):
         config_file = Path(config)
         config = load_moe_config(config_file)
-    config.validate(allow_identical_experts)
+    config.check_distinct_experts(allow_identical_experts)
     folder = config_file.resolve().parent if config_file is not None else None
     paths = {reference: resolve_model_path(reference, folder) for reference in config.referenced_models()}
     inputs = [*paths.values(), *([config_file] if config_file is not None else [])]
-    with claim_output(output, inputs=inputs, overwrite=overwrite):
-        readers = {reference: CheckpointReader(path, allow_pickle=allow_pickle) for reference, path in paths.items()}
+    with claim_output(output, inputs=inputs, overwrite=options.overwrite):
+        readers = {reference: CheckpointReader(path, allow_pickle=options.allow_pickle)
+                   for reference, path in paths.items()}
         try:
-            return _build(config, output, readers, paths, device=device, seed=seed, max_shard_size=max_shard_size,
-                          overwrite=overwrite, progress=progress)
+            return _build(config, output, readers, paths, options)
         finally:
             for reader in readers.values():
                 reader.close()
 
 
-def _build(config: MoEConfig, output: str | Path, readers: dict[str, CheckpointReader], paths: dict[str, Path], *,
-           device: str, seed: int, max_shard_size: str | int, overwrite: bool, progress: bool) -> Path:
+def _build(config: MoEConfig, output: str | Path, readers: dict[str, CheckpointReader], paths: dict[str, Path],
+           options: ExecutionOptions) -> Path:
     from transformers import AutoConfig
 
     from cmaam.merging.executor import resolve_device
 
     base = readers[config.base_model]
+    dtype = parse_dtype(options.dtype) or output_dtype(config, base)
     architecture: MoEArchitecture = select_architecture(config, check_models(config, readers))
     logger.info("output architecture: %s", architecture.name)
-    routers, shared_routers = _routers(config, str(paths[config.base_model]), base, seed, resolve_device(device),
-                                       progress)
+    routers, shared_routers = _routers(config, str(paths[config.base_model]), base, options.seed,
+                                       resolve_device(options.device), options.progress)
     layout = architecture.layout(config, readers, routers, shared_routers,
                                  AutoConfig.from_pretrained(paths[config.base_model]))
-    dtype = output_dtype(config, base)
     specs = []
     computed = base.dtype(base.keys()[0])  # computed tensors (routers, zero biases) without a config dtype
     for tensor in layout.tensors:
         stored = base.dtype(tensor.pieces[0].name) if tensor.pieces else computed
         specs.append(TensorSpec(tensor.name, tensor.shape, dtype if dtype is not None else stored))
     with CheckpointWriter(output, specs, reference=paths[config.base_model], config=layout.config,
-                          max_shard_size=max_shard_size, overwrite=overwrite,
+                          max_shard_size=options.max_shard_size, overwrite=options.overwrite,
                           inputs=[path for reader in readers.values() for path in (reader.path, *reader.files)]
                           ) as writer:
-        for tensor in tqdm(layout.tensors, desc=f"{architecture.name} model", unit="tensor", disable=not progress,
-                           leave=False):
+        for tensor in tqdm(layout.tensors, desc=f"{architecture.name} model", unit="tensor",
+                           disable=not options.progress, leave=False):
             if tensor.make is not None:
                 writer.add(tensor.name, tensor.make())
                 continue
             for piece in tensor.pieces:
-                value = _read(piece, readers, seed, tensor.name)
+                value = _read(piece, readers, options.seed, tensor.name)
                 if len(tensor.pieces) == 1:
                     writer.add(tensor.name, value)
                 else:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader
 from cmaam.merging.config_merge import merge_from_config
-from merging_helpers import write_yaml
+from merging_helpers import max_differences, run_mergekit, write_yaml
 
 mergekit_merge = pytest.importorskip("mergekit.merge", reason="mergekit is a dev dependency")
 
@@ -119,34 +120,15 @@ CASES = [(name, "llama") for name in CONFIGS] + [
 ]
 
 
-def run_mergekit(config_path, output) -> None:
-    import yaml
-    from mergekit.config import MergeConfiguration
-    from mergekit.options import MergeOptions
-
-    config = MergeConfiguration.model_validate(yaml.safe_load(config_path.read_text()))
-    mergekit_merge.run_merge(config, str(output), MergeOptions(quiet=True, write_model_card=False))
-
-
-def max_difference(ours, theirs) -> tuple[str, float]:
-    a, b = CheckpointReader(ours), CheckpointReader(theirs)
-    assert sorted(a.keys()) == sorted(b.keys())
-    differences = {}
-    for name in a.keys():
-        assert a.dtype(name) == b.dtype(name), name
-        differences[name] = (a.get(name).double() - b.get(name).double()).abs().max().item()
-    worst = max(differences, key=differences.get)
-    return worst, differences[worst]
-
-
 @pytest.mark.parametrize("method,model_type", CASES, ids=[f"{m}-{t}" for m, t in CASES])
 def test_yaml_matches_mergekit(method, model_type, family, tmp_path):
     models = family(model_type)
     config = write_yaml(tmp_path, CONFIGS[method], models)
-    merge_from_config(config, tmp_path / "ours", progress=False)
+    merge_from_config(config, tmp_path / "ours", ExecutionOptions(device="cpu", progress=False))
     run_mergekit(config, tmp_path / "mergekit")
-    worst, difference = max_difference(tmp_path / "ours", tmp_path / "mergekit")
-    assert difference <= 1e-6, (worst, difference)
+    differences = max_differences(tmp_path / "ours", tmp_path / "mergekit")
+    worst = max(differences, key=differences.get)
+    assert differences[worst] <= 1e-6, (worst, differences[worst])
     # the merge moved away from every input (guards against comparing two copies of one input)
     merged = CheckpointReader(tmp_path / "ours")
     name = "model.layers.1.mlp.up_proj.weight"

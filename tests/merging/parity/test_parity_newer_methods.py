@@ -8,6 +8,7 @@ import torch
 
 from cmaam.core.errors import CMAAMError
 from cmaam.merging.methods import get_method, list_methods
+from merging_helpers import random_models
 
 merge_methods = pytest.importorskip("mergekit.merge_methods", reason="mergekit is a dev dependency")
 
@@ -44,13 +45,6 @@ CASES = {
 }
 
 
-def _inputs(shape, count, seed):
-    generator = torch.Generator().manual_seed(seed)
-    base = torch.randn(shape, generator=generator)
-    models = [base + 0.1 * torch.randn(shape, generator=generator) for _ in range(count)]
-    return base, models
-
-
 def mergekit_result(name, base, models, parameters):
     """mergekit's merge of the same tensors (base first and marked as base when used)."""
     if base is None:
@@ -79,7 +73,7 @@ def test_every_mergekit_method_is_registered():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_mergekit(name, shape):
     for case, (parameters, count, with_base) in enumerate(CASES[name]):
-        base, models = _inputs(shape, count, seed=case + 10 * len(shape))
+        base, models = random_models(shape, count, seed=case + 10 * len(shape))
         if name in BASELESS:
             models, base = [base, *models][:count], None
         elif not with_base:
@@ -157,7 +151,7 @@ def test_arcee_fusion_large_tensors_are_seeded():
                                                    ("nearswap", {"t": 0.1}, 2),
                                                    ("arcee_fusion", {}, 2)])
 def test_wrong_number_of_models_is_a_one_line_error(name, parameters, count):
-    base, models = _inputs((4, 3), count, seed=0)
+    base, models = random_models((4, 3), count, seed=0)
     with pytest.raises(CMAAMError, match=f"{name}: needs"):
         get_method(name)(models, base, **parameters)
 
