@@ -11,6 +11,7 @@ a table with the ratios. Targets: cmaam throughput >= 1.5x mergekit's, peak RSS 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -20,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from cmaam.testing.tiny import TinySize
 
@@ -173,6 +175,18 @@ def synthetic_inputs(workdir: Path, size_gb: float, dtype_name: str) -> dict[str
     return build_models(models, size_gb, dtype_name)
 
 
+@contextlib.contextmanager
+def work_folder(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
+    """``--workdir`` (kept), else a temporary folder removed at the end unless ``--keep``."""
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield workdir
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def run_sides(sides: dict[str, list[str]], paths: dict[str, Path], workdir: Path, repeats: int) -> dict[str, dict]:
     """Run each side's command ``repeats`` times (output ``workdir/out_SIDE`` removed first, inputs' page cache
     warm): the fastest run's figures, with the highest peak RSS of the runs."""
@@ -194,10 +208,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["linear", "ties"], choices=sorted(METHOD_YAML))
     args = parser.parse_args()
 
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cmaam_bench_"))
-    workdir.mkdir(parents=True, exist_ok=True)
     mergekit_cli = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
-    try:
+    with work_folder(args, "cmaam_bench_") as workdir:
         paths = synthetic_inputs(workdir, args.size_gb, args.dtype)
         model_gb = folder_bytes(paths["base"]) / 1e9
         rows = []
@@ -222,9 +234,6 @@ def main() -> None:
             memory = results["cmaam"]["peak_rss_mb"] / results["mergekit"]["peak_rss_mb"]
             print(f"{method:<8} {'ratio':<9} throughput x{speed:.2f} (target >= 1.5), "
                   f"peak RSS x{memory:.2f} (target <= 0.5)")
-    finally:
-        if not args.keep and args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

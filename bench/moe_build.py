@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from merge_throughput import add_common_arguments, folder_bytes, run_sides, synthetic_inputs  # noqa: E402
+from merge_throughput import (  # noqa: E402
+    add_common_arguments, folder_bytes, run_sides, synthetic_inputs, work_folder)
 
 CONFIG = """base_model: {base}
 gate_mode: {gate_mode}
@@ -48,10 +48,8 @@ def main() -> None:
 
     from cmaam.testing.tiny import build_tokenizer
 
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cmaam_moe_bench_"))
-    workdir.mkdir(parents=True, exist_ok=True)
     mergekit_moe = shutil.which("mergekit-moe") or str(Path(sys.executable).parent / "mergekit-moe")
-    try:
+    with work_folder(args, "cmaam_moe_bench_") as workdir:
         paths = synthetic_inputs(workdir, args.size_gb, args.dtype)
         build_tokenizer().save_pretrained(paths["base"])
         config = workdir / "moe.yaml"
@@ -76,9 +74,6 @@ def main() -> None:
         print(f"{'ratio':<9} time x{results['cmaam']['seconds'] / results['mergekit']['seconds']:.2f}, "
               f"peak RSS x{results['cmaam']['peak_rss_mb'] / results['mergekit']['peak_rss_mb']:.2f} "
               "(cmaam / mergekit-moe)")
-    finally:
-        if not args.keep and args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

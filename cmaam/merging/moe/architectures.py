@@ -124,6 +124,19 @@ class MoEArchitecture:
                 OutputTensor(f"{prefix}.experts.down_proj", (count, hidden, intermediate), down)]
 
 
+def qwen_moe_config(config_class, architecture: str, base_config, config: MoEConfig):
+    """A Qwen2/Qwen3-MoE config from the dense base's, as mergekit-moe sets it: every layer sparse, top-k
+    probabilities renormalised, experts as wide as the base MLP."""
+    output = config_class(**base_config.to_dict())
+    output.architectures = [architecture]
+    output.num_experts = len(config.experts)
+    output.num_experts_per_tok = config.experts_per_token
+    output.decoder_sparse_step = 1
+    output.norm_topk_prob = True
+    output.moe_intermediate_size = output.intermediate_size
+    return output
+
+
 class Mixtral(MoEArchitecture):
     name = "Mixtral"
     model_type = "mixtral"
@@ -161,16 +174,10 @@ class Qwen2MoE(MoEArchitecture):
     def output_config(self, base_config, config):
         from transformers.models.qwen2_moe import Qwen2MoeConfig
 
-        output = Qwen2MoeConfig(**base_config.to_dict())
-        output.architectures = ["Qwen2MoeForCausalLM"]
-        output.num_experts = len(config.experts)
-        output.num_experts_per_tok = config.experts_per_token
-        output.decoder_sparse_step = 1
-        output.norm_topk_prob = True
+        output = qwen_moe_config(Qwen2MoeConfig, "Qwen2MoeForCausalLM", base_config, config)
         output.sliding_window = None
         output.use_sliding_window = False
         output.shared_expert_intermediate_size = output.intermediate_size
-        output.moe_intermediate_size = output.intermediate_size
         return output.to_diff_dict()
 
     def extra_tensors(self, base, layers):
@@ -206,14 +213,7 @@ class Qwen3MoE(MoEArchitecture):
     def output_config(self, base_config, config):
         from transformers.models.qwen3_moe import Qwen3MoeConfig
 
-        output = Qwen3MoeConfig(**base_config.to_dict())
-        output.architectures = ["Qwen3MoeForCausalLM"]
-        output.num_experts = len(config.experts)
-        output.num_experts_per_tok = config.experts_per_token
-        output.decoder_sparse_step = 1
-        output.norm_topk_prob = True
-        output.moe_intermediate_size = output.intermediate_size
-        return output.to_diff_dict()
+        return qwen_moe_config(Qwen3MoeConfig, "Qwen3MoeForCausalLM", base_config, config).to_diff_dict()
 
 
 ARCHITECTURES: tuple[MoEArchitecture, ...] = (Mixtral(), Qwen2MoE(), Qwen3MoE())
