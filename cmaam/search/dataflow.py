@@ -15,6 +15,7 @@ A parameter-space merge is simply one more model in the pool (the PS+DFS hybrid)
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -297,23 +298,22 @@ class DataFlowSyntheticFitness:
         generator = torch.Generator().manual_seed(int(seed))
         vocabulary = merger.model.config.vocab_size
         self.inputs = torch.randint(0, vocabulary, (batch, length), generator=generator).to(merger.device)
-        self.target = self._logits(target)
+        merger.apply(target)
+        self.target = self._logits()
         self.scale = float(self.target.pow(2).mean()) or 1.0
 
     @torch.no_grad()
-    def _logits(self, genome: Sequence[float]) -> torch.Tensor:
-        self.merger.apply(genome)
+    def _logits(self) -> torch.Tensor:
+        """The current path's logits on the fixed inputs."""
         return self.merger.model(input_ids=self.inputs, use_cache=False).logits.float()
 
     def __call__(self, genome: Sequence[float]):
-        import time
-
         from cmaam.search.fitness import Evaluation
 
         start = time.perf_counter()
         self.merger.apply(genome)
         merged = time.perf_counter()
-        distance = float((self._logits(genome) - self.target).pow(2).mean()) / self.scale
+        distance = float((self._logits() - self.target).pow(2).mean()) / self.scale
         return Evaluation(-distance, {"distance": distance, "path_length": float(len(self.merger.steps))},
                           merged - start, time.perf_counter() - merged)
 

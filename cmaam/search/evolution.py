@@ -418,7 +418,9 @@ def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
 
     if not resume:
         _write_state(state_path, print_fingerprint, history, best_record(log, rescored), layout, es, population,
-                             config, done=False)
+                     config, done=False)
+    keywords = build_fitness_here.keywords
+    items = len(keywords["items"]) + len(keywords["retention_items"])  # scored per full evaluation
 
     wandb_mode = config.wandb_mode or default_wandb_mode()
     evaluator = make_evaluator(build_fitness_here, config.workers, config.ray_address, config.gpus_per_worker)
@@ -440,7 +442,6 @@ def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
                     rescores, count = _rescore(generation, genomes, results, log, rescored, evaluator, subset)
                     evaluated_here += count
                     fresh += [record for record in rescores if not record["cached"]]
-                items = len(build_fitness_here.keywords["items"]) + len(build_fitness_here.keywords["retention_items"])
                 summary = _summary(generation, fitness, genomes, es, best_record(log, rescored),
                                    time.perf_counter() - started, len(fresh), sum(r["merge_seconds"] for r in fresh),
                                    sum(r["eval_seconds"] for r in fresh))
@@ -460,8 +461,7 @@ def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
             best = best_record(log, rescored)
             _save_figures(run, history, layout, best["genome"], es.mean)
             _finish(run, config, layout, paths, best, history, population)
-            _write_state(state_path, print_fingerprint, history, best_record(log, rescored), layout, es, population,
-                             config, done=True)
+            _write_state(state_path, print_fingerprint, history, best, layout, es, population, config, done=True)
     finally:
         evaluator.close()
     return SearchResult(run_dir, best["genome"], best["fitness"], history, evaluated_here)
