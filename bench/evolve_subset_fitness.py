@@ -2,7 +2,7 @@
 
     python bench/evolve_subset_fitness.py                                  # tiny preset, MGSM-en, CPU
     python bench/evolve_subset_fitness.py --preset tiny_vlm --limit 0 --size 12 --rule irt
-    python bench/evolve_subset_fitness.py --preset tiny_dfs --output bench_out/subset_dfs
+    python bench/evolve_subset_fitness.py --preset tiny_dfs --output results/bench/subset_dfs
 
 Both arms use the preset with the same seed, models and generations; the subset arm adds
 ``fitness.subset`` (the first generation scores every item and calibrates the subset). Final quality is
@@ -16,20 +16,22 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import time
 from pathlib import Path
 
 
 def run_arm(config, name: str, output: Path, subset: dict | None, generations: int) -> dict:
     """Run one arm; return its figures (item evaluations, seconds, best fitness, per-generation curve)."""
+    from cmaam.core.config import from_dict
     from cmaam.search.evolution import run_search
     from cmaam.search.subset import SubsetSpec
 
     arm = copy.deepcopy(config)
     arm.output_dir = str(output / name)
     arm.generations = generations
-    arm.fitness.subset = SubsetSpec.from_dict(subset)
-    started = time.perf_counter()
+    arm.fitness.subset = from_dict(SubsetSpec, subset, "subset") if subset else None
+    load_before, started = os.getloadavg()[0], time.perf_counter()
     result = run_search(arm)
     wall = time.perf_counter() - started
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
@@ -41,7 +43,7 @@ def run_arm(config, name: str, output: Path, subset: dict | None, generations: i
             "scoring_seconds": metrics["scoring_seconds"], "wall_seconds": wall, "best_fitness": result.best_fitness,
             "best_metrics": {k[5:]: v for k, v in metrics.items() if k.startswith("best_") and k != "best_fitness"
                              and isinstance(v, (int, float))},
-            "curve": curve}
+            "curve": curve, "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def main() -> None:
@@ -56,7 +58,7 @@ def main() -> None:
                         help="generations of the subset arm (default: as the full arm; more: equal-cost comparisons)")
     parser.add_argument("--population", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="bench_out/subset_fitness")
+    parser.add_argument("--output", default="results/bench/subset_fitness")
     args = parser.parse_args()
 
     import matplotlib
@@ -87,11 +89,12 @@ def main() -> None:
     lines = [f"preset {args.preset}: {args.population} candidates per generation, seed {args.seed}, "
              f"subset {args.size} items ({args.rule}), rescore top {args.rescore_top}", "",
              "| arm | generations | item evaluations | candidates scored | scoring s | wall s "
-             "| best fitness (full set) |",
-             "|---|---|---|---|---|---|---|"]
+             "| best fitness (full set) | load average (1 min, start -> end) |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm, generations in zip(arms, (args.generations, subset_generations)):
         lines.append(f"| {arm['arm']} | {generations} | {arm['item_evaluations']} | {arm['candidates_scored']} | "
-                     f"{arm['scoring_seconds']:.1f} | {arm['wall_seconds']:.1f} | {arm['best_fitness']:.6g} |")
+                     f"{arm['scoring_seconds']:.1f} | {arm['wall_seconds']:.1f} | {arm['best_fitness']:.6g} | "
+                     f"{arm['load_average'][0]:.2f} -> {arm['load_average'][1]:.2f} |")
     lines += ["", f"saved: {saved_items:.1%} of item evaluations, {saved_seconds:.1%} of scoring seconds; "
               f"final best fitness {cheap['best_fitness']:.6g} vs {full['best_fitness']:.6g} "
               f"({cheap['best_fitness'] - full['best_fitness']:+.3g})"]
