@@ -31,16 +31,17 @@ def run_arm(config, name: str, output: Path, subset: dict | None, generations: i
     arm.output_dir = str(output / name)
     arm.generations = generations
     arm.fitness.subset = from_dict(SubsetSpec, subset, "subset") if subset else None
-    load_before, started = os.getloadavg()[0], time.perf_counter()
+    load_before, started, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
     result = run_search(arm)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     curve, items = [], 0
     for summary in result.history:
         items += summary["item_evaluations"]
         curve.append((items, summary["best_so_far"]))
     return {"arm": name, "item_evaluations": metrics["item_evaluations"], "candidates_scored": metrics["evaluations"],
-            "scoring_seconds": metrics["scoring_seconds"], "wall_seconds": wall, "best_fitness": result.best_fitness,
+            "scoring_seconds": metrics["scoring_seconds"], "wall_seconds": wall, "cpu_seconds": cpu,
+            "best_fitness": result.best_fitness,
             "best_metrics": {k[5:]: v for k, v in metrics.items() if k.startswith("best_") and k != "best_fitness"
                              and isinstance(v, (int, float))},
             "curve": curve, "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
@@ -58,10 +59,15 @@ def main() -> None:
                         help="generations of the subset arm (default: as the full arm; more: equal-cost comparisons)")
     parser.add_argument("--population", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: CPU seconds then measure work, not contention)")
     parser.add_argument("--output", default="results/bench/subset_fitness")
     args = parser.parse_args()
 
     import matplotlib
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -86,23 +92,26 @@ def main() -> None:
     full, cheap = arms
     saved_items = 1 - cheap["item_evaluations"] / full["item_evaluations"]
     saved_seconds = 1 - cheap["scoring_seconds"] / full["scoring_seconds"]
+    saved_cpu = 1 - cheap["cpu_seconds"] / full["cpu_seconds"]
     lines = [f"preset {args.preset}: {args.population} candidates per generation, seed {args.seed}, "
-             f"subset {args.size} items ({args.rule}), rescore top {args.rescore_top}", "",
-             "| arm | generations | item evaluations | candidates scored | scoring s | wall s "
+             f"subset {args.size} items ({args.rule}), rescore top {args.rescore_top}, {args.threads} torch thread(s)",
+             "", "| arm | generations | item evaluations | candidates scored | scoring s | wall s | CPU s "
              "| best fitness (full set) | load average (1 min, start -> end) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for arm, generations in zip(arms, (args.generations, subset_generations)):
         lines.append(f"| {arm['arm']} | {generations} | {arm['item_evaluations']} | {arm['candidates_scored']} | "
-                     f"{arm['scoring_seconds']:.1f} | {arm['wall_seconds']:.1f} | {arm['best_fitness']:.6g} | "
+                     f"{arm['scoring_seconds']:.1f} | {arm['wall_seconds']:.1f} | {arm['cpu_seconds']:.1f} | "
+                     f"{arm['best_fitness']:.6g} | "
                      f"{arm['load_average'][0]:.2f} -> {arm['load_average'][1]:.2f} |")
-    lines += ["", f"saved: {saved_items:.1%} of item evaluations, {saved_seconds:.1%} of scoring seconds; "
+    lines += ["", f"saved: {saved_items:.1%} of item evaluations, {saved_seconds:.1%} of scoring seconds, "
+              f"{saved_cpu:.1%} of CPU seconds; "
               f"final best fitness {cheap['best_fitness']:.6g} vs {full['best_fitness']:.6g} "
               f"({cheap['best_fitness'] - full['best_fitness']:+.3g})"]
     table = "\n".join(lines) + "\n"
     print(table, end="")
     atomic_write_text(output / "subset_fitness.md", table)
     atomic_write_json(output / "subset_fitness.json", {"args": vars(args), "arms": arms, "saved_items": saved_items,
-                                                        "saved_seconds": saved_seconds})
+                                                        "saved_seconds": saved_seconds, "saved_cpu_seconds": saved_cpu})
     figure, axis = plt.subplots(figsize=(6, 3.8))
     for arm in arms:
         axis.step(*zip(*arm["curve"]), where="post", marker="o", label=arm["arm"])
