@@ -27,10 +27,12 @@ def component_summary(analysis: Analysis, plan: AlphaPlan) -> dict[str, dict]:
     summary = {}
     for component, group in aggregate(analysis.tensors.values(), lambda score: score.component).items():
         members = [s for s in analysis.tensors.values() if s.component == component]
+        weighted = [s for s in members if s.changed] or members  # mean over the tensors a merge changes
         values = [alphas[s.name] for s in members]
         summary[component] = _rounded(dict(
-            vars(group), alignment=alignment({n: group.score(n) for n in SCORE_NAMES}, plan.config.score_weights),
-            mean_alpha=sum(alphas[s.name] * s.numel for s in members) / group.numel,
+            vars(group), changed=group.changed,
+            alignment=alignment({n: group.score(n) for n in SCORE_NAMES}, plan.config.score_weights),
+            mean_alpha=sum(alphas[s.name] * s.numel for s in weighted) / sum(s.numel for s in weighted),
             min_alpha=min(values), max_alpha=max(values)))
     return summary
 
