@@ -227,8 +227,8 @@ class SyntheticConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     tasks: tuple[str, ...] = field(default_factory=lambda: tuple(TASKS))
-    # A bilingual training set: this share of the train and val questions (of ``extra_tasks``, default all)
-    # is worded in ``extra_lang``; the test split stays in ``lang``. The demo's base learns some Korean so.
+    # A bilingual training set: this share of the train questions (of ``extra_tasks``, default all) is
+    # worded in ``extra_lang``; val and test stay in ``lang``. The demo's base learns some Korean so.
     extra_lang: str | None = None
     extra_share: float = 0.0
     extra_tasks: tuple[str, ...] | None = None
@@ -260,8 +260,8 @@ class SyntheticConfig:
             raise CMAAMError(f"--extra-tasks {unknown} are not among --tasks ({', '.join(self.tasks)})")
 
     def sample_language(self, index: int, task: str, split: str) -> str:
-        """The language of sample ``index``: ``extra_lang`` for a seeded share of the train/val questions."""
-        if (not self.extra_lang or split == "test" or self.extra_share <= 0
+        """The language of sample ``index``: ``extra_lang`` for a seeded share of the train questions."""
+        if (not self.extra_lang or split != "train" or self.extra_share <= 0
                 or (self.extra_tasks is not None and task not in self.extra_tasks)):
             return self.lang
         return self.extra_lang if random.Random(f"extra:{self.seed}:{index}").random() < self.extra_share \
@@ -355,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
                         help="visual tasks to include (default: all)")
     parser.add_argument("--extra-lang", default=None, choices=LANGUAGES,
-                        help="word a share of the train/val questions in this language (a bilingual training set)")
+                        help="word a share of the train questions in this language (a bilingual training set)")
     parser.add_argument("--extra-share", type=float, default=0.0, help="that share, in [0, 1] (default 0)")
     parser.add_argument("--extra-tasks", nargs="+", default=None, choices=list(TASKS),
                         help="only these tasks get the extra language (default: all)")
