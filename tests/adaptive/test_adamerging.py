@@ -14,6 +14,7 @@ from cmaam.alignment.merge import merge_vlm
 from cmaam.search.adamerging import AdaMergingConfig, adamerging, answer_entropy, mean_entropy
 from cmaam.search.adaptive import UnlabeledInput, initial_coefficients, load_merge_space, load_unlabeled
 from eval.generation import GenerationRequest
+from adaptive_helpers import vqa_file
 
 PROMPTS = ["What is two plus two?", "Name a colour.", "Translate 'cat' into Korean.", "Count to three.",
            "Which is larger, 7 or 9?", "Say hello.", "What day comes after Monday?", "Spell 'dog'.",
@@ -105,21 +106,6 @@ def test_coefficients_stay_in_the_unit_box(tiny_llama_pair, llama_plan):
     result = adamerging(space, text_inputs(PROMPTS), [1.0] * len(space.groups),
                         AdaMergingConfig(steps=5, lr=0.5, batch_size=6, progress=False))
     assert all(0.0 <= a <= 1.0 for a in result.alphas)
-
-
-def vqa_file(folder, count=6, lang="en"):
-    """A tiny unlabeled VQA JSONL with rendered images."""
-    from PIL import Image
-
-    (folder / "images").mkdir(parents=True)
-    rows = []
-    for index in range(count):
-        Image.new("RGB", (56, 56), (40 * index, 200 - 30 * index, 90)).save(folder / "images" / f"{index}.png")
-        rows.append({"id": f"q{index}", "image": f"images/{index}.png", "question": "What colour is the image?",
-                     "lang": lang})
-    path = folder / "questions.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def adapt_cli(pair, output, data, *extra):
