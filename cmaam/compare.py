@@ -11,9 +11,10 @@ from cmaam.io.atomic import (
     output_lock,
 )
 from cmaam.pipeline.compare import (
+    OUTPUT_FILES,
     compare,
     load_records,
-    to_markdown,
+    report_markdown,
     write_comparison,
 )
 
@@ -27,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--english", default="en", help="metric prefix of the retention set (default en)")
     parser.add_argument("--base", help="run name of the base model (else the run whose config role is base)")
     parser.add_argument("--finetuned", help="run name of the fine-tuned model")
-    parser.add_argument("--output", help="folder for comparison.md/.csv/.png (default: beside the first run)")
+    parser.add_argument("--output", help="folder for comparison.md/.csv/.png and frontier.csv/.png "
+                                         "(default: beside the first run)")
     args = parser.parse_args(argv)
     if not args.runs and not args.wandb_project:
         parser.error("give result folders or --wandb-project")
@@ -36,13 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = Path(args.output) if args.output else (Path(args.runs[0]) if args.runs else Path("comparison"))
     if args.runs and (output / "metrics.json").exists():
         output = output.parent / "comparison"
-    files = [output / name for name in ("comparison.md", "comparison.csv", "comparison.png")]
+    files = [output / name for name in OUTPUT_FILES]
     runs = [record.source for record in comparison.records if record.source and Path(record.source).exists()]
     check_no_overlap(files, runs)
     with output_lock(output):
         paths = write_comparison(comparison, output)
-    print(to_markdown(comparison))
-    print(f"wrote {paths['markdown']}, {paths['csv']}, {paths['plot']}")
+    print(report_markdown(comparison))
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
     return 0
 
 
