@@ -31,3 +31,16 @@ def read_yaml(path: str | Path, missing: str | None = None) -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise CMAAMError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+
+
+def figure_png(figure, dpi: int = 120) -> bytes:
+    """PNG bytes of a matplotlib figure, which is closed; no 'Software' metadata, so the same figure gives the
+    same bytes."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()

@@ -18,7 +18,7 @@ from cmaam.io.atomic import (
     atomic_write_bytes,
     atomic_write_text,
 )
-from cmaam.io.files import read_json, read_yaml
+from cmaam.io.files import figure_png, read_json, read_yaml
 
 ROLES = ("base", "finetuned", "cmaam", "baseline", "other")
 
@@ -249,15 +249,6 @@ def plot(comparison: Comparison):
 OUTPUT_FILES = ("comparison.md", "comparison.csv", "comparison.png", "frontier.csv", "frontier.png")
 
 
-def _png(figure) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, metadata={"Software": None})
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def report_markdown(comparison: Comparison) -> str:
     """comparison.md: the table, then the frontier's per-family summary."""
     from cmaam.pipeline import frontier
@@ -276,9 +267,9 @@ def write_comparison(comparison: Comparison, output: str | Path) -> dict[str, Pa
     return {
         "markdown": atomic_write_text(output / "comparison.md", report_markdown(comparison)),
         "csv": atomic_write_text(output / "comparison.csv", to_csv(comparison)),
-        "plot": atomic_write_bytes(output / "comparison.png", _png(plot(comparison))),
+        "plot": atomic_write_bytes(output / "comparison.png", figure_png(plot(comparison))),
         "frontier_csv": atomic_write_text(output / "frontier.csv", frontier.to_csv(result)),
-        "frontier_plot": atomic_write_bytes(output / "frontier.png", _png(frontier.figure(result, label))),
+        "frontier_plot": atomic_write_bytes(output / "frontier.png", figure_png(frontier.figure(result, label))),
     }
 
 

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cmaam.core.errors import CMAAMError
-from cmaam.search.adaptive import MergeSpace, UnlabeledInput, figure_png, round_float
+from cmaam.search.adaptive import MergeSpace, UnlabeledInput, round_float
 
 
 @dataclass
@@ -99,9 +99,6 @@ class AdaMergingResult:
         figure.tight_layout()
         return figure
 
-    def png(self) -> bytes:
-        """The figure as PNG bytes."""
-        return figure_png(self.figure())
 
 
 def _extend(inputs: dict, tokens: torch.Tensor, alive: torch.Tensor) -> dict:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from cmaam.alignment.alphas import AlphaPlan, preserve_mean
 from cmaam.core.errors import CMAAMError
-from cmaam.search.adaptive import MergeSpace, UnlabeledInput, figure_png, round_float
+from cmaam.search.adaptive import MergeSpace, UnlabeledInput, round_float
 
 DEFAULT_GRID = tuple(round(0.1 * step, 1) for step in range(11))
 
@@ -104,9 +104,6 @@ class AdaMMSResult:
         figure.tight_layout()
         return figure
 
-    def png(self) -> bytes:
-        """The figure as PNG bytes."""
-        return figure_png(self.figure())
 
 
 def scaled_alphas(plan: AlphaPlan, groups: Sequence[str], mean_alpha: float) -> list[float]:

@@ -13,6 +13,7 @@ from cmaam.alignment.alphas import AlphaPlan
 from cmaam.alignment.merge import ADAPTATION_FIGURE, Adaptation, Adapter
 from cmaam.alignment.report import format_table
 from cmaam.core.errors import CMAAMError
+from cmaam.io.files import figure_png
 from cmaam.search.adamerging import AdaMergingConfig, AdaMergingResult, adamerging
 from cmaam.search.adamms import DEFAULT_GRID, AdaMMSConfig, AdaMMSResult, adamms
 from cmaam.search.adaptive import ADAPT_METHODS, initial_coefficients, load_merge_space, load_unlabeled
@@ -99,6 +100,6 @@ def make_adapter(options: AdaptOptions, source: str | Path, target: str | Path, 
             result = adamms(space, plan, inputs, options.adamms_config(progress))
             markdown = adamms_markdown(result)
         alphas = dict(zip(result.groups, result.alphas))
-        return Adaptation(options.method, alphas, result.report(), markdown, result.png())
+        return Adaptation(options.method, alphas, result.report(), markdown, figure_png(result.figure()))
 
     return adapt

@@ -190,18 +190,6 @@ def set_plan_alphas(plan: AlphaPlan, alphas: dict[str, float]) -> None:
         plan.groups[group].alpha = float(value)
 
 
-def figure_png(figure) -> bytes:
-    """PNG bytes of a matplotlib figure (closed afterwards)."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, metadata={"Software": None})
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def round_float(value: float) -> float:
     """8 significant digits, as the merge report writes floats."""
     return float(f"{value:.8g}")

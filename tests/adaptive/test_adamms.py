@@ -6,10 +6,8 @@ import json
 
 import pytest
 
-from cmaam.alignment.alphas import AlphaConfig
-from cmaam.alignment.merge import merge_vlm
+from cmaam.alignment.alphas import AlphaConfig, compute_alphas
 from cmaam.alignment.scores.analyzer import Analysis, TensorScore
-from cmaam.alignment.alphas import compute_alphas
 from cmaam.search.adamms import AdaMMSConfig, adamms, scaled_alphas, select
 from cmaam.search.adaptive import UnlabeledInput
 from eval.generation import GenerationRequest
