@@ -6,13 +6,14 @@ import argparse
 from typing import Sequence
 
 from cmaam.core.cli import run_cli
+from cmaam.core.options import READ, add_execution_options
 from cmaam.merging.compatibility import check_compatibility
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cmaam.check", description=__doc__)
     parser.add_argument("models", nargs="+", help="two or more model folders")
-    parser.add_argument("--allow-pickle", action="store_true", help="read .bin/.pt checkpoints (weights_only)")
+    add_execution_options(parser, READ)
     parser.add_argument("--limit", type=int, default=50, help="rows shown per kind of difference (default: 50)")
     return parser
 

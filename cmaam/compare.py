@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Sequence
 
-from cmaam.io.atomic import (
-    check_no_overlap,
-    output_lock,
-)
-from cmaam.pipeline.compare import (
-    OUTPUT_FILES,
-    compare,
-    load_records,
-    report_markdown,
-    write_comparison,
-)
+from cmaam.pipeline.compare import compare_runs, report_markdown
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,16 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.runs and not args.wandb_project:
         parser.error("give result folders or --wandb-project")
-    comparison = compare(load_records(args.runs, args.wandb_project), args.metric, args.korean, args.english,
-                         args.base, args.finetuned)
-    output = Path(args.output) if args.output else (Path(args.runs[0]) if args.runs else Path("comparison"))
-    if args.runs and (output / "metrics.json").exists():
-        output = output.parent / "comparison"
-    files = [output / name for name in OUTPUT_FILES]
-    runs = [record.source for record in comparison.records if record.source and Path(record.source).exists()]
-    check_no_overlap(files, runs)
-    with output_lock(output):
-        paths = write_comparison(comparison, output)
+    comparison, paths = compare_runs(args.runs, args.output, args.wandb_project, args.metric, args.korean,
+                                     args.english, args.base, args.finetuned)
     print(report_markdown(comparison))
     print("wrote " + ", ".join(str(path) for path in paths.values()))
     return 0

@@ -10,22 +10,19 @@ from cmaam.alignment.alphas import (
     AlphaConfig,
     parse_score_weights,
 )
-from cmaam.alignment.merge import INTERPOLATIONS, merge_vlm
+from cmaam.alignment.merge import merge_vlm
+from cmaam.merging.pairs import INTERPOLATIONS
 from cmaam.core.cli import run_cli
+from cmaam.core.options import MERGE, ExecutionOptions, add_execution_options
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by merge and sweep: source/target, output dtype, device, safety switches."""
+    """Flags shared by merge and sweep: source/target, interpolation, and the execution options."""
     parser.add_argument("--source", required=True, help="model folder holding the knowledge to inject (S)")
-    parser.add_argument("--target", required=True, help="model folder whose architecture, config and tokenizer are kept (T)")
+    parser.add_argument("--target", required=True,
+                        help="model folder whose architecture, config and tokenizer are kept (T)")
     parser.add_argument("--interp", default="linear", choices=INTERPOLATIONS, help="linear or slerp (t = alpha)")
-    parser.add_argument("--dtype", default=None, help="output dtype (bfloat16, float16, float32); default: as stored")
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest output shard (default 5GB)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin checkpoints")
-    parser.add_argument("--allow-nonfinite", action="store_true", help="merge even if NaN/Inf appear")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_execution_options(parser, MERGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--adapt-batch-size", type=int, default=16, help="inputs per step / per generation batch")
     adapt.add_argument("--adapt-answer-tokens", type=int, default=1,
                        help="AdaMerging: entropy over the first N tokens of the greedy answer (default 1)")
-    adapt.add_argument("--adapt-seed", type=int, default=0, help="AdaMerging: batch order seed")
     adapt.add_argument("--adapt-grid", default=None, metavar="A,B,...",
                        help="AdaMMS: mean alphas to try (default 0,0.1,...,1)")
     adapt.add_argument("--adapt-max-new-tokens", type=int, default=16, help="AdaMMS: answer length")
+    add_execution_options(parser, ("seed", "trust_remote_code"),
+                          help={"seed": "AdaMerging: seed of the batch order (default: 0)",
+                                "trust_remote_code": "--adapt: run the model folder's own Python code to load it"})
     return parser
 
 
@@ -89,7 +88,7 @@ def adapt_options(args: argparse.Namespace):
     return AdaptOptions(method=args.adapt, data=args.adapt_data, held_out=args.adapt_held_out, limit=args.adapt_limit,
                         init=args.adapt_init, steps=args.adapt_steps, lr=args.adapt_lr,
                         batch_size=args.adapt_batch_size, answer_tokens=args.adapt_answer_tokens,
-                        seed=args.adapt_seed, grid=grid, max_new_tokens=args.adapt_max_new_tokens)
+                        grid=grid, max_new_tokens=args.adapt_max_new_tokens)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,17 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     alphas = AlphaConfig(strategy=args.strategy, base_alpha=args.base_alpha, alpha_min=args.alpha_min,
                          alpha_max=args.alpha_max, score_weights=parse_score_weights(args.score_weights),
                          preserve_mean=args.preserve_mean, use_sensitivity=not args.no_sensitivity)
-    options = adapt_options(args)
+    execution = ExecutionOptions.from_args(args)
+    settings = adapt_options(args)
     adapter = None
-    if options is not None:
+    if settings is not None:
         from cmaam.search.adapt import make_adapter
 
-        adapter = make_adapter(options, args.source, args.target, device=args.device, progress=not args.no_progress)
-    merge_vlm(args.source, args.target, args.output, alphas, interp=args.interp, model_type=args.model_type,
-              rules_file=args.rules_file, analyze=args.analyze, alphas_only=args.alphas_only, dtype=args.dtype,
-              device=args.device, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
-              allow_nonfinite=args.allow_nonfinite, max_shard_size=args.max_shard_size,
-              progress=not args.no_progress, adapt=adapter)
+        adapter = make_adapter(settings, args.source, args.target, execution)
+    merge_vlm(args.source, args.target, args.output, alphas, execution, interp=args.interp,
+              model_type=args.model_type, rules_file=args.rules_file, analyze=args.analyze,
+              alphas_only=args.alphas_only, adapt=adapter)
     return 0
 
 

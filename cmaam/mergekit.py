@@ -6,7 +6,7 @@ import argparse
 from typing import Sequence
 
 from cmaam.core.cli import run_cli
-from cmaam.core.errors import CMAAMError
+from cmaam.core.options import MERGE, ExecutionOptions, add_execution_options
 from cmaam.merging.config_merge import merge_from_config
 
 
@@ -14,28 +14,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cmaam.mergekit", description=__doc__)
     parser.add_argument("config", help="mergekit YAML config")
     parser.add_argument("output", help="output model folder (written atomically)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
-                        help="dtype of the written tensors (default: the config's out_dtype/dtype, else as stored)")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest output shard (default: 5GB)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="read .bin/.pt checkpoints (torch.load with weights_only=True)")
-    parser.add_argument("--allow-nonfinite", action="store_true", help="merge even if a tensor holds NaN/Inf")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random methods (dare_*), per tensor (default: 0)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_execution_options(parser, (*MERGE, "seed"),
+                          help={"dtype": "bfloat16, float16 or float32 for the written tensors (default: the "
+                                         "config's out_dtype/dtype, else as stored)",
+                                "seed": "seed of random methods (dare_*), per tensor (default: 0)"})
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.seed < 0:
-        raise CMAAMError(f"--seed must be >= 0, got {args.seed}")
-    output = merge_from_config(
-        args.config, args.output, device=args.device, dtype=args.dtype, max_shard_size=args.max_shard_size,
-        overwrite=args.overwrite, allow_pickle=args.allow_pickle, allow_nonfinite=args.allow_nonfinite,
-        seed=args.seed, progress=not args.no_progress,
-    )
+    output = merge_from_config(args.config, args.output, ExecutionOptions.from_args(args))
     print(f"merged model written to {output}")
     return 0
 

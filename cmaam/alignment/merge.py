@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from cmaam.alignment.alphas import (
     AlphaConfig,
@@ -22,53 +20,14 @@ from cmaam.alignment.report import (
     write_analysis,
 )
 from cmaam.alignment.scores.analyzer import Analysis, analyze_pair, resolve_layout
-from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, parse_dtype
 from cmaam.io.atomic import atomic_directory, claim_output
-from cmaam.merging.executor import TensorJob, run_merge
-from cmaam.merging.methods import get_method
+from cmaam.merging.executor import run_merge
+from cmaam.merging.pairs import ALPHAS_FILE, check_interp, pair_jobs, report_unmatched
 
-INTERPOLATIONS = ("linear", "slerp")
+logger = logging.getLogger(__name__)
 ANALYSIS_FOLDER = "analysis"
-ALPHAS_FILE = "alphas.yaml"
-
-
-def interpolate(tensors: list[torch.Tensor], alpha: float, interp: str = "linear") -> torch.Tensor:
-    """Merge [target, source] at ``alpha``: (1 - alpha) * T + alpha * S, or slerp from T (t=0) to S (t=1)."""
-    target, source = tensors
-    if interp == "slerp":
-        return get_method("slerp")([source], target, t=alpha)
-    return get_method("linear")([target, source], None, weight=[1.0 - alpha, alpha], normalize=False)
-
-
-def check_interp(interp: str) -> None:
-    """One-line error for an unknown interpolation."""
-    if interp not in INTERPOLATIONS:
-        raise CMAAMError(f"unknown --interp {interp!r} (choose {', '.join(INTERPOLATIONS)})")
-
-
-def pair_jobs(target: CheckpointReader, alphas: dict[str, float], interp: str) -> list[TensorJob]:
-    """One job per target tensor: interpolated when it has an alpha, else copied from the target."""
-    jobs = []
-    for name in target.keys():
-        if name in alphas:
-            merge = functools.partial(interpolate, alpha=alphas[name], interp=interp)
-            jobs.append(TensorJob(name, [("target", name), ("source", name)], merge))
-        else:
-            jobs.append(TensorJob(name, [("target", name)]))
-    return jobs
-
-
-def report_unmatched(only_in_target: list[str], only_in_source: list[str], not_floating: list[str],
-                     where: str) -> None:
-    """Print how many tensors were not interpolated and why (never dropped silently)."""
-    if only_in_target or not_floating:
-        print(f"note: {len(only_in_target)} tensor(s) only in the target and {len(not_floating)} "
-              f"non-floating tensor(s) were kept from the target (listed in {where})", file=sys.stderr)
-    if only_in_source:
-        shown = ", ".join(only_in_source[:3]) + (" ..." if len(only_in_source) > 3 else "")
-        print(f"note: {len(only_in_source)} tensor(s) only in the source were skipped: {shown} "
-              f"(listed in {where})", file=sys.stderr)
 
 
 @dataclass
@@ -103,28 +62,27 @@ class MergeResult:
 
 
 def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas: AlphaConfig | None = None,
-              interp: str = "linear", model_type: str | None = None, rules_file: str | None = None,
-              analyze: bool = False, alphas_only: bool = False, dtype: str | torch.dtype | None = None,
-              device: str = "auto", overwrite: bool = False, allow_pickle: bool = False,
-              allow_nonfinite: bool = False, max_shard_size: str | int = "5GB", progress: bool = True,
+              options: ExecutionOptions | None = None, *, interp: str = "linear", model_type: str | None = None,
+              rules_file: str | None = None, analyze: bool = False, alphas_only: bool = False,
               print_summary: bool = True, adapt: Adapter | None = None) -> MergeResult:
     """Score S against T, compute per-group alphas and write the merged model (config/tokenizer from T).
 
+    ``options``: device, output dtype, overwrite, pickles, NaN/Inf check, shard size, progress.
     ``analyze`` adds report.json, report.md and heatmaps under ``output/analysis``; ``alphas_only``
     writes only those (and alphas.yaml) to ``output``. alphas.yaml is always written. ``adapt`` (an
     adaptive search from ``cmaam.search``) replaces the group alphas by the ones it chooses, starting
     from the CMAAM plan; its report goes into the analysis, which is then always written.
     """
+    options = options or ExecutionOptions()
     alphas = alphas or AlphaConfig()
     alphas.validate()
     check_interp(interp)
-    dtype = parse_dtype(dtype)
+    parse_dtype(options.dtype)  # an unknown dtype fails before any work
     inputs = [source, target, rules_file]
-    with claim_output(output, inputs=inputs, overwrite=overwrite):  # before any work: refused or locked
-        source_reader = CheckpointReader(source, allow_pickle=allow_pickle)
-        target_reader = CheckpointReader(target, allow_pickle=allow_pickle)
-        analysis = analyze_pair(source_reader, target_reader, model_type=model_type, rules_file=rules_file,
-                                device=device, allow_nonfinite=allow_nonfinite, progress=progress)
+    with claim_output(output, inputs=inputs, overwrite=options.overwrite):  # before any work: refused or locked
+        source_reader = CheckpointReader(source, allow_pickle=options.allow_pickle)
+        target_reader = CheckpointReader(target, allow_pickle=options.allow_pickle)
+        analysis = analyze_pair(source_reader, target_reader, options, model_type=model_type, rules_file=rules_file)
         plan = compute_alphas(analysis, alphas)
         adaptation = None
         if adapt is not None:
@@ -149,13 +107,12 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
                 write_analysis(folder / ANALYSIS_FOLDER, report, sections, figures)
 
         if alphas_only:
-            with atomic_directory(output, overwrite, inputs=inputs) as folder:
+            with atomic_directory(output, options.overwrite, inputs=inputs) as folder:
                 write_extras(folder)
         else:
             run_merge({"target": target_reader, "source": source_reader},
-                      pair_jobs(target_reader, plan.tensor_alphas, interp), output, reference=target, dtype=dtype,
-                      device=device, allow_nonfinite=allow_nonfinite, overwrite=overwrite,
-                      max_shard_size=max_shard_size, progress=progress, before_commit=write_extras)
+                      pair_jobs(target_reader, plan.tensor_alphas, interp), output, options, reference=target,
+                      before_commit=write_extras)
     if print_summary:
         print(summary_table(report))
         print(f"strategy {alphas.strategy}: {len(plan.groups)} group(s), mean alpha {plan.mean_alpha:.4f} "

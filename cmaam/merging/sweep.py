@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import math
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from tqdm import tqdm
 
-from cmaam.alignment.merge import (
-    ALPHAS_FILE,
-    check_interp,
-    interpolate,
-    pair_jobs,
-    report_unmatched,
-)
-from cmaam.alignment.scores.analyzer import check_pair
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, CheckpointWriter, parse_dtype
 from cmaam.io.atomic import atomic_write_yaml, claim_outputs
-from cmaam.merging.executor import check_finite, plan_specs, resolve_device
+from cmaam.merging.executor import ModelOutput, execute, plan_specs, resolve_device
+from cmaam.merging.pairs import ALPHAS_FILE, check_interp, check_pair, interpolate, pair_jobs, report_unmatched
+
+logger = logging.getLogger(__name__)
 
 
 def parse_alphas(text: str | Sequence[float]) -> list[float]:
@@ -48,18 +44,23 @@ def sweep_output(output_dir: str | Path, alpha: float) -> Path:
     return Path(output_dir) / f"alpha_{alpha:g}"
 
 
+def _write_settings(folder: Path, settings: dict) -> None:
+    atomic_write_yaml(folder / ALPHAS_FILE, {"settings": settings})
+
+
 def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas: str | Sequence[float],
-          interp: str = "linear", dtype: str | torch.dtype | None = None, device: str = "auto",
-          overwrite: bool = False, allow_pickle: bool = False, allow_nonfinite: bool = False,
-          max_shard_size: str | int = "5GB", progress: bool = True) -> list[Path]:
+          options: ExecutionOptions | None = None, *, interp: str = "linear") -> list[Path]:
     """Write (1 - a) * T + a * S (or slerp) for every alpha a, reading each input tensor once for all of them.
 
-    Each output is its own atomic writer; tensors only in the target (or not floating) are copied.
+    ``options``: device, output dtype, overwrite, pickles, NaN/Inf check, shard size, progress. Each
+    output is its own atomic writer; tensors only in the target (or not floating) are copied.
     """
+    options = options or ExecutionOptions()
+    overwrite, allow_pickle, max_shard_size = options.overwrite, options.allow_pickle, options.max_shard_size
     values = parse_alphas(alphas)
     check_interp(interp)
-    dtype = parse_dtype(dtype)
-    device = resolve_device(device)
+    dtype = parse_dtype(options.dtype)
+    resolve_device(options.device)  # an unknown or missing device fails before any work
     outputs = [sweep_output(output_dir, value) for value in values]
     # Every output is checked and locked before any work; a failure removes the folders this run created.
     with claim_outputs(outputs, inputs=[source, target], overwrite=overwrite):
@@ -71,31 +72,19 @@ def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas
         report_unmatched([n for n in target_reader.keys() if n not in source_reader],
                          [n for n in source_reader.keys() if n not in target_reader],
                          [n for n in common if n not in set(floating)], ALPHAS_FILE)
-        jobs = pair_jobs(target_reader, dict.fromkeys(floating, 0.0), interp)
+        jobs = pair_jobs(target_reader, dict.fromkeys(floating, 0.0), interp)  # each output merges at its alpha
         specs = plan_specs(readers, jobs, dtype)
         with contextlib.ExitStack() as stack:
             writers = [stack.enter_context(CheckpointWriter(output, specs, reference=target,
                                                             max_shard_size=max_shard_size, overwrite=overwrite,
                                                             inputs=[source, target])) for output in outputs]
-            for job in tqdm(jobs, desc=f"sweeping {len(values)} alphas", unit="tensor", disable=not progress,
-                            leave=False):
-                tensors = [readers[model].get(name, device=device) for model, name in job.inputs]
-                if not allow_nonfinite:
-                    for (model, name), tensor in zip(job.inputs, tensors):
-                        check_finite(tensor, f"{readers[model].path}: {name}")
-                if len(tensors) == 1 or not tensors[0].is_floating_point():
-                    for writer in writers:
-                        writer.add(job.output_name, tensors[0])
-                    continue
-                tensors = [tensor.float() for tensor in tensors]
-                for writer, value in zip(writers, values):
-                    merged = interpolate(tensors, value, interp)
-                    if not allow_nonfinite:
-                        check_finite(merged, f"merged {job.output_name} (alpha {value:g})")
-                    writer.add(job.output_name, merged)
-            for writer, value in zip(writers, values):
-                atomic_write_yaml(writer.folder / ALPHAS_FILE, {"settings": {
-                    "source": str(source), "target": str(target), "interp": interp, "alpha": value}})
+            consumers = [ModelOutput(writer, functools.partial(interpolate, alpha=value, interp=interp),
+                                     label=f" (alpha {value:g})",
+                                     before_commit=functools.partial(_write_settings, settings={
+                                         "source": str(source), "target": str(target), "interp": interp,
+                                         "alpha": value}))
+                         for writer, value in zip(writers, values)]
+            execute(readers, jobs, consumers, options, description=f"sweeping {len(values)} alphas")
     for output in outputs:
-        print(f"wrote {output}")
+        logger.info("wrote %s", output)
     return outputs

@@ -42,7 +42,8 @@ class AdaMergingConfig:
         for name in ("steps", "batch_size", "answer_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise CMAAMError(f"--adapt-{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+                raise CMAAMError(f"--adapt-{name.replace('_', '-')} must be a whole number of at least 1, "
+                                 f"got {value!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise CMAAMError(f"--adapt-lr must be a positive number, got {self.lr!r}")
 

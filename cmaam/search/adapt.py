@@ -13,6 +13,7 @@ from cmaam.alignment.alphas import AlphaPlan
 from cmaam.alignment.merge import ADAPTATION_FIGURE, Adaptation, Adapter
 from cmaam.alignment.report import format_table
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
 from cmaam.io.files import figure_png
 from cmaam.search.adamerging import AdaMergingConfig, AdaMergingResult, adamerging
 from cmaam.search.adamms import DEFAULT_GRID, AdaMMSConfig, AdaMMSResult, adamms
@@ -32,7 +33,6 @@ class AdaptOptions:
     lr: float = 1e-3
     batch_size: int = 16
     answer_tokens: int = 1
-    seed: int = 0
     grid: tuple[float, ...] = DEFAULT_GRID  # AdaMMS: mean alphas
     max_new_tokens: int = 16  # AdaMMS: answer length
 
@@ -48,9 +48,9 @@ class AdaptOptions:
         self.adamerging_config().validate()
         self.adamms_config().validate()
 
-    def adamerging_config(self, progress: bool = True) -> AdaMergingConfig:
+    def adamerging_config(self, seed: int = 0, progress: bool = True) -> AdaMergingConfig:
         return AdaMergingConfig(steps=self.steps, lr=self.lr, batch_size=self.batch_size,
-                                answer_tokens=self.answer_tokens, seed=self.seed, progress=progress)
+                                answer_tokens=self.answer_tokens, seed=seed, progress=progress)
 
     def adamms_config(self, progress: bool = True) -> AdaMMSConfig:
         return AdaMMSConfig(grid=tuple(self.grid), batch_size=max(self.batch_size, 1),
@@ -80,24 +80,26 @@ def adamms_markdown(result: AdaMMSResult) -> str:
                       f"![{ADAPTATION_FIGURE}]({ADAPTATION_FIGURE})", ""])
 
 
-def make_adapter(options: AdaptOptions, source: str | Path, target: str | Path, device: str = "cpu",
-                 progress: bool = True, trust_remote_code: bool = False) -> Adapter:
-    """The adapter for ``merge_vlm(adapt=...)``: loads the pair in float32, runs the method, returns its choice."""
+def make_adapter(options: AdaptOptions, source: str | Path, target: str | Path,
+                 execution: ExecutionOptions | None = None) -> Adapter:
+    """The adapter for ``merge_vlm(adapt=...)``: loads the pair in float32 on ``execution.device``, runs the
+    method (AdaMerging's batch order seeded by ``execution.seed``) and returns its choice."""
     options.validate()
+    execution = execution or ExecutionOptions()
 
     def adapt(plan: AlphaPlan, layout) -> Adaptation:
         from cmaam.merging.executor import resolve_device
 
         inputs = load_unlabeled(options.data, options.limit)
         held_out = load_unlabeled(options.held_out, options.limit) if options.held_out else None
-        space = load_merge_space(source, target, plan, layout, device=resolve_device(device), dtype=torch.float32,
-                                 trust_remote_code=trust_remote_code)
+        space = load_merge_space(source, target, plan, layout, device=resolve_device(execution.device),
+                                 dtype=torch.float32, trust_remote_code=execution.trust_remote_code)
         if options.method == "adamerging":
             result = adamerging(space, inputs, initial_coefficients(plan, space, options.init),
-                                options.adamerging_config(progress), held_out)
+                                options.adamerging_config(execution.seed, execution.progress), held_out)
             markdown = adamerging_markdown(result)
         else:
-            result = adamms(space, plan, inputs, options.adamms_config(progress))
+            result = adamms(space, plan, inputs, options.adamms_config(execution.progress))
             markdown = adamms_markdown(result)
         alphas = dict(zip(result.groups, result.alphas))
         return Adaptation(options.method, alphas, result.report(), markdown, figure_png(result.figure()))

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from cmaam.alignment.alphas import AlphaPlan
+from cmaam.alignment.alphas import AlphaPlan, get_strategy
 from cmaam.alignment.layouts import Layout
 from cmaam.core.errors import CMAAMError
 from eval.generation import GenerationRequest
@@ -74,7 +74,8 @@ def load_unlabeled(path: str | Path, limit: int | None = None) -> list[Unlabeled
 
 def parameter_groups(names: Sequence[str], layout: Layout, strategy: str) -> dict[str, str]:
     """The alpha-plan group of each model parameter name (either naming convention the layouts accept)."""
-    return {name: Layout.group_key(layout.classify(name), strategy) for name in names}
+    group_key = get_strategy(strategy).group_key
+    return {name: group_key(layout.classify(name)) for name in names}
 
 
 @dataclass
