@@ -135,15 +135,15 @@ def summary_rows(result: Frontier) -> list[dict]:
 
 
 def to_csv(result: Frontier) -> str:
-    """frontier.csv: the per-family summary."""
-    rows = summary_rows(result)
+    """frontier.csv: the per-family summary (a header alone when no model has both figures)."""
+    fields = ["family", "models", "hypervolume", "on_front"]
+    for floor in result.thresholds:
+        fields += [f"best_ko_at_retention_{floor:g}", f"model_at_retention_{floor:g}"]
     buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v))
-                             for k, v in row.items()})
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in summary_rows(result):
+        writer.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)) for k, v in row.items()})
     return buffer.getvalue()
 
 
