@@ -36,3 +36,25 @@ def tiny_model_fixtures(name: str, builder: str, model_type: str, title: str):
 tiny_llama, tiny_llama_pair = tiny_model_fixtures("llama", "build_tiny_causal_lm", "llama", "Llama")
 tiny_qwen2vl, tiny_qwen2vl_pair = tiny_model_fixtures("qwen2vl", "build_tiny_vlm", "qwen2_vl",
                                                       "Qwen2-VL (transformers-5 names) with its processor")
+
+
+@pytest.fixture
+def cli_error(capfd):
+    """Run a CLI main expecting a user error: exit code 2, stderr exactly one 'error: ...' line and no traceback.
+
+    Returns the error line. stderr is captured at the file-descriptor level, so library output counts too.
+    """
+    from cmaam.core.cli import run_cli
+
+    def run(main, argv):
+        capfd.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main, argv)
+        err = capfd.readouterr().err
+        assert exit_info.value.code == 2, err
+        assert "Traceback" not in err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        return lines[0]
+
+    return run
