@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 
 from cmaam.alignment.alphas import (
@@ -18,7 +19,7 @@ from cmaam.alignment.report import (
     write_alphas,
     write_analysis,
 )
-from cmaam.alignment.scores.analyzer import Analysis, analyze_pair
+from cmaam.alignment.scores.analyzer import Analysis, analyze_pair, resolve_layout
 from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, parse_dtype
 from cmaam.io.atomic import atomic_directory, claim_output
@@ -30,6 +31,26 @@ ANALYSIS_FOLDER = "analysis"
 
 
 @dataclass
+class Adaptation:
+    """Group alphas chosen from data by an adaptive search (AdaMerging, AdaMMS), and what it reports.
+
+    ``report`` becomes report.json's ``adaptation`` section, ``markdown`` a section of report.md and
+    ``figure`` (PNG bytes) ``analysis/adaptation.png``.
+    """
+
+    method: str
+    alphas: dict[str, float]
+    report: dict
+    markdown: str = ""
+    figure: bytes | None = None
+
+
+# An adaptive search: (the CMAAM alpha plan, the layout) -> Adaptation. Built by cmaam.search.
+Adapter = Callable[[AlphaPlan, object], Adaptation]
+ADAPTATION_FIGURE = "adaptation.png"
+
+
+@dataclass
 class MergeResult:
     """What a merge produced: the output folder, the analysis, the alphas and the report data."""
 
@@ -37,17 +58,20 @@ class MergeResult:
     analysis: Analysis
     plan: AlphaPlan
     report: dict
+    adaptation: Adaptation | None = None
 
 
 def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas: AlphaConfig | None = None,
               options: ExecutionOptions | None = None, *, interp: str = "linear", model_type: str | None = None,
               rules_file: str | None = None, analyze: bool = False, alphas_only: bool = False,
-              print_summary: bool = True) -> MergeResult:
+              print_summary: bool = True, adapt: Adapter | None = None) -> MergeResult:
     """Score S against T, compute per-group alphas and write the merged model (config/tokenizer from T).
 
     ``options``: device, output dtype, overwrite, pickles, NaN/Inf check, shard size, progress.
     ``analyze`` adds report.json, report.md and heatmaps under ``output/analysis``; ``alphas_only``
-    writes only those (and alphas.yaml) to ``output``. alphas.yaml is always written.
+    writes only those (and alphas.yaml) to ``output``. alphas.yaml is always written. ``adapt`` (an
+    adaptive search from ``cmaam.search``) replaces the group alphas by the ones it chooses, starting
+    from the CMAAM plan; its report goes into the analysis, which is then always written.
     """
     options = options or ExecutionOptions()
     alphas = alphas or AlphaConfig()
@@ -60,16 +84,27 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
         target_reader = CheckpointReader(target, allow_pickle=options.allow_pickle)
         analysis = analyze_pair(source_reader, target_reader, options, model_type=model_type, rules_file=rules_file)
         plan = compute_alphas(analysis, alphas)
+        adaptation = None
+        if adapt is not None:
+            analyze = True
+            adaptation = adapt(plan, resolve_layout(target_reader, model_type, rules_file))
+            for group, value in adaptation.alphas.items():
+                plan.groups[group].alpha = float(value)
         report = build_report(analysis, plan, {"source": str(source), "target": str(target), "interp": interp})
+        if adaptation is not None:
+            report["settings"]["adapt"] = adaptation.method
+            report["adaptation"] = adaptation.report
         report_unmatched(analysis.only_in_target, analysis.only_in_source, analysis.not_floating,
                          ALPHAS_FILE + (" and report.json" if analyze or alphas_only else ""))
 
         def write_extras(folder: Path) -> None:
             write_alphas(folder / ALPHAS_FILE, report)
+            sections = [adaptation.markdown] if adaptation is not None and adaptation.markdown else []
+            figures = {ADAPTATION_FIGURE: adaptation.figure} if adaptation is not None and adaptation.figure else {}
             if alphas_only:
-                write_analysis(folder, report)
+                write_analysis(folder, report, sections, figures)
             elif analyze:
-                write_analysis(folder / ANALYSIS_FOLDER, report)
+                write_analysis(folder / ANALYSIS_FOLDER, report, sections, figures)
 
         if alphas_only:
             with atomic_directory(output, options.overwrite, inputs=inputs) as folder:
@@ -82,4 +117,4 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
         print(summary_table(report))
         print(f"strategy {alphas.strategy}: {len(plan.groups)} group(s), mean alpha {plan.mean_alpha:.4f} "
               f"-> {output}")
-    return MergeResult(Path(output), analysis, plan, report)
+    return MergeResult(Path(output), analysis, plan, report, adaptation)
