@@ -58,6 +58,13 @@ def kill_in_generation_2_then_resume(config: dict, tmp_path: Path, population: i
     return run_dir
 
 
+def finished_run(run_dir: Path, generations: int) -> tuple[dict, dict]:
+    """(state.json, best_genome.json) of a run that must have finished ``generations`` generations."""
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["done"] and len(state["generations"]) == generations
+    return state, json.loads((run_dir / "best_genome.json").read_text())
+
+
 def reference_run(config: dict, folder: Path, **changes) -> tuple[dict, object]:
     """A copy of ``config`` run uninterrupted into ``folder`` with figures each generation: (config, SearchResult)."""
     import copy

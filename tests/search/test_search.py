@@ -14,7 +14,7 @@ from cmaam.io import CheckpointReader
 from cmaam.search.fitness import FitnessConfig, build_fitness
 from cmaam.search.evolution import parse_config, run_search
 from cmaam.monitor import main as monitor_main
-from evolve_helpers import kill_in_generation_2_then_resume, records, reference_run
+from evolve_helpers import finished_run, kill_in_generation_2_then_resume, records, reference_run
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +101,10 @@ def test_tiny_dfs_writes_the_path_its_recipe_and_a_model_equal_to_the_search_for
 
     config, result = dataflow_run
     run_dir = result.run_dir
-    state = json.loads((run_dir / "state.json").read_text())
-    assert state["done"] and len(state["generations"]) == 3 and state["genes"] == 12 + 7 * 6
+    state, best = finished_run(run_dir, 3)
+    assert state["genes"] == 12 + 7 * 6
     rows = records(run_dir)
     assert [(r["generation"], r["index"]) for r in rows] == [(g, i) for g in range(3) for i in range(4)]
-    best = json.loads((run_dir / "best_genome.json").read_text())
     assert best["genome"] == result.best_genome and best["fold"]["kind"] == "custom"  # tiny Llamas: eps 1e-6
     recipe = yaml.safe_load((run_dir / "merge_config.yaml").read_text())
     assert recipe["merge_method"] == "passthrough" and len(recipe["slices"]) == len(best["path"])

@@ -137,13 +137,13 @@ def vlm_run(tiny_vlm_search, tmp_path_factory):
 
 
 def test_tiny_vlm_run_writes_alphas_recipe_and_the_best_merge(vlm_run):
+    from evolve_helpers import finished_run
+
     from cmaam.search.evolution import parse_config
 
     config, result = vlm_run
     run_dir = result.run_dir
-    state = json.loads((run_dir / "state.json").read_text())
-    assert state["done"] and len(state["generations"]) == 3
-    best = json.loads((run_dir / "best_genome.json").read_text())
+    state, best = finished_run(run_dir, 3)
     assert set(best["alphas"]) == set(best["cmaam_alphas"]) and len(best["alphas"]) == state["genes"]
     assert (run_dir / "alphas.png").read_bytes()[:4] == b"\x89PNG"
     assert {"target/exact_match", "retention/exact_match", "mean_alpha"} <= set(best["metrics"])
