@@ -42,3 +42,25 @@ def tiny_qwen2vl_pair(tiny_qwen2vl, tmp_path_factory):
     from cmaam.testing.tiny import perturb_model
 
     return tiny_qwen2vl, perturb_model(tiny_qwen2vl, tmp_path_factory.mktemp("models") / "qwen2vl_ft", 0.05, seed=1)
+
+
+@pytest.fixture
+def cli_error(capfd):
+    """Run a CLI main expecting a user error: exit code 2, stderr exactly one 'error: ...' line and no traceback.
+
+    Returns the error line. stderr is captured at the file-descriptor level, so library output counts too.
+    """
+    from cmaam.core.cli import run_cli
+
+    def run(main, argv):
+        capfd.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main, argv)
+        err = capfd.readouterr().err
+        assert exit_info.value.code == 2, err
+        assert "Traceback" not in err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        return lines[0]
+
+    return run

@@ -145,6 +145,11 @@ class CheckpointReader:
         return list(dict.fromkeys(self._location.values()))
 
     @property
+    def reference_folder(self) -> Path:
+        """The folder whose config, tokenizer and processor files describe this model (an adapter's base)."""
+        return self.path
+
+    @property
     def model_type(self) -> str | None:
         """The ``model_type`` of config.json, or None."""
         return self.config.get("model_type")

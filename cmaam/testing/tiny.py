@@ -243,3 +243,31 @@ def save_processor(processor, output: str | Path) -> None:
             if data.get("processor_class") == "Qwen2VLImageOnlyProcessor":
                 data["processor_class"] = "Qwen2VLProcessor"
                 path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def build_tiny_adapter(base: str | Path, output: str | Path, target_modules: list[str] | str,
+                       seed: int = 0, modules_to_save: list[str] | None = None, scale: float = 0.05,
+                       **lora_options) -> Path:
+    """Save a peft LoRA adapter of ``base`` with seeded random A and B (and perturbed modules_to_save copies).
+
+    Stands in for a LoRA fine-tune in tests; ``lora_options`` go to ``peft.LoraConfig`` (r, lora_alpha,
+    use_rslora, rank_pattern, fan_in_fan_out, ...).
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(base)
+    model_class = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    model = model_class.from_pretrained(base, dtype=torch.float32)
+    options = {"r": 4, "lora_alpha": 8, **lora_options}
+    peft_model = get_peft_model(model, LoraConfig(target_modules=target_modules, modules_to_save=modules_to_save,
+                                                  init_lora_weights=False, **options))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                spread = parameter.std().item() if parameter.numel() > 1 else 1.0
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale * (spread or 1.0))
+    with load_errors(output, action="write"):
+        peft_model.save_pretrained(output)
+    return Path(output)
