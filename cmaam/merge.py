@@ -16,7 +16,7 @@ from cmaam.core.cli import run_cli
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by merge and sweep: source/target, output dtype, device, safety switches."""
-    parser.add_argument("--source", required=True, help="model folder holding the knowledge to inject (S)")
+    parser.add_argument("--source", required=True, help="model (or peft LoRA adapter) folder holding the knowledge to inject (S)")
     parser.add_argument("--target", required=True, help="model folder whose architecture, config and tokenizer are kept (T)")
     parser.add_argument("--interp", default="linear", choices=INTERPOLATIONS, help="linear or slerp (t = alpha)")
     parser.add_argument("--dtype", default=None, help="output dtype (bfloat16, float16, float32); default: as stored")
@@ -26,6 +26,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin checkpoints")
     parser.add_argument("--allow-nonfinite", action="store_true", help="merge even if NaN/Inf appear")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--adapter-base", default=None,
+                        help="base model of peft LoRA adapter inputs (default: adapter_config.json's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               rules_file=args.rules_file, analyze=args.analyze, alphas_only=args.alphas_only, dtype=args.dtype,
               device=args.device, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
               allow_nonfinite=args.allow_nonfinite, max_shard_size=args.max_shard_size,
-              progress=not args.no_progress)
+              progress=not args.no_progress, adapter_base=args.adapter_base)
     return 0
 
 

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-nonfinite", action="store_true", help="merge even if a tensor holds NaN/Inf")
     parser.add_argument("--seed", type=int, default=0, help="seed of random methods (dare_*), per tensor (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--adapter-base", default=None,
+                        help="base model of peft LoRA adapter folders in the config (default: adapter_config.json's; mergekit's BASE+LORA syntax also works)")
     return parser
 
 
@@ -34,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = merge_from_config(
         args.config, args.output, device=args.device, dtype=args.dtype, max_shard_size=args.max_shard_size,
         overwrite=args.overwrite, allow_pickle=args.allow_pickle, allow_nonfinite=args.allow_nonfinite,
-        seed=args.seed, progress=not args.no_progress,
+        seed=args.seed, progress=not args.no_progress, adapter_base=args.adapter_base,
     )
     print(f"merged model written to {output}")
     return 0

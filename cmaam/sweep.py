@@ -22,7 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sweep(args.source, args.target, args.output_dir, args.alphas, interp=args.interp, dtype=args.dtype,
           device=args.device, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
-          allow_nonfinite=args.allow_nonfinite, max_shard_size=args.max_shard_size, progress=not args.no_progress)
+          allow_nonfinite=args.allow_nonfinite, max_shard_size=args.max_shard_size, progress=not args.no_progress,
+          adapter_base=args.adapter_base)
     return 0
 
 

@@ -18,7 +18,9 @@ from eval.generation import BACKENDS
 def add_generator_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     """--model, --backend, --device, --dtype, --batch-size, --max-new-tokens, --trust-remote-code, --allow-pickle."""
     group = parser.add_argument_group("model and generation")
-    group.add_argument("--model", required=True, help="Hugging Face model folder")
+    group.add_argument("--model", required=True, help="Hugging Face model folder or peft LoRA adapter folder")
+    group.add_argument("--adapter-base", default=None, help="base model of an adapter --model (default: its "
+                       "adapter_config.json's)")
     group.add_argument("--backend", default="auto", help=f"{' | '.join(BACKENDS)} (auto: vLLM if installed with a GPU)")
     group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (HF backend)")
     group.add_argument("--dtype", default=None, help="bfloat16 | float16 | float32 (default: checkpoint's on GPU, "
@@ -45,7 +47,7 @@ def generator_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``load_generator`` from parsed options."""
     return dict(backend=args.backend, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                 max_new_tokens=args.max_new_tokens, trust_remote_code=args.trust_remote_code,
-                allow_pickle=args.allow_pickle, progress=not args.no_progress)
+                allow_pickle=args.allow_pickle, progress=not args.no_progress, adapter_base=args.adapter_base)
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from cmaam.alignment.report import (
 from cmaam.alignment.scores.analyzer import Analysis, analyze_pair
 from cmaam.core.errors import CMAAMError
 from cmaam.io import CheckpointReader, parse_dtype
+from cmaam.io.adapters import open_model
 from cmaam.io.atomic import atomic_directory, claim_output
 from cmaam.merging.executor import TensorJob, run_merge
 from cmaam.merging.methods import get_method
@@ -85,11 +86,12 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
               analyze: bool = False, alphas_only: bool = False, dtype: str | torch.dtype | None = None,
               device: str = "auto", overwrite: bool = False, allow_pickle: bool = False,
               allow_nonfinite: bool = False, max_shard_size: str | int = "5GB", progress: bool = True,
-              print_summary: bool = True) -> MergeResult:
+              print_summary: bool = True, adapter_base: str | Path | None = None) -> MergeResult:
     """Score S against T, compute per-group alphas and write the merged model (config/tokenizer from T).
 
     ``analyze`` adds report.json, report.md and heatmaps under ``output/analysis``; ``alphas_only``
-    writes only those (and alphas.yaml) to ``output``. alphas.yaml is always written.
+    writes only those (and alphas.yaml) to ``output``. alphas.yaml is always written. S or T may be a peft
+    LoRA adapter folder (its base from adapter_config.json or ``adapter_base``).
     """
     alphas = alphas or AlphaConfig()
     alphas.validate()
@@ -97,8 +99,8 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
     dtype = parse_dtype(dtype)
     inputs = [source, target, rules_file]
     with claim_output(output, inputs=inputs, overwrite=overwrite):  # before any work: refused or locked
-        source_reader = CheckpointReader(source, allow_pickle=allow_pickle)
-        target_reader = CheckpointReader(target, allow_pickle=allow_pickle)
+        source_reader = open_model(source, allow_pickle=allow_pickle, adapter_base=adapter_base)
+        target_reader = open_model(target, allow_pickle=allow_pickle, adapter_base=adapter_base)
         analysis = analyze_pair(source_reader, target_reader, model_type=model_type, rules_file=rules_file,
                                 device=device, allow_nonfinite=allow_nonfinite, progress=progress)
         plan = compute_alphas(analysis, alphas)
@@ -118,7 +120,8 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
                 write_extras(folder)
         else:
             run_merge({"target": target_reader, "source": source_reader},
-                      pair_jobs(target_reader, plan.tensor_alphas, interp), output, reference=target, dtype=dtype,
+                      pair_jobs(target_reader, plan.tensor_alphas, interp), output,
+                      reference=target_reader.reference_folder, dtype=dtype,
                       device=device, allow_nonfinite=allow_nonfinite, overwrite=overwrite,
                       max_shard_size=max_shard_size, progress=progress, before_commit=write_extras)
     if print_summary:

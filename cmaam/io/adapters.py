@@ -279,6 +279,19 @@ def open_model(path: str | Path, allow_pickle: bool = False, adapter_base: str |
     return CheckpointReader(path, allow_pickle=allow_pickle)
 
 
+def apply_adapter(model: Any, reader: AdapterReader) -> None:
+    """Overwrite the adapted parameters of an in-memory model (loaded from the base) with the reader's tensors."""
+    state = model.state_dict(keep_vars=True)
+    index = NameIndex(state)
+    for name in reader.patches:
+        runtime = index.find(name)
+        if runtime is None:
+            raise CMAAMError(f"{reader.path}: the loaded model has no parameter for {name!r}")
+        parameter = state[runtime]
+        with torch.no_grad():
+            parameter.copy_(reader.get(name, device=parameter.device, dtype=parameter.dtype))
+
+
 def model_reference(path: str | Path, adapter_base: str | Path | None = None) -> Path:
     """The folder whose config and tokenizer describe ``path``: the base model for an adapter, else ``path``."""
     if not is_adapter_folder(path):

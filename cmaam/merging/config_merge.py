@@ -33,13 +33,44 @@ def resolve_model_path(reference: str, config_folder: Path | None) -> Path:
     return path
 
 
-def open_readers(config: MergeConfig, config_folder: Path | None, allow_pickle: bool = False
-                 ) -> dict[str, CheckpointReader]:
-    """One lazy reader per model referenced by the config, keyed by the string used in the YAML."""
-    from cmaam.io import CheckpointReader
+def split_lora_reference(reference: str, config_folder: Path | None) -> tuple[str, str | None]:
+    """mergekit's ``BASE+LORA`` model syntax: (base, adapter) when ``reference`` names no folder itself and
+    contains a '+', else (reference, None)."""
+    if "+" not in reference or resolve_exists(reference, config_folder):
+        return reference, None
+    base, adapter = reference.split("+", 1)
+    return base, adapter
 
-    return {reference: CheckpointReader(resolve_model_path(reference, config_folder), allow_pickle=allow_pickle)
-            for reference in config.referenced_models()}
+
+def resolve_exists(reference: str, config_folder: Path | None) -> bool:
+    path = Path(reference).expanduser()
+    return path.exists() or (config_folder is not None and not path.is_absolute() and (config_folder / path).exists())
+
+
+def model_inputs(reference: str, config_folder: Path | None) -> list[Path]:
+    """The folders a model string of the YAML reads (base and adapter for ``BASE+LORA``)."""
+    return [resolve_model_path(part, config_folder)
+            for part in split_lora_reference(reference, config_folder) if part is not None]
+
+
+def open_readers(config: MergeConfig, config_folder: Path | None, allow_pickle: bool = False,
+                 adapter_base: str | Path | None = None) -> dict[str, CheckpointReader]:
+    """One lazy reader per model referenced by the config, keyed by the string used in the YAML.
+
+    A model may be a peft LoRA adapter folder (its base from adapter_config.json, else ``adapter_base``) or
+    mergekit's ``BASE+LORA``.
+    """
+    from cmaam.io.adapters import open_model
+
+    readers = {}
+    for reference in config.referenced_models():
+        base, adapter = split_lora_reference(reference, config_folder)
+        if adapter is None:
+            readers[reference] = open_model(resolve_model_path(reference, config_folder), allow_pickle, adapter_base)
+        else:
+            readers[reference] = open_model(resolve_model_path(adapter, config_folder), allow_pickle,
+                                            resolve_model_path(base, config_folder))
+    return readers
 
 
 def _delayed(merge, seconds: float):
@@ -61,6 +92,7 @@ def merge_from_config(
     allow_nonfinite: bool = False,
     seed: int = 0,
     progress: bool = True,
+    adapter_base: str | Path | None = None,
 ) -> Path:
     """Merge the models of a mergekit config into ``output`` (atomic; one tensor per input in memory).
 
@@ -73,22 +105,22 @@ def merge_from_config(
         config_file = Path(config)
         config_folder = config_file.resolve().parent
         config = load_merge_config(config)
-    inputs = [resolve_model_path(reference, config_folder) for reference in config.referenced_models()]
+    inputs = [path for reference in config.referenced_models() for path in model_inputs(reference, config_folder)]
     if config_file is not None:
         inputs.append(config_file)
     with claim_output(output, inputs=inputs, overwrite=overwrite):  # before any work: refused or locked
         return _merge(config, config_folder, output, device=device, dtype=dtype, max_shard_size=max_shard_size,
                       overwrite=overwrite, allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite, seed=seed,
-                      progress=progress)
+                      progress=progress, adapter_base=adapter_base)
 
 
 def _merge(config: MergeConfig, config_folder: Path | None, output: str | Path, *, device: str, dtype: str | None,
            max_shard_size: str | int, overwrite: bool, allow_pickle: bool, allow_nonfinite: bool, seed: int,
-           progress: bool) -> Path:
+           progress: bool, adapter_base: str | Path | None = None) -> Path:
     from cmaam.merging.executor import TensorJob, run_merge
     from cmaam.merging.planner import plan_merge
 
-    readers = open_readers(config, config_folder, allow_pickle)
+    readers = open_readers(config, config_folder, allow_pickle, adapter_base)
     try:
         plan = plan_merge(config, readers, seed=seed, dtype=dtype)
         jobs = plan.jobs
@@ -100,7 +132,7 @@ def _merge(config: MergeConfig, config_folder: Path | None, output: str | Path, 
             if config.text:
                 (folder / "mergekit_config.yml").write_text(config.text, encoding="utf-8")
 
-        return run_merge(readers, jobs, output, reference=readers[plan.reference].path, config=plan.config,
+        return run_merge(readers, jobs, output, reference=readers[plan.reference].reference_folder, config=plan.config,
                          dtype=plan.dtype, device=device, allow_nonfinite=allow_nonfinite, overwrite=overwrite,
                          max_shard_size=max_shard_size, progress=progress,
                          description=f"{config.merge_method} merge", before_commit=save_config)

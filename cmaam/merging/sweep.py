@@ -19,7 +19,8 @@ from cmaam.alignment.merge import (
 )
 from cmaam.alignment.scores.analyzer import check_pair
 from cmaam.core.errors import CMAAMError
-from cmaam.io import CheckpointReader, CheckpointWriter, parse_dtype
+from cmaam.io import CheckpointWriter, parse_dtype
+from cmaam.io.adapters import open_model
 from cmaam.io.atomic import atomic_write_yaml, claim_outputs
 from cmaam.merging.executor import check_finite, plan_specs, resolve_device
 
@@ -51,7 +52,8 @@ def sweep_output(output_dir: str | Path, alpha: float) -> Path:
 def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas: str | Sequence[float],
           interp: str = "linear", dtype: str | torch.dtype | None = None, device: str = "auto",
           overwrite: bool = False, allow_pickle: bool = False, allow_nonfinite: bool = False,
-          max_shard_size: str | int = "5GB", progress: bool = True) -> list[Path]:
+          max_shard_size: str | int = "5GB", progress: bool = True,
+          adapter_base: str | Path | None = None) -> list[Path]:
     """Write (1 - a) * T + a * S (or slerp) for every alpha a, reading each input tensor once for all of them.
 
     Each output is its own atomic writer; tensors only in the target (or not floating) are copied.
@@ -63,8 +65,8 @@ def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas
     outputs = [sweep_output(output_dir, value) for value in values]
     # Every output is checked and locked before any work; a failure removes the folders this run created.
     with claim_outputs(outputs, inputs=[source, target], overwrite=overwrite):
-        source_reader = CheckpointReader(source, allow_pickle=allow_pickle)
-        target_reader = CheckpointReader(target, allow_pickle=allow_pickle)
+        source_reader = open_model(source, allow_pickle=allow_pickle, adapter_base=adapter_base)
+        target_reader = open_model(target, allow_pickle=allow_pickle, adapter_base=adapter_base)
         readers = {"target": target_reader, "source": source_reader}
         common = check_pair(source_reader, target_reader)
         floating = [name for name in common if target_reader.dtype(name).is_floating_point]
@@ -74,9 +76,11 @@ def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas
         jobs = pair_jobs(target_reader, dict.fromkeys(floating, 0.0), interp)
         specs = plan_specs(readers, jobs, dtype)
         with contextlib.ExitStack() as stack:
-            writers = [stack.enter_context(CheckpointWriter(output, specs, reference=target,
+            writers = [stack.enter_context(CheckpointWriter(output, specs, reference=target_reader.reference_folder,
                                                             max_shard_size=max_shard_size, overwrite=overwrite,
-                                                            inputs=[source, target])) for output in outputs]
+                                                            inputs=[source, target, *target_reader.files,
+                                                                    *source_reader.files]))
+                       for output in outputs]
             for job in tqdm(jobs, desc=f"sweeping {len(values)} alphas", unit="tensor", disable=not progress,
                             leave=False):
                 tensors = [readers[model].get(name, device=device) for model, name in job.inputs]

@@ -12,17 +12,7 @@ from cmaam.core.errors import CMAAMError
 from cmaam.io import CheckpointReader
 from cmaam.io.adapters import AdapterReader, open_model
 from cmaam.io.names import NameIndex
-
-
-def peft_merged_state(base, adapter):
-    """peft's reference: the base loaded with transformers, the adapter applied and merged (merge_and_unload)."""
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-    config = AutoConfig.from_pretrained(base)
-    model_class = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
-    model = PeftModel.from_pretrained(model_class.from_pretrained(base, dtype=torch.float32), adapter)
-    return model.merge_and_unload().state_dict()
+from tests.cross_model.helpers import peft_merged_state
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2vl"])
