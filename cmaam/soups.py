@@ -13,7 +13,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m cmaam.soups OUT MODEL [MODEL ...]``: write the uniform soup of the models."""
     parser = argparse.ArgumentParser(prog="python -m cmaam.soups", description="Uniform model soup (equal-weight average).")
     parser.add_argument("output", help="output model folder")
-    parser.add_argument("models", nargs="+", help="model or peft LoRA adapter folders (same architecture); the first gives config and tokenizer")
+    parser.add_argument("models", nargs="+", help="model or peft LoRA adapter folders (same architecture); "
+                                                  "the first gives config and tokenizer")
     parser.add_argument("--dtype", default=None, help="output dtype: bfloat16, float16 or float32 (default: as stored)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--max-shard-size", default="5GB")

@@ -322,7 +322,8 @@ def load_generator(model_path: str | Path, backend: str = "auto", **options: Any
     from cmaam.io.adapters import is_adapter_folder
 
     if backend == "vllm" and is_adapter_folder(model_path):
-        raise CMAAMError(f"{model_path}: a peft adapter folder; the vllm backend needs a merged model (use --backend hf)")
+        raise CMAAMError(f"{model_path}: a peft adapter folder; the vllm backend needs a merged model "
+                         "(use --backend hf)")
     if backend == "vllm" or (backend == "auto" and vllm_available() and not is_adapter_folder(model_path)):
         return VLLMGenerator(model_path, **options)
     return HFGenerator(model_path, **options)

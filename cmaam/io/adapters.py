@@ -199,7 +199,8 @@ class AdapterReader(CheckpointReader):
         if "bias" in entry.lora or not entry.lora:
             return
         if set(entry.lora) != {"A", "B"}:
-            raise CMAAMError(f"{self.path}: {entry.module} has only lora_{next(iter(entry.lora))} (its pair is missing)")
+            raise CMAAMError(f"{self.path}: {entry.module} has only lora_{next(iter(entry.lora))} "
+                             "(its pair is missing)")
         a_shape, b_shape = self.weights.shape(entry.lora["A"]), self.weights.shape(entry.lora["B"])
         if entry.kind == "embedding":
             expected = (a_shape[1], b_shape[0]) if len(a_shape) == len(b_shape) == 2 else None

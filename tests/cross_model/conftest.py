@@ -1,4 +1,5 @@
-"""Fixtures for cross-model merging: peft adapters of the tiny models, a tiny Qwen2 text model, a tiny LLaVA-OneVision."""
+"""Fixtures for cross-model merging: peft adapters of the tiny models, a tiny Qwen2 text model, a tiny
+LLaVA-OneVision."""
 
 from __future__ import annotations
 

@@ -74,7 +74,8 @@ def test_adapter_on_the_wrong_base(llama_adapter, tiny_qwen2vl, tmp_path):
     with pytest.raises(CMAAMError, match="does not fit"):  # same names, other shapes (v_proj of another model)
         moved = shutil.copytree(llama_adapter, tmp_path / "a")
         tensors = load_file(moved / "adapter_model.safetensors")
-        tensors = {k: (torch.zeros(v.shape[0], 3) if k.endswith("v_proj.lora_A.weight") else v) for k, v in tensors.items()}
+        tensors = {k: (torch.zeros(v.shape[0], 3) if k.endswith("v_proj.lora_A.weight") else v)
+                   for k, v in tensors.items()}
         save_file(tensors, moved / "adapter_model.safetensors")
         open_model(moved)
     from cmaam.testing.tiny import TinySize, build_tiny_causal_lm
