@@ -26,6 +26,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin checkpoints")
     parser.add_argument("--allow-nonfinite", action="store_true", help="merge even if NaN/Inf appear")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--map", default="auto", help="auto (pairs from the two layouts: a text LLM onto a VLM's "
+                        "language model, LLaVA-OneVision onto Qwen2-VL) or a YAML mapping file")
     parser.add_argument("--adapter-base", default=None,
                         help="base model of peft LoRA adapter inputs (default: adapter_config.json's)")
 
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               rules_file=args.rules_file, analyze=args.analyze, alphas_only=args.alphas_only, dtype=args.dtype,
               device=args.device, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
               allow_nonfinite=args.allow_nonfinite, max_shard_size=args.max_shard_size,
-              progress=not args.no_progress, adapter_base=args.adapter_base)
+              progress=not args.no_progress, adapter_base=args.adapter_base, map_spec=args.map)
     return 0
 
 

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep(args.source, args.target, args.output_dir, args.alphas, interp=args.interp, dtype=args.dtype,
           device=args.device, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
           allow_nonfinite=args.allow_nonfinite, max_shard_size=args.max_shard_size, progress=not args.no_progress,
-          adapter_base=args.adapter_base)
+          adapter_base=args.adapter_base, map_spec=args.map)
     return 0
 
 

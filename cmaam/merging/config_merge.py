@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from cmaam.io.atomic import claim_output
 from cmaam.merging.mergekit_config import MergeConfig, load_merge_config
@@ -93,11 +93,14 @@ def merge_from_config(
     seed: int = 0,
     progress: bool = True,
     adapter_base: str | Path | None = None,
+    mapper: Callable[[CheckpointReader, CheckpointReader], CheckpointReader] | None = None,
 ) -> Path:
     """Merge the models of a mergekit config into ``output`` (atomic; one tensor per input in memory).
 
     ``dtype`` (the CLI's --dtype) overrides the config's ``out_dtype``/``dtype`` for the written tensors.
-    The config text is saved as ``mergekit_config.yml`` beside the weights.
+    The config text is saved as ``mergekit_config.yml`` beside the weights. ``mapper(model, reference)`` may
+    return a model seen in the reference's layout (``cmaam.alignment.mapping.mapped_source``: models of other
+    types); the reference is the base model, else the first model, as for the output config.
     """
     config_folder = None
     config_file = None
@@ -111,19 +114,26 @@ def merge_from_config(
     with claim_output(output, inputs=inputs, overwrite=overwrite):  # before any work: refused or locked
         return _merge(config, config_folder, output, device=device, dtype=dtype, max_shard_size=max_shard_size,
                       overwrite=overwrite, allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite, seed=seed,
-                      progress=progress, adapter_base=adapter_base)
+                      progress=progress, adapter_base=adapter_base, mapper=mapper)
 
 
 def _merge(config: MergeConfig, config_folder: Path | None, output: str | Path, *, device: str, dtype: str | None,
            max_shard_size: str | int, overwrite: bool, allow_pickle: bool, allow_nonfinite: bool, seed: int,
-           progress: bool, adapter_base: str | Path | None = None) -> Path:
+           progress: bool, adapter_base: str | Path | None = None,
+           mapper: Callable[[CheckpointReader, CheckpointReader], CheckpointReader] | None = None) -> Path:
     from cmaam.merging.executor import TensorJob, run_merge
     from cmaam.merging.planner import plan_merge
 
+    from cmaam.merging.mapped import keep_target_parts
+
     readers = open_readers(config, config_folder, allow_pickle, adapter_base)
     try:
+        reference = config.referenced_models()[0]
+        if mapper is not None:
+            readers = {key: reader if key == reference else mapper(reader, readers[reference])
+                       for key, reader in readers.items()}
         plan = plan_merge(config, readers, seed=seed, dtype=dtype)
-        jobs = plan.jobs
+        jobs = keep_target_parts(plan.jobs, readers, plan.reference)
         delay = float(os.environ.get(DELAY_ENVIRONMENT, "0") or 0)
         if delay > 0:
             jobs = [TensorJob(j.output_name, j.inputs, _delayed(j.merge, delay), j.dtype) for j in jobs]

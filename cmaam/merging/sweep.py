@@ -17,12 +17,14 @@ from cmaam.alignment.merge import (
     pair_jobs,
     report_unmatched,
 )
+from cmaam.alignment.mapping import AUTO, mapped_source
 from cmaam.alignment.scores.analyzer import check_pair
 from cmaam.core.errors import CMAAMError
 from cmaam.io import CheckpointWriter, parse_dtype
 from cmaam.io.adapters import open_model
 from cmaam.io.atomic import atomic_write_yaml, claim_outputs
 from cmaam.merging.executor import check_finite, plan_specs, resolve_device
+from cmaam.merging.mapped import kept_rows
 
 
 def parse_alphas(text: str | Sequence[float]) -> list[float]:
@@ -53,10 +55,11 @@ def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas
           interp: str = "linear", dtype: str | torch.dtype | None = None, device: str = "auto",
           overwrite: bool = False, allow_pickle: bool = False, allow_nonfinite: bool = False,
           max_shard_size: str | int = "5GB", progress: bool = True,
-          adapter_base: str | Path | None = None) -> list[Path]:
+          adapter_base: str | Path | None = None, map_spec: str | Path = AUTO) -> list[Path]:
     """Write (1 - a) * T + a * S (or slerp) for every alpha a, reading each input tensor once for all of them.
 
-    Each output is its own atomic writer; tensors only in the target (or not floating) are copied.
+    Each output is its own atomic writer; tensors only in the target (or not floating) are copied. Models of
+    different types merge over the pairs of ``map_spec`` (see ``cmaam.alignment.mapping``).
     """
     values = parse_alphas(alphas)
     check_interp(interp)
@@ -64,13 +67,18 @@ def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas
     device = resolve_device(device)
     outputs = [sweep_output(output_dir, value) for value in values]
     # Every output is checked and locked before any work; a failure removes the folders this run created.
-    with claim_outputs(outputs, inputs=[source, target], overwrite=overwrite):
+    with claim_outputs(outputs, inputs=[source, target, None if str(map_spec) == AUTO else map_spec],
+                       overwrite=overwrite):
         source_reader = open_model(source, allow_pickle=allow_pickle, adapter_base=adapter_base)
         target_reader = open_model(target, allow_pickle=allow_pickle, adapter_base=adapter_base)
+        source_reader, mapping = mapped_source(source_reader, target_reader, map_spec)
+        if mapping is not None:
+            print(mapping.table())
         readers = {"target": target_reader, "source": source_reader}
         common = check_pair(source_reader, target_reader)
         floating = [name for name in common if target_reader.dtype(name).is_floating_point]
         report_unmatched([n for n in target_reader.keys() if n not in source_reader],
+                         mapping.source_only if mapping is not None else
                          [n for n in source_reader.keys() if n not in target_reader],
                          [n for n in common if n not in set(floating)], ALPHAS_FILE)
         jobs = pair_jobs(target_reader, dict.fromkeys(floating, 0.0), interp)
@@ -92,8 +100,11 @@ def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas
                         writer.add(job.output_name, tensors[0])
                     continue
                 tensors = [tensor.float() for tensor in tensors]
+                rows = kept_rows(readers, job)
                 for writer, value in zip(writers, values):
                     merged = interpolate(tensors, value, interp)
+                    if rows is not None:  # vocabulary rows only the target has stay the target's
+                        merged[rows] = tensors[0][rows]
                     if not allow_nonfinite:
                         check_finite(merged, f"merged {job.output_name} (alpha {value:g})")
                     writer.add(job.output_name, merged)

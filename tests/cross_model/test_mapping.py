@@ -1,0 +1,201 @@
+"""Merging across model types: a text LLM into a VLM's language model, LLaVA-OneVision onto Qwen2-VL, vocabulary
+alignment by token, mapping files; the target's vision tower and bridge stay bit-identical."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from cmaam.alignment.alphas import AlphaConfig
+from cmaam.alignment.mapping import build_mapping
+from cmaam.alignment.merge import merge_vlm
+from cmaam.core.errors import CMAAMError
+from cmaam.io import CheckpointReader, write_state_dict
+from tests.cross_model.helpers import FakeReader, language_model_shapes, write_tokenizer_variant
+
+TEXT_CONFIG = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
+
+
+def merge(source, target, output, **options):
+    return merge_vlm(source, target, output, AlphaConfig(strategy="component"), device="cpu", progress=False,
+                     print_summary=False, **options)
+
+
+def test_text_llm_into_qwen2vl(tiny_qwen2, tiny_qwen2vl, tmp_path):
+    from PIL import Image
+
+    from eval.generation import GenerationRequest, HFGenerator
+
+    result = merge(tiny_qwen2, tiny_qwen2vl, tmp_path / "merged")
+    mapping = result.mapping
+    assert (len(mapping.pairs), len(mapping.target_only), len(mapping.source_only)) == (27, 31, 0)
+    merged, target, source = (CheckpointReader(p) for p in (tmp_path / "merged", tiny_qwen2vl, tiny_qwen2))
+    assert merged.keys() == target.keys()
+    for name in mapping.target_only:  # vision tower and bridge: bit-identical to the target
+        assert mapping.components[name] in ("vision_encoder", "cross_modal_bridge")
+        assert torch.equal(merged.get(name), target.get(name)), name
+    alphas = result.plan.tensor_alphas
+    assert set(alphas) == set(mapping.pairs) and len(set(alphas.values())) == 2  # one alpha per component
+    for name, source_name in mapping.pairs.items():  # language model: (1 - a) T + a S
+        expected = (1 - alphas[name]) * target.get(name) + alphas[name] * source.get(source_name)
+        assert torch.allclose(merged.get(name), expected, rtol=0, atol=1e-6), name
+        if not torch.equal(source.get(source_name), target.get(name)):  # (norms start as ones in both)
+            assert not torch.equal(merged.get(name), target.get(name)), name
+    alphas_file = yaml.safe_load((tmp_path / "merged" / "alphas.yaml").read_text())
+    assert alphas_file["mapping"]["mapped"] == 27 and len(alphas_file["kept_from_target"]) == 31
+    generator = HFGenerator(tmp_path / "merged", device="cpu", max_new_tokens=5, progress=False)
+    assert type(generator.model).__name__ == "Qwen2VLForConditionalGeneration"
+    answer = generator.generate([GenerationRequest("What color is this?", image=Image.new("RGB", (56, 56), "red"))])
+    assert len(answer) == 1 and isinstance(answer[0], str)
+
+
+def test_tokenizer_mismatch_rows_matched_by_token(tiny_qwen2, tiny_qwen2vl, tmp_path):
+    dropped, added = ["a", "b", "c", "<video>"], [f"<new_{i}>" for i in range(30)]
+    rows = 266 - len(dropped) + len(added)
+    plain = CheckpointReader(tiny_qwen2)
+    generator = torch.Generator().manual_seed(0)
+    tensors = {name: (torch.randn(rows, plain.shape(name)[1], generator=generator)
+                      if name in ("model.embed_tokens.weight", "lm_head.weight") else plain.get(name))
+               for name in plain.keys()}
+    config = json.loads((tiny_qwen2 / "config.json").read_text())
+    source_folder = write_state_dict(tmp_path / "source_tokens", tensors, reference=tiny_qwen2,
+                                     config={**config, "vocab_size": rows})
+    table = write_tokenizer_variant(source_folder, drop=dropped, add=added)  # another tokenizer: 292 tokens
+    assert len(table) == rows
+    result = merge(source_folder, tiny_qwen2vl, tmp_path / "merged")
+    vocabulary = result.mapping.vocabulary["model.embed_tokens.weight"]
+    assert (vocabulary.target_rows, vocabulary.source_rows, vocabulary.matched, vocabulary.kept,
+            vocabulary.source_unused) == (266, 292, 262, 4, 30)
+    assert result.report["mapping"]["vocabulary"]["lm_head.weight"]["matched"] == 262
+    target_vocab = json.loads((tiny_qwen2vl / "tokenizer.json").read_text())
+    target_ids = {**target_vocab["model"]["vocab"], **{t["content"]: t["id"] for t in target_vocab["added_tokens"]}}
+    merged, target = CheckpointReader(tmp_path / "merged"), CheckpointReader(tiny_qwen2vl)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        alpha = result.plan.tensor_alphas[name]
+        out, base = merged.get(name), target.get(name)
+        for token, target_id in target_ids.items():
+            if token in dropped:  # no source row: the target's row, bit for bit
+                assert torch.equal(out[target_id], base[target_id]), token
+            else:
+                expected = (1 - alpha) * base[target_id] + alpha * tensors[name][table[token]]
+                assert torch.allclose(out[target_id], expected, rtol=0, atol=1e-6), token
+
+
+def test_onevision_onto_qwen2vl(tiny_onevision, tiny_qwen2vl, tmp_path, capfd):
+    from cmaam.check import main as check_main
+
+    assert check_main([str(tiny_onevision), str(tiny_qwen2vl)]) == 0
+    printed = capfd.readouterr().out
+    for row in ("shared_embedding            3                   0            0",
+                "language_model             24                   0            0",
+                "vision_encoder              0                  25           48",
+                "cross_modal_bridge          0                   6            5",
+                "total                      27                  31           53"):
+        assert row in printed
+    result = merge(tiny_onevision, tiny_qwen2vl, tmp_path / "merged")
+    assert result.mapping.pairs["model.layers.0.self_attn.q_proj.weight"] == \
+        "language_model.model.layers.0.self_attn.q_proj.weight"
+    merged, target = CheckpointReader(tmp_path / "merged"), CheckpointReader(tiny_qwen2vl)
+    assert all(torch.equal(merged.get(n), target.get(n)) for n in result.mapping.target_only)
+    assert "image_newline" in result.report["only_in_source"]
+
+
+@pytest.mark.parametrize("target_type, prefix, lm_head, vision", [
+    ("qwen2_vl", "model.", "lm_head.weight", "visual.blocks.0.attn.qkv.weight"),
+    ("qwen2_5_vl", "model.language_model.", "lm_head.weight", "model.visual.blocks.0.mlp.gate_proj.weight"),
+    ("qwen2_5_vl", "model.", "lm_head.weight", "visual.merger.mlp.0.weight"),
+    ("llava", "language_model.model.", "language_model.lm_head.weight", "vision_tower.vision_model.embeddings.x"),
+    ("llava", "model.language_model.", "lm_head.weight", "model.multi_modal_projector.linear_1.weight"),
+    ("llava_onevision", "model.language_model.", "lm_head.weight", "model.image_newline"),
+])
+def test_text_llm_onto_every_vlm_layout(target_type, prefix, lm_head, vision):
+    """transformers-4 and -5 spellings of each VLM: every language-model tensor mapped, the vision part kept."""
+    source = FakeReader("text", TEXT_CONFIG, language_model_shapes("model."))
+    shapes = {**language_model_shapes(prefix, lm_head), vision: (8, 8)}
+    target = FakeReader("vlm", {"model_type": target_type, "text_config": {"model_type": "qwen2"}}, shapes)
+    mapping = build_mapping(source, target)
+    assert len(mapping.pairs) == len(source.keys()) and mapping.target_only == [vision]
+    assert mapping.pairs[lm_head] == "lm_head.weight" and mapping.pairs[f"{prefix}layers.1.mlp.down_proj.weight"] \
+        == "model.layers.1.mlp.down_proj.weight"
+    tied = FakeReader("tied", {**TEXT_CONFIG, "tie_word_embeddings": True},
+                      {k: v for k, v in source.shapes.items() if k != "lm_head.weight"})
+    assert build_mapping(tied, target).pairs[lm_head] == "model.embed_tokens.weight"  # tied: lm_head = embedding
+
+
+def test_map_file_rules(tiny_qwen2, tiny_qwen2vl, tmp_path):
+    rules = tmp_path / "map.yaml"
+    rules.write_text(yaml.safe_dump({"auto": False, "rules": [
+        {"target": r"model\.layers\.0\.(.+)", "source": r"model.layers.1.\1"},  # layer 1 of S onto layer 0 of T
+        {"target": r"model\.layers\.1\..+", "source": None}]}))
+    mapping = build_mapping(CheckpointReader(tiny_qwen2), CheckpointReader(tiny_qwen2vl), rules)
+    assert len(mapping.pairs) == 12 and all(s.startswith("model.layers.1.") for s in mapping.pairs.values())
+    assert mapping.mode.startswith("file") and len(mapping.target_only) == 58 - 12
+    result = merge(tiny_qwen2, tiny_qwen2vl, tmp_path / "merged", map_spec=rules)
+    merged, target = CheckpointReader(tmp_path / "merged"), CheckpointReader(tiny_qwen2vl)
+    assert torch.equal(merged.get("model.layers.1.mlp.up_proj.weight"), target.get("model.layers.1.mlp.up_proj.weight"))
+    assert not torch.equal(merged.get("model.layers.0.mlp.up_proj.weight"),
+                           target.get("model.layers.0.mlp.up_proj.weight"))
+    assert result.report["mapping"]["mode"] == f"file {rules}"
+
+
+@pytest.mark.parametrize("rules, message", [
+    ({"rules": [{"target": "(", "source": "x"}]}, "invalid regular expression"),
+    ({"rules": [{"target": r"model\.norm\.weight", "source": "nothing.here"}]}, "which"),
+    ({"rules": [], "extra": 1}, "unknown key"),
+    ({"rules": [{"target": "x"}]}, "expected 'target'"),
+])
+def test_bad_map_files(rules, message, tiny_qwen2, tiny_qwen2vl, tmp_path):
+    path = tmp_path / "map.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    with pytest.raises(CMAAMError, match=message):
+        build_mapping(CheckpointReader(tiny_qwen2), CheckpointReader(tiny_qwen2vl), path)
+
+
+def test_one_line_errors_and_no_output(tiny_qwen2vl, tmp_path, cli_error):
+    from cmaam.check import main as check_main
+    from cmaam.merge import main as merge_main
+    from cmaam.testing.tiny import TinySize, build_tiny_causal_lm
+
+    wider = build_tiny_causal_lm(tmp_path / "wider", "qwen2", size=TinySize(intermediate_size=96))
+    line = cli_error(merge_main, ["--source", str(wider), "--target", str(tiny_qwen2vl), "--output",
+                                  str(tmp_path / "out"), "--no-progress", "--device", "cpu"])
+    assert "shapes differ for 'model.layers.0.mlp.down_proj.weight'" in line
+    config = json.loads((wider / "config.json").read_text())
+    (wider / "config.json").write_text(json.dumps({**config, "model_type": "mystery", "architectures": ["X"]}))
+    with pytest.raises(CMAAMError, match=f"{wider}: no built-in layout for model_type 'mystery'"):
+        build_mapping(CheckpointReader(wider), CheckpointReader(tiny_qwen2vl))
+    assert check_main([str(wider), str(tiny_qwen2vl)]) == 1  # check reports instead: not compatible, no mapping
+    assert "no such mapping file" in cli_error(merge_main, [
+        "--source", str(wider), "--target", str(tiny_qwen2vl), "--output", str(tmp_path / "out"),
+        "--map", str(tmp_path / "missing.yaml")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_mergekit_runner_with_a_mapping(tiny_qwen2, tiny_qwen2vl, tmp_path):
+    from cmaam.mergekit import main as mergekit_main
+
+    config = tmp_path / "ties.yaml"
+    config.write_text(f"merge_method: ties\nbase_model: {tiny_qwen2vl}\nmodels:\n  - model: {tiny_qwen2}\n"
+                      "    parameters: {weight: 1.0, density: 1.0}\ndtype: float32\n")
+    assert mergekit_main([str(config), str(tmp_path / "out"), "--map", "auto", "--no-progress"]) == 0
+    merged, target, source = (CheckpointReader(p) for p in (tmp_path / "out", tiny_qwen2vl, tiny_qwen2))
+    for name in merged.keys():
+        if name.startswith("visual."):
+            assert torch.equal(merged.get(name), target.get(name)), name
+        else:  # density 1, one model, weight 1: ties gives the source
+            assert torch.allclose(merged.get(name), source.get(name), rtol=0, atol=1e-6), name
+
+
+def test_language_families(tiny_llama, tiny_qwen2vl, tmp_path):
+    """A Llama LM maps onto LLaVA's (a Llama), not onto Qwen2-VL's (a Qwen2)."""
+    from cmaam.testing.tiny import build_tiny_vlm
+
+    llava = build_tiny_vlm(tmp_path / "llava", "llava", with_processor=False)
+    mapping = build_mapping(CheckpointReader(tiny_llama), CheckpointReader(llava))
+    assert len(mapping.pairs) == len(CheckpointReader(tiny_llama).keys()) and not mapping.source_only
+    assert {mapping.components[n] for n in mapping.target_only} == {"vision_encoder", "cross_modal_bridge"}
+    with pytest.raises(CMAAMError, match="llama language model but target is 'qwen2_vl' with a qwen2 one"):
+        build_mapping(CheckpointReader(tiny_llama), CheckpointReader(tiny_qwen2vl))
