@@ -271,3 +271,44 @@ def build_tiny_adapter(base: str | Path, output: str | Path, target_modules: lis
     with load_errors(output, action="write"):
         peft_model.save_pretrained(output)
     return Path(output)
+
+
+def retokenize_model(source: str | Path, output: str | Path, drop: list[str], add: list[str],
+                     seed: int = 0) -> Path:
+    """Copy a tiny causal LM under another tokenizer: ``drop`` tokens removed, ``add`` tokens added, every BPE id
+    shuffled (seeded), special tokens numbered after them. Embedding and lm_head rows move with their tokens; the
+    added tokens get seeded random rows. Stands in for a model of the same family with another vocabulary.
+    """
+    import json
+
+    from cmaam.io import CheckpointReader, write_state_dict
+
+    reader = CheckpointReader(source)
+    tokenizer = json.loads((Path(source) / "tokenizer.json").read_text(encoding="utf-8"))
+    old_ids = {**tokenizer["model"]["vocab"], **{t["content"]: t["id"] for t in tokenizer["added_tokens"]}}
+    vocab = [token for token in tokenizer["model"]["vocab"] if token not in drop] + list(add)
+    order = torch.randperm(len(vocab), generator=torch.Generator().manual_seed(seed)).tolist()
+    tokenizer["model"]["vocab"] = {token: order[index] for index, token in enumerate(vocab)}
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["content"] not in drop]
+    for offset, entry in enumerate(tokenizer["added_tokens"]):
+        entry["id"] = len(vocab) + offset
+    new_ids = {**tokenizer["model"]["vocab"], **{t["content"]: t["id"] for t in tokenizer["added_tokens"]}}
+    generator = torch.Generator().manual_seed(seed + 1)
+    tensors = {}
+    for name in reader.keys():
+        tensor = reader.get(name)
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            rows = torch.randn(len(new_ids), tensor.shape[1], generator=generator).to(tensor.dtype) * tensor.std()
+            for token, new_id in new_ids.items():
+                if token in old_ids:
+                    rows[new_id] = tensor[old_ids[token]]
+            tensor = rows
+        tensors[name] = tensor
+    config = {**reader.config, "vocab_size": len(new_ids)}
+    special = {t["content"]: t["id"] for t in tokenizer["added_tokens"]}
+    for key, token in (("eos_token_id", "<|im_end|>"), ("pad_token_id", "<pad>")):
+        if token in special:
+            config[key] = special[token]
+    write_state_dict(output, tensors, reference=source, config=config)
+    (Path(output) / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    return Path(output)

@@ -50,21 +50,3 @@ def language_model_shapes(prefix: str, lm_head: str = "lm_head.weight", layers: 
             shapes[f"{prefix}layers.{layer}.{part}"] = shape
     return shapes
 
-
-def write_tokenizer_variant(folder, drop: list[str], add: list[str], seed: int = 0) -> dict[str, int]:
-    """Rewrite ``folder``'s tokenizer.json: ``drop`` tokens removed, ``add`` tokens added to the BPE vocabulary,
-    its ids shuffled (seeded), the special tokens numbered after it. Returns the new token -> id table."""
-    import json
-    import random
-
-    path = folder / "tokenizer.json"
-    data = json.loads(path.read_text())
-    vocab = [t for t in data["model"]["vocab"] if t not in drop] + add
-    ids = list(range(len(vocab)))
-    random.Random(seed).shuffle(ids)
-    data["model"]["vocab"] = dict(zip(vocab, ids))
-    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in drop]
-    for offset, entry in enumerate(data["added_tokens"]):
-        entry["id"] = len(vocab) + offset
-    path.write_text(json.dumps(data))
-    return {**data["model"]["vocab"], **{t["content"]: t["id"] for t in data["added_tokens"]}}

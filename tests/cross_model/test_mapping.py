@@ -13,8 +13,8 @@ from cmaam.alignment.alphas import AlphaConfig
 from cmaam.alignment.mapping import build_mapping
 from cmaam.alignment.merge import merge_vlm
 from cmaam.core.errors import CMAAMError
-from cmaam.io import CheckpointReader, write_state_dict
-from tests.cross_model.helpers import FakeReader, language_model_shapes, write_tokenizer_variant
+from cmaam.io import CheckpointReader
+from tests.cross_model.helpers import FakeReader, language_model_shapes
 
 TEXT_CONFIG = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
 
@@ -53,34 +53,27 @@ def test_text_llm_into_qwen2vl(tiny_qwen2, tiny_qwen2vl, tmp_path):
 
 
 def test_tokenizer_mismatch_rows_matched_by_token(tiny_qwen2, tiny_qwen2vl, tmp_path):
+    from cmaam.alignment.vocabulary import load_vocabulary
+    from cmaam.testing.tiny import retokenize_model
+
     dropped, added = ["a", "b", "c", "<video>"], [f"<new_{i}>" for i in range(30)]
-    rows = 266 - len(dropped) + len(added)
-    plain = CheckpointReader(tiny_qwen2)
-    generator = torch.Generator().manual_seed(0)
-    tensors = {name: (torch.randn(rows, plain.shape(name)[1], generator=generator)
-                      if name in ("model.embed_tokens.weight", "lm_head.weight") else plain.get(name))
-               for name in plain.keys()}
-    config = json.loads((tiny_qwen2 / "config.json").read_text())
-    source_folder = write_state_dict(tmp_path / "source_tokens", tensors, reference=tiny_qwen2,
-                                     config={**config, "vocab_size": rows})
-    table = write_tokenizer_variant(source_folder, drop=dropped, add=added)  # another tokenizer: 292 tokens
-    assert len(table) == rows
-    result = merge(source_folder, tiny_qwen2vl, tmp_path / "merged")
+    source = retokenize_model(tiny_qwen2, tmp_path / "retokenized", drop=dropped, add=added)
+    source_ids, target_ids = load_vocabulary(source), load_vocabulary(tiny_qwen2vl)
+    assert len(source_ids) == 292 and source_ids["<|im_end|>"] != target_ids["<|im_end|>"]
+    result = merge(source, tiny_qwen2vl, tmp_path / "merged")
     vocabulary = result.mapping.vocabulary["model.embed_tokens.weight"]
     assert (vocabulary.target_rows, vocabulary.source_rows, vocabulary.matched, vocabulary.kept,
             vocabulary.source_unused) == (266, 292, 262, 4, 30)
     assert result.report["mapping"]["vocabulary"]["lm_head.weight"]["matched"] == 262
-    target_vocab = json.loads((tiny_qwen2vl / "tokenizer.json").read_text())
-    target_ids = {**target_vocab["model"]["vocab"], **{t["content"]: t["id"] for t in target_vocab["added_tokens"]}}
-    merged, target = CheckpointReader(tmp_path / "merged"), CheckpointReader(tiny_qwen2vl)
+    merged, target, source_reader = (CheckpointReader(p) for p in (tmp_path / "merged", tiny_qwen2vl, source))
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         alpha = result.plan.tensor_alphas[name]
-        out, base = merged.get(name), target.get(name)
+        out, base, other = merged.get(name), target.get(name), source_reader.get(name)
         for token, target_id in target_ids.items():
             if token in dropped:  # no source row: the target's row, bit for bit
                 assert torch.equal(out[target_id], base[target_id]), token
-            else:
-                expected = (1 - alpha) * base[target_id] + alpha * tensors[name][table[token]]
+            else:  # the source row of the same token string
+                expected = (1 - alpha) * base[target_id] + alpha * other[source_ids[token]]
                 assert torch.allclose(out[target_id], expected, rtol=0, atol=1e-6), token
 
 
