@@ -17,6 +17,7 @@ from typing import Iterator, Mapping
 import torch
 
 from cmaam.core.errors import CMAAMError
+from cmaam.io.reader import CheckpointReader
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,9 @@ class MappedReader:
     def dtype(self, name: str) -> torch.dtype:
         return self.source.dtype(self._source_name(name))
 
-    def numel(self, name: str) -> int:
-        count = 1
-        for size in self.shape(name):
-            count *= size
-        return count
+    numel = CheckpointReader.numel  # element count from shape()
+    __enter__ = CheckpointReader.__enter__
+    __exit__ = CheckpointReader.__exit__
 
     def kept_rows(self, name: str) -> torch.Tensor | None:
         """Rows of ``name`` that are the target's own (no source row), None when every row is the source's."""
@@ -119,12 +118,6 @@ class MappedReader:
 
     def close(self) -> None:
         self.source.close()
-
-    def __enter__(self) -> "MappedReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"MappedReader({str(self.path)!r} onto {str(self.target.path)!r}, tensors={len(self)})"

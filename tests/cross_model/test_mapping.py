@@ -192,3 +192,23 @@ def test_language_families(tiny_llama, tiny_qwen2vl, tmp_path):
     assert {mapping.components[n] for n in mapping.target_only} == {"vision_encoder", "cross_modal_bridge"}
     with pytest.raises(CMAAMError, match="llama language model but target is 'qwen2_vl' with a qwen2 one"):
         build_mapping(CheckpointReader(tiny_llama), CheckpointReader(tiny_qwen2vl))
+
+
+def test_sweep_over_a_mapping_keeps_target_rows(tiny_qwen2, tiny_qwen2vl, tmp_path):
+    from cmaam.merging.sweep import sweep
+    from cmaam.testing.tiny import retokenize_model
+
+    source = retokenize_model(tiny_qwen2, tmp_path / "retokenized", drop=["x", "<image>"], add=["<a>", "<b>"])
+    (output,) = sweep(source, tiny_qwen2vl, tmp_path / "sweep", "0.2857", device="cpu", progress=False)
+    merged, target = CheckpointReader(output), CheckpointReader(tiny_qwen2vl)
+    vocabulary = json.loads((tiny_qwen2vl / "tokenizer.json").read_text())
+    image = next(t["id"] for t in vocabulary["added_tokens"] if t["content"] == "<image>")
+    kept = [vocabulary["model"]["vocab"]["x"], image]
+    for name in merged.keys():
+        if name.startswith("visual."):
+            assert torch.equal(merged.get(name), target.get(name)), name
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        rows = target.get(name)[kept]
+        assert torch.equal(merged.get(name)[kept], rows)
+        assert not torch.equal(0.7143 * rows + 0.2857 * rows, rows)  # what keeping the rows avoids
+        assert not torch.equal(merged.get(name), target.get(name))
