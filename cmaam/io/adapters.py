@@ -93,8 +93,7 @@ class Patch:
     module: str
     replacement: str | None = None
     kind: str | None = None  # "matrix" (linear / conv) or "embedding"
-    lora: dict[str, str] = field(default_factory=dict)  # A, B -> adapter tensor name
-    bias_of: str | None = None  # for a bias shifted by lora_B.bias: the weight's patch module
+    lora: dict[str, str] = field(default_factory=dict)  # A, B (or bias: lora_B.bias) -> adapter tensor name
 
 
 def _strip_prefix(key: str) -> str:
@@ -292,16 +291,3 @@ def apply_adapter(model: Any, reader: AdapterReader) -> None:
         with torch.no_grad():
             parameter.copy_(reader.get(name, device=parameter.device, dtype=parameter.dtype))
 
-
-def model_reference(path: str | Path, adapter_base: str | Path | None = None) -> Path:
-    """The folder whose config and tokenizer describe ``path``: the base model for an adapter, else ``path``."""
-    if not is_adapter_folder(path):
-        return Path(path)
-    return resolve_base(Path(path), LoraSettings.from_file(Path(path) / ADAPTER_CONFIG), adapter_base)
-
-
-def adapter_summary(reader: Any) -> str | None:
-    """'adapter A on base B (n tensors changed)' for an AdapterReader, None for a plain model."""
-    if not isinstance(reader, AdapterReader):
-        return None
-    return f"adapter {reader.path} on base {reader.base_path} ({len(reader.patches)} tensors changed)"
