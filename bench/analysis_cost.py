@@ -50,8 +50,10 @@ def main() -> None:
     from cmaam.alignment.alphas import AlphaConfig, compute_alphas
     from cmaam.io import CheckpointReader
     from cmaam.merging.executor import run_merge
-    from cmaam.alignment.merge import merge_vlm, pair_jobs
+    from cmaam.alignment.merge import merge_vlm
+    from cmaam.merging.pairs import pair_jobs
     from cmaam.alignment.scores.analyzer import analyze_pair
+    from cmaam.core.options import ExecutionOptions
     from cmaam.testing.tiny import TinySize, build_tiny_vlm, perturb_model
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="cmaam_bench_"))
@@ -72,17 +74,19 @@ def main() -> None:
     print(f"pair: {parameters / 1e6:.1f}M parameters, {len(names)} tensors, {size_mb:.0f} MB per model "
           f"(threads {torch.get_num_threads()}, device {args.device})")
 
+    options = ExecutionOptions(device=args.device, overwrite=True, progress=False)
+
     def analysis():
-        return compute_alphas(analyze_pair(readers["source"], readers["target"], device=args.device, progress=False),
+        options = ExecutionOptions(device=args.device, progress=False)
+        return compute_alphas(analyze_pair(readers["source"], readers["target"], options),
                               AlphaConfig("layerwise"))
 
     def linear_merge():
         run_merge(readers, pair_jobs(readers["target"], dict.fromkeys(names, 0.5), "linear"), root / "linear",
-                  reference=target, device=args.device, overwrite=True, progress=False)
+                  options, reference=target)
 
     def full_merge():
-        merge_vlm(source, target, root / "cmaam", AlphaConfig("layerwise"), device=args.device, overwrite=True,
-                  progress=False, print_summary=False)
+        merge_vlm(source, target, root / "cmaam", AlphaConfig("layerwise"), options, print_summary=False)
 
     linear_merge()  # warm the page cache
     merge_wall, merge_cpu = timed(linear_merge, args.repeats)

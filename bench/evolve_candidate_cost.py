@@ -49,7 +49,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from cmaam.io import write_state_dict
-    from cmaam.search.fitness import FitnessSpec, build_fitness
+    from cmaam.core.options import ExecutionOptions
+    from cmaam.search.fitness import FitnessConfig, build_fitness
     from cmaam.search.genome import GenomeSpec
     from cmaam.testing.tiny import TinySize, build_tiny_causal_lm, perturb_model
     from eval.mgsm import load_mgsm
@@ -62,12 +63,11 @@ def main() -> None:
                         num_attention_heads=4, num_key_value_heads=2)
         base = build_tiny_causal_lm(work / "base", "llama", seed=0, size=size)
         other = perturb_model(base, work / "other", 0.3, seed=1)
-    spec = FitnessSpec(kind="mgsm", models={"base": str(base), "other": str(other)}, base_model="base",
-                       genome=GenomeSpec(method=args.method), device=args.device, dtype=args.dtype, seed=args.seed,
-                       items=load_mgsm(args.lang, lang=args.lang)[:args.limit], lang=args.lang,
-                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    config = FitnessConfig(lang=args.lang, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    options = ExecutionOptions(device=args.device, dtype=args.dtype, seed=args.seed)
     started = time.perf_counter()
-    fitness = build_fitness(spec)
+    fitness = build_fitness(config, {"base": str(base), "other": str(other)}, "base", GenomeSpec(method=args.method),
+                            options, items=load_mgsm(args.lang, lang=args.lang)[:args.limit])
     setup = time.perf_counter() - started
     layout = fitness.merger.layout
     parameters = sum(t.numel() for t in fitness.merger.targets.values())
@@ -91,7 +91,8 @@ def main() -> None:
     evaluate = statistics.median(r[1] for r in rows)
     print(f"median per candidate: merge {merge:.4f}s, evaluation {evaluate:.3f}s "
           f"({100 * merge / (merge + evaluate):.1f}% of the time in the merge); "
-          f"bytes written per candidate: wchar max {max(r[2] for r in rows)}, write_bytes max {max(r[3] for r in rows)}; "
+          f"bytes written per candidate: wchar max {max(r[2] for r in rows)}, "
+          f"write_bytes max {max(r[3] for r in rows)}; "
           f"bench folder grew by {folder_bytes(work) - watched} bytes")
     started = time.perf_counter()
     saved = write_state_dict(work / "candidate_on_disk", fitness.merger.state_items(), reference=base)

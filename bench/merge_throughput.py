@@ -67,7 +67,8 @@ class SyntheticShape:
         return ([TensorSpec("model.embed_tokens.weight", (self.vocab_size, h), dtype)]
                 + [TensorSpec(f"model.layers.{n}.{name}", shape, dtype)
                    for n in range(d.num_hidden_layers) for name, shape in layer]
-                + [TensorSpec("model.norm.weight", (h,), dtype), TensorSpec("lm_head.weight", (self.vocab_size, h), dtype)])
+                + [TensorSpec("model.norm.weight", (h,), dtype),
+                   TensorSpec("lm_head.weight", (self.vocab_size, h), dtype)])
 
     def config(self, dtype) -> dict:
         d = self.dims
@@ -170,7 +171,8 @@ def main() -> None:
     mergekit_cli = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
     try:
         paths = build_models(workdir / "models", args.size_gb, args.dtype) \
-            if not (workdir / "models" / "ft2").exists() else {n: workdir / "models" / n for n in ("base", "ft1", "ft2")}
+            if not (workdir / "models" / "ft2").exists() \
+            else {n: workdir / "models" / n for n in ("base", "ft1", "ft2")}
         model_gb = folder_bytes(paths["base"]) / 1e9
         rows = []
         for method in args.methods:

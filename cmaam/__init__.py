@@ -1,9 +1,10 @@
 """cmaam.
 
-When a command of this project starts (``python -m cmaam.X``, ``eval.X``, ``finetune.X`` or a script of
-``scripts/``), Ctrl-C during its slow imports (torch, transformers) exits with ``error: interrupted``
-(code 130) instead of a traceback: nothing has been written yet. ``cmaam.core.cli.run_cli`` puts Python's
-usual handler back once ``main`` starts, so interrupts then clean up through the atomic writers.
+When a command of this project starts (``python -m cmaam.X``, ``eval.X``, ``finetune.X``, a script of
+``scripts/`` or a ``cmaam-*`` console command), Ctrl-C during its slow imports (torch, transformers)
+exits with ``error: interrupted`` (code 130) instead of a traceback: nothing has been written yet.
+``cmaam.core.cli.run_cli`` puts Python's usual handler back once ``main`` starts, so interrupts then
+clean up through the atomic writers.
 """
 
 import os as _os
@@ -20,9 +21,10 @@ def _interrupted_at_start(signum, frame):  # pragma: no cover - exercised throug
 
 
 def _started_as_command() -> bool:
-    """True while ``python -m`` locates our module ("-m"), or when argv[0] is one of our files."""
+    """True while ``python -m`` locates our module ("-m"), when argv[0] is one of our files or a console command."""
     first = _sys.argv[0] if _sys.argv else ""
-    return first == "-m" or (first.endswith(".py") and _os.path.abspath(first).startswith(_COMMAND_FOLDERS))
+    return (first == "-m" or _os.path.basename(first).startswith("cmaam-")
+            or (first.endswith(".py") and _os.path.abspath(first).startswith(_COMMAND_FOLDERS)))
 
 
 if _started_as_command() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:

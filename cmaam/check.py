@@ -11,6 +11,7 @@ import argparse
 from typing import Sequence
 
 from cmaam.core.cli import run_cli
+from cmaam.core.options import READ, ExecutionOptions, add_execution_options
 from cmaam.merging.compatibility import check_compatibility
 
 
@@ -20,21 +21,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "for a mapping: SOURCE TARGET")
     parser.add_argument("--map", default="auto", help="auto (models of different types are mapped layout onto "
                                                       "layout) or a YAML mapping file (SOURCE TARGET only)")
-    parser.add_argument("--allow-pickle", action="store_true", help="read .bin/.pt checkpoints (weights_only)")
-    parser.add_argument("--adapter-base", default=None, help="base model of adapter folders (default: their config's)")
+    add_execution_options(parser, READ)
     parser.add_argument("--limit", type=int, default=50, help="rows shown per kind of difference (default: 50)")
     return parser
 
 
-def mapping_summary(source: str, target: str, map_spec: str, allow_pickle: bool, adapter_base: str | None):
+def mapping_summary(source: str, target: str, map_spec: str, options: ExecutionOptions):
     """(mapping, None) of SOURCE onto TARGET when one is needed (different types, or a --map file); (None, reason)
     when the automatic mapping fails (the compatibility table then shows why); (None, None) for one type."""
     from cmaam.alignment.mapping import AUTO, build_mapping
     from cmaam.core.errors import CMAAMError
     from cmaam.io.adapters import open_model
 
-    with open_model(source, allow_pickle, adapter_base) as source_reader, \
-            open_model(target, allow_pickle, adapter_base) as target_reader:
+    with open_model(source, options.allow_pickle, options.adapter_base) as source_reader, \
+            open_model(target, options.allow_pickle, options.adapter_base) as target_reader:
         if map_spec == AUTO and source_reader.model_type == target_reader.model_type:
             return None, None
         if map_spec != AUTO:
@@ -47,9 +47,10 @@ def mapping_summary(source: str, target: str, map_spec: str, allow_pickle: bool,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    options = ExecutionOptions.from_args(args)
     reason = None
     if len(args.models) == 2:
-        mapping, reason = mapping_summary(*args.models, args.map, args.allow_pickle, args.adapter_base)
+        mapping, reason = mapping_summary(*args.models, args.map, options)
         if mapping is not None:
             print(mapping.table())
             print("mergeable over the mapping (python -m cmaam.merge --source SOURCE --target TARGET)")
@@ -58,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cmaam.core.errors import CMAAMError
 
         raise CMAAMError("--map takes exactly two models: SOURCE TARGET")
-    report = check_compatibility(args.models, allow_pickle=args.allow_pickle, adapter_base=args.adapter_base)
+    report = check_compatibility(args.models, allow_pickle=options.allow_pickle, adapter_base=options.adapter_base)
     print(report.summary())
     if reason:
         print(f"no mapping either: {reason}")

@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Sequence
 
-from cmaam.io.atomic import (
-    check_no_overlap,
-    output_lock,
-)
-from cmaam.pipeline.compare import (
-    compare,
-    load_records,
-    to_markdown,
-    write_comparison,
-)
+from cmaam.pipeline.compare import compare_runs, to_markdown
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,16 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.runs and not args.wandb_project:
         parser.error("give result folders or --wandb-project")
-    comparison = compare(load_records(args.runs, args.wandb_project), args.metric, args.korean, args.english,
-                         args.base, args.finetuned)
-    output = Path(args.output) if args.output else (Path(args.runs[0]) if args.runs else Path("comparison"))
-    if args.runs and (output / "metrics.json").exists():
-        output = output.parent / "comparison"
-    files = [output / name for name in ("comparison.md", "comparison.csv", "comparison.png")]
-    runs = [record.source for record in comparison.records if record.source and Path(record.source).exists()]
-    check_no_overlap(files, runs)
-    with output_lock(output):
-        paths = write_comparison(comparison, output)
+    comparison, paths = compare_runs(args.runs, args.output, args.wandb_project, args.metric, args.korean,
+                                     args.english, args.base, args.finetuned)
     print(to_markdown(comparison))
     print(f"wrote {paths['markdown']}, {paths['csv']}, {paths['plot']}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 from typing import Sequence
 
 from cmaam.core.cli import run_cli
+from cmaam.core.options import ExecutionOptions, add_execution_options
 from cmaam.merging.lora_extraction import REPORT_FILE, ExtractionOptions, extract_lora
 
 
@@ -27,22 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="A = S Vh, B = U (default: sqrt(S) on both, as mergekit)")
     parser.add_argument("--skip-undecomposable", action="store_true",
                         help="leave out changed norms and convolutions instead of saving them at full rank")
-    parser.add_argument("--dtype", default=None, help="dtype of the adapter tensors (default: the model's)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (where the SVDs run)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin checkpoints")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_execution_options(parser, ("device", "dtype", "overwrite", "allow_pickle", "adapter_base", "progress"), help={
+        "device": "auto (cuda when available), cpu, cuda or cuda:N: where the SVDs run (default: auto)",
+        "dtype": "bfloat16, float16 or float32 for the adapter tensors (default: the model's)",
+        "adapter_base": "base model of a peft adapter given as --model (default: its adapter_config.json's)"})
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    options = ExtractionOptions(rank=args.rank, include=args.include, exclude=args.exclude,
-                                embed_lora=args.embed_lora, save_modules=args.save_module,
-                                distribute_scale=not args.no_distribute_scale,
-                                skip_undecomposable=args.skip_undecomposable, dtype=args.dtype, device=args.device,
-                                allow_pickle=args.allow_pickle, progress=not args.no_progress)
-    report = extract_lora(args.base, args.model, args.output, options, overwrite=args.overwrite)
+    extraction = ExtractionOptions(rank=args.rank, include=args.include, exclude=args.exclude,
+                                   embed_lora=args.embed_lora, save_modules=args.save_module,
+                                   distribute_scale=not args.no_distribute_scale,
+                                   skip_undecomposable=args.skip_undecomposable)
+    report = extract_lora(args.base, args.model, args.output, extraction, ExecutionOptions.from_args(args))
     print(report.table())
     print(f"adapter written to {args.output} (per-module report: {args.output}/{REPORT_FILE})")
     return 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from cmaam.core.cli import run_cli
-from cmaam.alignment.layouts.layout import STRATEGIES
+from cmaam.alignment.alphas.strategies import STRATEGIES, get_strategy
 from cmaam.alignment.layouts.resolve import get_layout
+from cmaam.core.cli import run_cli
+from cmaam.core.options import READ, add_execution_options
 
 
 def describe(model: str, model_type: str | None = None, rules_file: str | None = None,
@@ -24,8 +25,9 @@ def describe(model: str, model_type: str | None = None, rules_file: str | None =
     for component, count in layout.component_counts(names).items():
         numel = sum(reader.numel(name) for name, info in infos.items() if info.component == component)
         lines.append(f"{component:<20} {count:>8} {numel:>14,}")
-    groups = layout.groups(names, strategy)
-    lines.append(f"{strategy} groups ({len(groups)}): " + ", ".join(f"{key} [{len(members)}]" for key, members in groups.items()))
+    groups = get_strategy(strategy).groups(infos)
+    lines.append(f"{strategy} groups ({len(groups)}): "
+                 + ", ".join(f"{key} [{len(members)}]" for key, members in groups.items()))
     lines.append("bridge outputs: " + (", ".join(layout.bridge_outputs(names)) or "none"))
     lines.append(f"input embedding: {layout.input_embedding(names) or 'none'}")
     if show_names:
@@ -34,15 +36,19 @@ def describe(model: str, model_type: str | None = None, rules_file: str | None =
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cmaam.layouts", description=__doc__)
     parser.add_argument("model", help="Hugging Face model folder")
     parser.add_argument("--model-type", help="built-in layout (default: from config.json)")
     parser.add_argument("--rules-file", help="YAML rule table for an architecture without a built-in layout")
     parser.add_argument("--strategy", choices=STRATEGIES, default="layerwise", help="alpha grouping to show")
     parser.add_argument("--names", action="store_true", help="also print every name with its classification")
-    parser.add_argument("--allow-pickle", action="store_true", help="read .bin/.pt checkpoints (unsafe pickles)")
-    args = parser.parse_args(argv)
+    add_execution_options(parser, READ)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     print(describe(args.model, args.model_type, args.rules_file, args.strategy, args.names, args.allow_pickle))
     return 0
 

@@ -10,26 +10,23 @@ from cmaam.alignment.alphas import (
     AlphaConfig,
     parse_score_weights,
 )
-from cmaam.alignment.merge import INTERPOLATIONS, merge_vlm
+from cmaam.alignment.merge import merge_vlm
+from cmaam.merging.pairs import INTERPOLATIONS
 from cmaam.core.cli import run_cli
+from cmaam.core.options import MERGE, ExecutionOptions, add_execution_options
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by merge and sweep: source/target, output dtype, device, safety switches."""
-    parser.add_argument("--source", required=True, help="model (or peft LoRA adapter) folder holding the knowledge to inject (S)")
-    parser.add_argument("--target", required=True, help="model folder whose architecture, config and tokenizer are kept (T)")
+    """Flags shared by merge and sweep: source/target, interpolation, and the execution options."""
+    parser.add_argument("--source", required=True,
+                        help="model (or peft LoRA adapter) folder holding the knowledge to inject (S)")
+    parser.add_argument("--target", required=True,
+                        help="model folder whose architecture, config and tokenizer are kept (T)")
     parser.add_argument("--interp", default="linear", choices=INTERPOLATIONS, help="linear or slerp (t = alpha)")
-    parser.add_argument("--dtype", default=None, help="output dtype (bfloat16, float16, float32); default: as stored")
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest output shard (default 5GB)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin checkpoints")
-    parser.add_argument("--allow-nonfinite", action="store_true", help="merge even if NaN/Inf appear")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--map", default="auto", help="auto (pairs from the two layouts: a text LLM onto a VLM's "
-                        "language model, LLaVA-OneVision onto Qwen2-VL) or a YAML mapping file")
-    parser.add_argument("--adapter-base", default=None,
-                        help="base model of peft LoRA adapter inputs (default: adapter_config.json's)")
+    parser.add_argument("--map", default="auto", metavar="auto|FILE.yaml",
+                        help="pairs of models of different types: auto (from the two layouts: a text LLM onto a "
+                             "VLM's language model, LLaVA-OneVision onto Qwen2-VL) or a YAML mapping file")
+    add_execution_options(parser, MERGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,11 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     alphas = AlphaConfig(strategy=args.strategy, base_alpha=args.base_alpha, alpha_min=args.alpha_min,
                          alpha_max=args.alpha_max, score_weights=parse_score_weights(args.score_weights),
                          preserve_mean=args.preserve_mean, use_sensitivity=not args.no_sensitivity)
-    merge_vlm(args.source, args.target, args.output, alphas, interp=args.interp, model_type=args.model_type,
-              rules_file=args.rules_file, analyze=args.analyze, alphas_only=args.alphas_only, dtype=args.dtype,
-              device=args.device, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
-              allow_nonfinite=args.allow_nonfinite, max_shard_size=args.max_shard_size,
-              progress=not args.no_progress, adapter_base=args.adapter_base, map_spec=args.map)
+    merge_vlm(args.source, args.target, args.output, alphas, ExecutionOptions.from_args(args), interp=args.interp,
+              model_type=args.model_type, rules_file=args.rules_file, analyze=args.analyze,
+              alphas_only=args.alphas_only, map_spec=args.map)
     return 0
 
 

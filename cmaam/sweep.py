@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from cmaam.merge import add_common_arguments
 from cmaam.core.cli import run_cli
+from cmaam.core.options import ExecutionOptions
+from cmaam.merge import add_common_arguments
 from cmaam.merging.sweep import sweep
 
 
@@ -20,10 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    sweep(args.source, args.target, args.output_dir, args.alphas, interp=args.interp, dtype=args.dtype,
-          device=args.device, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
-          allow_nonfinite=args.allow_nonfinite, max_shard_size=args.max_shard_size, progress=not args.no_progress,
-          adapter_base=args.adapter_base, map_spec=args.map)
+    from cmaam.alignment.mapping import layout_mapper
+
+    outputs = sweep(args.source, args.target, args.output_dir, args.alphas, ExecutionOptions.from_args(args),
+                    interp=args.interp, mapper=layout_mapper(args.map))
+    for output in outputs:
+        print(f"wrote {output}")
     return 0
 
 

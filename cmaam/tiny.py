@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from cmaam.testing.tiny import (
-    CAUSAL_LM_TYPES,
-    VLM_TYPES,
-    TinySize,
-    build_tiny_causal_lm,
-    build_tiny_vlm,
-)
+import argparse
+from typing import Sequence
+
+from cmaam.core.options import ExecutionOptions, add_execution_options
+from cmaam.testing.tiny import CAUSAL_LM_TYPES, VLM_TYPES, TinySize, write_tiny_model
 
 
-def main(argv=None) -> int:
-    """``python -m cmaam.tiny --output DIR [--model-type qwen2_vl] [--seed 0] [--hidden-size 64] ...``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m cmaam.tiny", description="Build a tiny random model from a config.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cmaam.tiny",
+                                     description="Build a tiny random model from a config.")
     parser.add_argument("--output", required=True)
     parser.add_argument("--model-type", default="qwen2_vl", choices=CAUSAL_LM_TYPES + VLM_TYPES)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--intermediate-size", type=int, default=None, help="default: 2 x hidden size")
     parser.add_argument("--num-hidden-layers", type=int, default=2)
@@ -26,20 +21,20 @@ def main(argv=None) -> int:
     parser.add_argument("--num-key-value-heads", type=int, default=2)
     parser.add_argument("--vision-hidden-size", type=int, default=32)
     parser.add_argument("--vision-layers", type=int, default=2)
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    from cmaam.io.atomic import atomic_directory
+    add_execution_options(parser, ("seed", "overwrite"),
+                          help={"seed": "seed of the random weights (default: 0)"})
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cmaam.tiny --output DIR [--model-type qwen2_vl] [--seed 0] [--hidden-size 64] ...``."""
+    args = build_parser().parse_args(argv)
+    options = ExecutionOptions.from_args(args)
     size = TinySize(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size or 2 * args.hidden_size,
                     num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
                     num_key_value_heads=args.num_key_value_heads, vision_hidden_size=args.vision_hidden_size,
                     vision_layers=args.vision_layers)
-    size.validate()
-    with atomic_directory(args.output, overwrite=args.overwrite, inputs=()) as folder:
-        if args.model_type in CAUSAL_LM_TYPES:
-            build_tiny_causal_lm(folder, args.model_type, args.seed, size)
-        else:
-            build_tiny_vlm(folder, args.model_type, args.seed, size)
+    write_tiny_model(args.output, args.model_type, options.seed, size, overwrite=options.overwrite)
     print(f"wrote {args.output}")
     return 0
 

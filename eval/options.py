@@ -11,49 +11,50 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions, add_execution_options
 from cmaam.io.tracking import WANDB_MODES, default_wandb_mode
 from eval.generation import BACKENDS
 
 
+EXECUTION = ("device", "dtype", "trust_remote_code", "allow_pickle", "adapter_base", "overwrite", "progress")
+
+
 def add_generator_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    """--model, --backend, --device, --dtype, --batch-size, --max-new-tokens, --trust-remote-code, --allow-pickle."""
+    """--model, --backend, --batch-size, --max-new-tokens (device, dtype and trust come with ``add_run_options``)."""
     group = parser.add_argument_group("model and generation")
     group.add_argument("--model", required=True, help="Hugging Face model folder or peft LoRA adapter folder")
-    group.add_argument("--adapter-base", default=None, help="base model of an adapter --model (default: its "
-                       "adapter_config.json's)")
     group.add_argument("--backend", default="auto", help=f"{' | '.join(BACKENDS)} (auto: vLLM if installed with a GPU)")
-    group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (HF backend)")
-    group.add_argument("--dtype", default=None, help="bfloat16 | float16 | float32 (default: checkpoint's on GPU, "
-                                                     "float32 on CPU)")
     group.add_argument("--batch-size", type=int, default=8)
     group.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    group.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
-    group.add_argument("--allow-pickle", action="store_true", help="allow .bin/.pt pickle weights")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """--output-dir, --run-name, --wandb-mode, --wandb-project, --overwrite, --no-progress."""
+    """--output-dir, --run-name, --wandb-mode, --wandb-project, and the execution options (device, dtype,
+    --trust-remote-code, --allow-pickle, --adapter-base, --overwrite, --no-progress)."""
     group = parser.add_argument_group("results")
     group.add_argument("--output-dir", default="results", help="root folder; the run writes OUTPUT_DIR/RUN_NAME/")
     group.add_argument("--run-name", default=None, help="run folder name (default: derived from task and model)")
     group.add_argument("--wandb-mode", default=default_wandb_mode(), help=f"{' | '.join(WANDB_MODES)} "
                        "(default: $WANDB_MODE or offline)")
     group.add_argument("--wandb-project", default="cmaam")
-    group.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same name")
-    group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_execution_options(parser, EXECUTION, help={
+        "dtype": "bfloat16, float16 or float32 (default: the checkpoint's on a GPU, float32 on the CPU)",
+        "device": "auto (cuda when available), cpu, cuda or cuda:N (HF backend; default: auto)",
+        "overwrite": "replace an earlier run of the same name"})
 
 
 def generator_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``load_generator`` from parsed options."""
-    return dict(backend=args.backend, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                max_new_tokens=args.max_new_tokens, trust_remote_code=args.trust_remote_code,
-                allow_pickle=args.allow_pickle, progress=not args.no_progress, adapter_base=args.adapter_base)
+    options = ExecutionOptions.from_args(args)
+    return dict(backend=args.backend, device=options.device, dtype=options.dtype, batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens, trust_remote_code=options.trust_remote_code,
+                allow_pickle=options.allow_pickle, progress=options.progress, adapter_base=options.adapter_base)
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for the run (root folder, name, W&B) from parsed options."""
     return dict(output_dir=args.output_dir, run_name=args.run_name, wandb_mode=args.wandb_mode,
-                wandb_project=args.wandb_project, overwrite=args.overwrite)
+                wandb_project=args.wandb_project, overwrite=ExecutionOptions.from_args(args).overwrite)
 
 
 def default_run_name(task: str, model: str | Path) -> str:

@@ -10,6 +10,7 @@ train/val/test and a count table is printed and written (counts.md, counts.json)
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
@@ -22,8 +23,11 @@ from typing import Iterator, Sequence
 
 from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text, claim_output
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import DATA, ExecutionOptions, add_execution_options
 from eval.language import script_counts
 from finetune.data import CATEGORIES, SPLITS, count_table, split_counts, write_vqa_split
+
+logger = logging.getLogger(__name__)
 
 MODE_SIZES = {"tiny": 10_000, "quick": 100_000, "full": None}
 IMAGE_CHECKS = ("exists", "header")
@@ -321,13 +325,19 @@ def prepare(config: PrepConfig, progress: bool = True) -> dict:
                 write_vqa_split(folder / f"{split}.jsonl", rows[split])
             atomic_write_text(folder / "counts.md", table.markdown)
             atomic_write_json(folder / "counts.json", summary)
-    print(table.markdown, end="")
-    if reasons:
-        print("broken rows: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(reasons.items())))
-    if ignored:
-        print(f"ignored {len(ignored)} file(s) with no category in their name: "
-              + ", ".join(str(p.relative_to(config.source)) for p in ignored[:5]))
     return summary
+
+
+def summary_text(summary: dict, output: str | Path, source: str | Path) -> str:
+    """What the command prints: the count table, the broken rows by reason, the files without a category."""
+    text = (Path(output) / "counts.md").read_text(encoding="utf-8")
+    reasons, ignored = summary["broken_reasons"], summary["ignored_files"]
+    if reasons:
+        text += "broken rows: " + ", ".join(f"{reason} {count:,}" for reason, count in reasons.items()) + "\n"
+    if ignored:
+        text += (f"ignored {len(ignored)} file(s) with no category in their name: "
+                 + ", ".join(str(Path(p).relative_to(source)) for p in ignored[:5]) + "\n")
+    return text
 
 
 def copy_images(rows: dict[str, list[dict]], folder: Path) -> None:
@@ -344,7 +354,7 @@ def copy_images(rows: dict[str, list[dict]], folder: Path) -> None:
             row["image"] = copies[source]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser():
     import argparse
 
     parser = argparse.ArgumentParser(prog="scripts/prepare_korean_vqa_data.py", description=__doc__.splitlines()[0])
@@ -354,7 +364,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="sample size: tiny 10K, quick 100K, full everything (default tiny)")
     parser.add_argument("--sizes", nargs="+", default=[], metavar="NAME=N",
                         help="override a mode's size (tiny=5000) or cap a category (general=2000)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling and split seed (default 0)")
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--test-fraction", type=float, default=0.05)
     parser.add_argument("--image-root", default=None,
@@ -366,12 +375,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lang", default="auto", choices=LANG_CHOICES,
                         help="record language (auto: 'ko' when question or answer has Hangul)")
     parser.add_argument("--workers", type=int, default=8, help="threads checking images")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    args = parser.parse_args(argv)
-    prepare(PrepConfig(source=args.source, output=args.output, mode=args.mode, sizes=parse_sizes(args.sizes),
-                       seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                       image_root=args.image_root, copy_images=args.copy_images, check_images=args.check_images,
-                       lang=args.lang, workers=args.workers, overwrite=args.overwrite))
+    add_execution_options(parser, DATA, help={"seed": "sampling and split seed (default: 0)"})
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = ExecutionOptions.from_args(args)
+    summary = prepare(PrepConfig(source=args.source, output=args.output, mode=args.mode, sizes=parse_sizes(args.sizes),
+                                 seed=options.seed, val_fraction=args.val_fraction,
+                                 test_fraction=args.test_fraction, image_root=args.image_root,
+                                 copy_images=args.copy_images, check_images=args.check_images,
+                                 lang=args.lang, workers=args.workers, overwrite=options.overwrite),
+                      progress=options.progress)
+    print(summary_text(summary, args.output, args.source), end="")
     return 0
 
 

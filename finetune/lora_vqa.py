@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -25,7 +26,8 @@ from cmaam.io import load_config, parse_dtype
 from cmaam.core.cli import run_cli
 from cmaam.core.errors import CMAAMError, load_errors
 from cmaam.alignment.layouts import get_layout
-from cmaam.reproducible import set_threads
+from cmaam.core.options import add_execution_options
+from cmaam.core.reproducible import set_threads
 
 logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
@@ -34,12 +36,10 @@ VISION_COMPONENTS = ("vision_encoder", "cross_modal_bridge")
 
 
 @dataclass
-class LoraTrainConfig:
-    """Everything a fine-tuning run needs; the CLI flags map one to one onto these fields."""
+class TrainingSettings:
+    """How a model is trained: the hyperparameters (an experiment config's ``finetune`` and
+    ``base_model.training`` sections are these fields)."""
 
-    model: str
-    data: str
-    output: str
     epochs: float = 3.0
     batch_size: int = 1
     grad_accum: int = 16
@@ -56,19 +56,48 @@ class LoraTrainConfig:
     full_finetune: bool = False
     gradient_checkpointing: bool = False
     bf16: bool | None = None
-    resume: bool = False
-    overwrite: bool = False
     max_steps: int | None = None
-    seed: int = 0
     train_limit: int | None = None
-    eval_limit: int | None = None
-    eval_batch_size: int = 16
-    max_new_tokens: int = 32
     max_length: int | None = 2048
     save_steps: int = 200
     save_total_limit: int = 2
-    keep_checkpoints: bool = False
     logging_steps: int = 10
+
+    def validate(self) -> None:
+        """Range checks with one-line errors, before anything is loaded."""
+        for name in ("batch_size", "grad_accum", "lora_rank", "save_steps", "logging_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise CMAAMError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.epochs <= 0 and not self.max_steps:
+            raise CMAAMError(f"--epochs must be positive, got {self.epochs}")
+        for name in ("max_steps", "train_limit", "max_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise CMAAMError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.lr <= 0:
+            raise CMAAMError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.lora_dropout < 1:
+            raise CMAAMError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.full_finetune and (self.target_modules or self.train_embeddings):
+            raise CMAAMError("--target-modules and --train-embeddings apply to LoRA; "
+                             "--full-finetune trains every language-model weight")
+
+
+@dataclass(kw_only=True)
+class LoraTrainConfig(TrainingSettings):
+    """Everything a fine-tuning run needs: the training settings, plus the run's inputs, outputs and tracking.
+    The CLI flags map one to one onto these fields."""
+
+    model: str
+    data: str
+    output: str
+    resume: bool = False
+    overwrite: bool = False
+    seed: int = 0
+    eval_limit: int | None = None
+    eval_batch_size: int = 16
+    max_new_tokens: int = 32
+    keep_checkpoints: bool = False
     run_name: str | None = None
     results_root: str = "results"
     wandb_mode: str = "offline"
@@ -77,27 +106,22 @@ class LoraTrainConfig:
     threads: int | None = None
     progress: bool = True
 
+    @classmethod
+    def from_settings(cls, settings: TrainingSettings, **run: Any) -> LoraTrainConfig:
+        """A run of ``settings``; ``run`` gives model, data, output and any other run field."""
+        return cls(**{field.name: getattr(settings, field.name) for field in dataclasses.fields(TrainingSettings)},
+                   **run)
+
     def validate(self) -> None:
         """Range checks with one-line errors, before anything is loaded."""
-        for name in ("batch_size", "grad_accum", "lora_rank", "save_steps", "logging_steps", "eval_batch_size",
-                     "max_new_tokens", "save_total_limit"):
+        super().validate()
+        for name in ("eval_batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise CMAAMError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.epochs <= 0 and not self.max_steps:
-            raise CMAAMError(f"--epochs must be positive, got {self.epochs}")
-        for name in ("max_steps", "train_limit", "max_length", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise CMAAMError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.threads is not None and self.threads < 1:
+            raise CMAAMError(f"--threads must be at least 1, got {self.threads}")
         if self.eval_limit is not None and self.eval_limit < 0:
             raise CMAAMError(f"--eval-limit must be 0 (no evaluation) or more, got {self.eval_limit}")
-        if self.lr <= 0:
-            raise CMAAMError(f"--lr must be positive, got {self.lr}")
-        if not 0 <= self.lora_dropout < 1:
-            raise CMAAMError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.full_finetune and (self.target_modules or self.train_embeddings):
-            raise CMAAMError("--target-modules and --train-embeddings apply to LoRA; "
-                             "--full-finetune trains every language-model weight")
         if self.resume and self.overwrite:
             raise CMAAMError("choose --resume (continue) or --overwrite (start again), not both")
 
@@ -261,7 +285,7 @@ def save_outputs(model, processor, config: LoraTrainConfig):
 
     Returns (merged folder, adapter folder or None, the merged in-memory model).
     """
-    from cmaam.testing.tiny import save_processor
+    from cmaam.io.processors import save_processor
 
     output = Path(config.output)
     adapter = None
@@ -439,9 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 mixed precision (default: on a GPU that supports it)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT")
-    parser.add_argument("--overwrite", action="store_true", help="discard an earlier run in OUTPUT")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-limit", type=int, default=None, help="use the first N training samples")
     parser.add_argument("--eval-limit", type=int, default=None,
                         help="evaluate on the first N test samples (default all; 0 skips the evaluation)")
@@ -456,10 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results-root", default="results", help="tracking folder (results/<run>/)")
     parser.add_argument("--wandb-mode", default="offline", choices=("offline", "online", "disabled"))
     parser.add_argument("--wandb-project", default="cmaam")
-    parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch, intra- and inter-op (1 is fastest for tiny models on a busy CPU)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_execution_options(parser, ("seed", "overwrite", "trust_remote_code", "progress"), help={
+        "seed": "seed of LoRA initialisation, dropout and data order (default: 0)",
+        "overwrite": "discard an earlier run in OUTPUT"})
     return parser
 
 

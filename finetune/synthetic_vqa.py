@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from cmaam.core.cli import run_cli
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import DATA, ExecutionOptions, add_execution_options
 from finetune.data import SPLITS, count_table, split_counts, write_vqa_split
 
 LANGUAGES = ("ko", "en")
@@ -54,7 +55,8 @@ WORDS = {
         **{f"digit_{d}": w for d, w in zip(DIGITS, "one two three four five six seven eight nine".split())},
     },
     "ko": {
-        "red": "빨간색", "green": "초록색", "blue": "파란색", "yellow": "노란색", "purple": "보라색", "orange": "주황색",
+        "red": "빨간색", "green": "초록색", "blue": "파란색", "yellow": "노란색", "purple": "보라색",
+        "orange": "주황색",
         "circle": "원", "square": "사각형", "triangle": "삼각형",
         "top_left": "왼쪽 위", "top_right": "오른쪽 위", "bottom_left": "왼쪽 아래", "bottom_right": "오른쪽 아래",
         **{f"count_{n}": f"{n}개" for n in range(1, 5)},
@@ -309,7 +311,6 @@ def generate(config: SyntheticConfig, progress: bool = True) -> Path:
         info = {"generator": "finetune.synthetic_vqa", "config": {**asdict(config), "output": None},
                 "answer_options": options, "chance_accuracy": chance}
         atomic_write_json(folder / "dataset_info.json", info)
-    print(table.markdown, end="")
     return Path(config.output)
 
 
@@ -320,22 +321,28 @@ def _chance(rows: list[dict], lang: str) -> float | None:
     return sum(1 / len(answer_options(row["task"], lang)) for row in rows) / len(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m finetune.synthetic_vqa", description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="folder to create (train/val/test.jsonl, images/)")
     parser.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
     parser.add_argument("--lang", default="ko", choices=LANGUAGES, help="language of questions and answers")
-    parser.add_argument("--seed", type=int, default=0, help="scenes, wording and split seed (default 0)")
     parser.add_argument("--image-size", type=int, default=56, help="image side in pixels (default 56)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--test-fraction", type=float, default=0.1)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
                         help="visual tasks to include (default: all)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    args = parser.parse_args(argv)
-    generate(SyntheticConfig(output=args.output, n=args.n, lang=args.lang, seed=args.seed,
-                             image_size=args.image_size, val_fraction=args.val_fraction,
-                             test_fraction=args.test_fraction, tasks=tuple(args.tasks), overwrite=args.overwrite))
+    add_execution_options(parser, DATA, help={"seed": "scenes, wording and split seed (default: 0)"})
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = ExecutionOptions.from_args(args)
+    output = generate(SyntheticConfig(output=args.output, n=args.n, lang=args.lang, seed=options.seed,
+                                      image_size=args.image_size, val_fraction=args.val_fraction,
+                                      test_fraction=args.test_fraction, tasks=tuple(args.tasks),
+                                      overwrite=options.overwrite), progress=options.progress)
+    print((output / "counts.md").read_text(encoding="utf-8"), end="")
     return 0
 
 

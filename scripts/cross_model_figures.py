@@ -20,6 +20,10 @@ from pathlib import Path
 
 import torch
 
+from cmaam.core.options import ExecutionOptions
+
+CPU = ExecutionOptions(device="cpu", progress=False)
+
 
 def largest_difference(pairs) -> float:
     return max((float((a.double() - b.double()).abs().max()) for a, b in pairs), default=0.0)
@@ -43,8 +47,8 @@ def text_into_vlm(work: Path, qwen2: Path, qwen2vl: Path) -> None:
     from eval.generation import GenerationRequest, HFGenerator
 
     print("== 1. tiny Qwen2 text model -> tiny Qwen2-VL (strategy component)")
-    result = merge_vlm(qwen2, qwen2vl, work / "qwen2_into_qwen2vl", AlphaConfig(strategy="component"),
-                       device="cpu", progress=False, print_summary=False)
+    result = merge_vlm(qwen2, qwen2vl, work / "qwen2_into_qwen2vl", AlphaConfig(strategy="component"), CPU,
+                       print_summary=False)
     mapping = result.mapping
     print(mapping.table())
     merged, target, source = (CheckpointReader(p) for p in (work / "qwen2_into_qwen2vl", qwen2vl, qwen2))
@@ -73,7 +77,7 @@ def tokenizer_mismatch(work: Path, qwen2: Path, qwen2vl: Path) -> None:
     dropped = ["a", "b", "c", "<video>"]
     source = retokenize_model(qwen2, work / "retokenized", drop=dropped, add=[f"<new_{i}>" for i in range(30)])
     result = merge_vlm(source, qwen2vl, work / "retokenized_into_qwen2vl", AlphaConfig(strategy="component"),
-                       device="cpu", progress=False, print_summary=False)
+                       CPU, print_summary=False)
     for line in result.mapping.table().splitlines():
         if line.startswith("vocabulary"):
             print(line)
@@ -131,8 +135,7 @@ def extraction(work: Path, llama: Path) -> None:
     base_reader, tuned_reader = CheckpointReader(llama), CheckpointReader(tuned)
     index = NameIndex(tuned_reader.keys())
     for rank in (4, 16, 64):
-        report = extract_lora(llama, tuned, work / f"llama_lora_r{rank}", ExtractionOptions(rank=rank, device="cpu",
-                                                                                            progress=False))
+        report = extract_lora(llama, tuned, work / f"llama_lora_r{rank}", ExtractionOptions(rank=rank), CPU)
         gaps, errors = [], []
         for row in report.modules:
             if row.kind != "lora":

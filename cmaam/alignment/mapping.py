@@ -279,3 +279,14 @@ def mapped_source(source, target, spec: str | Path = AUTO, target_layout: Layout
         return source, None
     mapping = build_mapping(source, target, spec, target_layout)
     return mapping.view(source, target), mapping
+
+
+def layout_mapper(map_spec: str | Path = AUTO):
+    """``mapper(model, reference)`` for the runners that take one (mergekit configs, sweeps): the model itself,
+    or its view in the reference's layout when it needs a mapping (the summary is printed)."""
+    def mapper(model, reference):
+        view, mapping = mapped_source(model, reference, map_spec)
+        if mapping is not None:
+            print(mapping.table())
+        return view
+    return mapper

@@ -139,7 +139,8 @@ def heatmap_grid(report: dict, metric: str) -> tuple[list[str], list[str], list[
     for tensor in report["tensors"].values():
         if tensor[metric] is None:
             continue
-        row = tensor["component"] if len(stacks[tensor["component"]]) == 1 else f"{tensor['component']}:{tensor['stack']}"
+        component = tensor["component"]
+        row = component if len(stacks[component]) == 1 else f"{component}:{tensor['stack']}"
         column = NO_LAYER if tensor["layer"] is None else str(tensor["layer"])
         cells.setdefault((row, column), []).append((tensor[metric], tensor["numel"]))
     rows = list(dict.fromkeys(row for row, _ in sorted(cells, key=lambda cell: cell[0])))

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from cmaam.core.config import read_yaml  # noqa: F401  (re-exported: the YAML reader lives beside the config loader)
 from cmaam.core.errors import CMAAMError
 
 
@@ -20,14 +19,3 @@ def read_json(path: str | Path, missing: str | None = None, encoding: str = "utf
         return json.loads(path.read_text(encoding=encoding))
     except json.JSONDecodeError as error:
         raise CMAAMError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
-
-
-def read_yaml(path: str | Path, missing: str | None = None) -> Any:
-    """Parsed YAML (safe loader); CMAAMError when absent or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise CMAAMError(f"{path}: {missing or 'no such file'}")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise CMAAMError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None

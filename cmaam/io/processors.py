@@ -1,7 +1,8 @@
-"""Load a model folder's processor, also where the video processor cannot be built (no torchvision)."""
+"""Load and save a model folder's processor, also where the video processor cannot be built (no torchvision)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from cmaam.core.errors import CMAAMError, first_line, load_errors
@@ -65,3 +66,15 @@ def load_processor(path: str | Path, trust_remote_code: bool = False):
     template_file = path / "chat_template.jinja"
     template = template_file.read_text(encoding="utf-8") if template_file.exists() else tokenizer.chat_template
     return build_qwen2vl_processor(image_processor, tokenizer, template)
+
+
+def save_processor(processor, output: str | Path) -> None:
+    """Save a processor under its standard class name (image-only Qwen2-VL saves as Qwen2VLProcessor)."""
+    processor.save_pretrained(output)
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = Path(output) / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            if data.get("processor_class") == "Qwen2VLImageOnlyProcessor":
+                data["processor_class"] = "Qwen2VLProcessor"
+                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

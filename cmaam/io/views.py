@@ -51,6 +51,8 @@ class MappedReader:
         missing = [name for name in self.names.values() if name not in source]
         if missing:
             raise CMAAMError(f"{source.path}: mapped tensor {missing[0]!r} not found")
+        used = set(self.names.values())
+        self.source_only = [name for name in source.keys() if name not in used]  # source tensors left out
         self.path: Path = source.path
         self.config = target.config
         self.source_config = source.config

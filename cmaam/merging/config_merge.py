@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import time
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from cmaam.core.options import ExecutionOptions
 from cmaam.io.atomic import claim_output
-from cmaam.merging.mergekit_config import MergeConfig, load_merge_config
+from cmaam.merging.mergekit_config import MergekitConfig, load_merge_config
 
 if TYPE_CHECKING:
     from cmaam.io import CheckpointReader
 
 # torch-backed modules are imported inside the functions so that config and path mistakes are
 # reported before the ~2 s torch import.
-
-# Test hook: seconds to sleep before each tensor, so a signal can land mid-write deterministically.
-DELAY_ENVIRONMENT = "CMAAM_TEST_TENSOR_DELAY"
 
 
 def resolve_model_path(reference: str, config_folder: Path | None) -> Path:
@@ -33,18 +30,19 @@ def resolve_model_path(reference: str, config_folder: Path | None) -> Path:
     return path
 
 
+def resolve_exists(reference: str, config_folder: Path | None) -> bool:
+    """True when ``reference`` names an existing path (as given, or relative to the config's folder)."""
+    path = Path(reference).expanduser()
+    return path.exists() or (config_folder is not None and not path.is_absolute() and (config_folder / path).exists())
+
+
 def split_lora_reference(reference: str, config_folder: Path | None) -> tuple[str, str | None]:
-    """mergekit's ``BASE+LORA`` model syntax: (base, adapter) when ``reference`` names no folder itself and
+    """mergekit's ``BASE+LORA`` model syntax: (base, adapter) when ``reference`` names no path itself and
     contains a '+', else (reference, None)."""
     if "+" not in reference or resolve_exists(reference, config_folder):
         return reference, None
     base, adapter = reference.split("+", 1)
     return base, adapter
-
-
-def resolve_exists(reference: str, config_folder: Path | None) -> bool:
-    path = Path(reference).expanduser()
-    return path.exists() or (config_folder is not None and not path.is_absolute() and (config_folder / path).exists())
 
 
 def model_inputs(reference: str, config_folder: Path | None) -> list[Path]:
@@ -53,7 +51,7 @@ def model_inputs(reference: str, config_folder: Path | None) -> list[Path]:
             for part in split_lora_reference(reference, config_folder) if part is not None]
 
 
-def open_readers(config: MergeConfig, config_folder: Path | None, allow_pickle: bool = False,
+def open_readers(config: MergekitConfig, config_folder: Path | None, allow_pickle: bool = False,
                  adapter_base: str | Path | None = None) -> dict[str, CheckpointReader]:
     """One lazy reader per model referenced by the config, keyed by the string used in the YAML.
 
@@ -73,78 +71,53 @@ def open_readers(config: MergeConfig, config_folder: Path | None, allow_pickle: 
     return readers
 
 
-def _delayed(merge, seconds: float):
-    def run(tensors):
-        time.sleep(seconds)
-        return merge(tensors) if merge is not None else tensors[0]
-    return run
-
-
-def merge_from_config(
-    config: str | Path | MergeConfig,
-    output: str | Path,
-    *,
-    device: str = "cpu",
-    dtype: str | None = None,
-    max_shard_size: str | int = "5GB",
-    overwrite: bool = False,
-    allow_pickle: bool = False,
-    allow_nonfinite: bool = False,
-    seed: int = 0,
-    progress: bool = True,
-    adapter_base: str | Path | None = None,
-    mapper: Callable[[CheckpointReader, CheckpointReader], CheckpointReader] | None = None,
-) -> Path:
+def merge_from_config(config: str | Path | MergekitConfig, output: str | Path,
+                      options: ExecutionOptions | None = None,
+                      mapper: Callable[[CheckpointReader, CheckpointReader], CheckpointReader] | None = None) -> Path:
     """Merge the models of a mergekit config into ``output`` (atomic; one tensor per input in memory).
 
-    ``dtype`` (the CLI's --dtype) overrides the config's ``out_dtype``/``dtype`` for the written tensors.
-    The config text is saved as ``mergekit_config.yml`` beside the weights. ``mapper(model, reference)`` may
-    return a model seen in the reference's layout (``cmaam.alignment.mapping.mapped_source``: models of other
-    types); the reference is the base model, else the first model, as for the output config.
+    ``options.dtype`` (the CLI's --dtype) overrides the config's ``out_dtype``/``dtype`` for the written
+    tensors; ``options.seed`` seeds the random methods (dare_*), per tensor. The config text is saved as
+    ``mergekit_config.yml`` beside the weights. ``mapper(model, reference)`` may return a model seen in the
+    reference's layout (``cmaam.alignment.mapping.mapped_source``: models of other types); the reference is
+    the base model, else the first model, as for the output config.
     """
+    options = options or ExecutionOptions()
+    options.validate()
     config_folder = None
     config_file = None
-    if not isinstance(config, MergeConfig):
+    if not isinstance(config, MergekitConfig):
         config_file = Path(config)
         config_folder = config_file.resolve().parent
         config = load_merge_config(config)
     inputs = [path for reference in config.referenced_models() for path in model_inputs(reference, config_folder)]
     if config_file is not None:
         inputs.append(config_file)
-    with claim_output(output, inputs=inputs, overwrite=overwrite):  # before any work: refused or locked
-        return _merge(config, config_folder, output, device=device, dtype=dtype, max_shard_size=max_shard_size,
-                      overwrite=overwrite, allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite, seed=seed,
-                      progress=progress, adapter_base=adapter_base, mapper=mapper)
+    with claim_output(output, inputs=inputs, overwrite=options.overwrite):  # before any work: refused or locked
+        return _merge(config, config_folder, output, options, mapper)
 
 
-def _merge(config: MergeConfig, config_folder: Path | None, output: str | Path, *, device: str, dtype: str | None,
-           max_shard_size: str | int, overwrite: bool, allow_pickle: bool, allow_nonfinite: bool, seed: int,
-           progress: bool, adapter_base: str | Path | None = None,
+def _merge(config: MergekitConfig, config_folder: Path | None, output: str | Path, options: ExecutionOptions,
            mapper: Callable[[CheckpointReader, CheckpointReader], CheckpointReader] | None = None) -> Path:
-    from cmaam.merging.executor import TensorJob, run_merge
+    from cmaam.merging.executor import run_merge
+    from cmaam.merging.mapped import keep_target_parts
     from cmaam.merging.planner import plan_merge
 
-    from cmaam.merging.mapped import keep_target_parts
-
-    readers = open_readers(config, config_folder, allow_pickle, adapter_base)
+    readers = open_readers(config, config_folder, options.allow_pickle, options.adapter_base)
     try:
         reference = config.referenced_models()[0]
         if mapper is not None:
             readers = {key: reader if key == reference else mapper(reader, readers[reference])
                        for key, reader in readers.items()}
-        plan = plan_merge(config, readers, seed=seed, dtype=dtype)
+        plan = plan_merge(config, readers, seed=options.seed, dtype=options.dtype)
         jobs = keep_target_parts(plan.jobs, readers, plan.reference)
-        delay = float(os.environ.get(DELAY_ENVIRONMENT, "0") or 0)
-        if delay > 0:
-            jobs = [TensorJob(j.output_name, j.inputs, _delayed(j.merge, delay), j.dtype) for j in jobs]
 
         def save_config(folder: Path) -> None:
             if config.text:
                 (folder / "mergekit_config.yml").write_text(config.text, encoding="utf-8")
 
-        return run_merge(readers, jobs, output, reference=readers[plan.reference].reference_folder, config=plan.config,
-                         dtype=plan.dtype, device=device, allow_nonfinite=allow_nonfinite, overwrite=overwrite,
-                         max_shard_size=max_shard_size, progress=progress,
+        return run_merge(readers, jobs, output, dataclasses.replace(options, dtype=plan.dtype),
+                         reference=readers[plan.reference].reference_folder, config=plan.config,
                          description=f"{config.merge_method} merge", before_commit=save_config)
     finally:
         for reader in readers.values():

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from cmaam.core.errors import CMAAMError, load_errors
+from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, CheckpointWriter, TensorSpec, parse_dtype
 from cmaam.io.adapters import open_model
 from cmaam.io.atomic import claim_output
@@ -37,7 +38,7 @@ PEFT_PREFIX = "base_model.model."
 
 @dataclass
 class ExtractionOptions:
-    """What is extracted and how: the rank, which modules, the factors' dtype and the device of the SVDs."""
+    """What is extracted: the rank, which modules, how the singular values are split between A and B."""
 
     rank: int = 32
     include: Sequence[str] = ()  # regexes (re.search on the module name); empty: every module
@@ -46,10 +47,6 @@ class ExtractionOptions:
     save_modules: Sequence[str] = ()  # module names (or their last part) saved at full rank
     distribute_scale: bool = True
     skip_undecomposable: bool = False  # leave out changed modules that are neither linear nor embeddings
-    dtype: str | torch.dtype | None = None  # of the written tensors (default: the model's stored dtype)
-    device: str = "auto"
-    allow_pickle: bool = False
-    progress: bool = True
 
     def validate(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
@@ -247,21 +244,27 @@ def check_modules_to_save(model: Any, plans: list[ModulePlan]) -> None:
                                  f"{others[0]!r} (exclude one of them with --exclude)")
 
 
-def extract_lora(base: str | Path, model: str | Path, output: str | Path, options: ExtractionOptions | None = None,
-                 overwrite: bool = False) -> ExtractionReport:
-    """Write a peft LoRA adapter of ``model`` relative to ``base`` to ``output`` (atomic), with a per-module report."""
-    options = options or ExtractionOptions()
+def extract_lora(base: str | Path, model: str | Path, output: str | Path, extraction: ExtractionOptions | None = None,
+                 options: ExecutionOptions | None = None) -> ExtractionReport:
+    """Write a peft LoRA adapter of ``model`` relative to ``base`` to ``output`` (atomic), with a per-module report.
+
+    ``options``: the device of the SVDs, the dtype of the adapter tensors (default: the model's), overwrite,
+    pickles, the base of an adapter given as ``model``, progress.
+    """
+    options = options or ExecutionOptions()
+    extraction = extraction or ExtractionOptions()
+    extraction.validate()
     options.validate()
     dtype = parse_dtype(options.dtype)
     device = resolve_device(options.device)
-    with claim_output(output, inputs=[base, model], overwrite=overwrite):
+    with claim_output(output, inputs=[base, model], overwrite=options.overwrite):
         base_reader = CheckpointReader(base, allow_pickle=options.allow_pickle)
-        model_reader = open_model(model, allow_pickle=options.allow_pickle)
+        model_reader = open_model(model, options.allow_pickle, options.adapter_base)
         if base_reader.model_type != model_reader.model_type:
             raise CMAAMError(f"base is a {base_reader.model_type!r} model but the fine-tune is "
                              f"{model_reader.model_type!r}: extraction needs one architecture")
         skeleton = skeleton_model(model_reader.reference_folder, model_reader.config)
-        plans, excluded = plan_modules(skeleton, NameIndex(model_reader.keys()), options)
+        plans, excluded = plan_modules(skeleton, NameIndex(model_reader.keys()), extraction)
         for plan in plans:
             for name in plan.params.values():
                 if name not in base_reader:
@@ -290,12 +293,13 @@ def extract_lora(base: str | Path, model: str | Path, output: str | Path, option
         specs = [spec for spec in specs if spec.name not in biases or spec.name in biases_changed]
         results = []
         inputs = [base, model, *base_reader.files, *model_reader.files]
-        with CheckpointWriter(output, specs, max_shard_size=2**62, overwrite=overwrite, inputs=inputs,
+        with CheckpointWriter(output, specs, max_shard_size=2**62, overwrite=options.overwrite, inputs=inputs,
                               basename="adapter_model") as writer:
             for plan in tqdm(changed, desc="extracting", unit="module", disable=not options.progress, leave=False):
-                results.append(_write_module(writer, plan, base_reader, model_reader, biases_changed, options,
-                                             dtype or model_reader.dtype(plan.weight), device))
-            report = ExtractionReport(str(base), str(model), options.rank, results, unchanged, excluded,
+                results.append(_write_module(writer, plan, base_reader, model_reader, biases_changed,
+                                             extraction.distribute_scale, dtype or model_reader.dtype(plan.weight),
+                                             device))
+            report = ExtractionReport(str(base), str(model), extraction.rank, results, unchanged, excluded,
                                       not_representable)
             config = adapter_config(Path(base), changed, model_reader.config, bool(biases_changed))
             (writer.folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -304,7 +308,7 @@ def extract_lora(base: str | Path, model: str | Path, output: str | Path, option
 
 
 def _write_module(writer: CheckpointWriter, plan: ModulePlan, base, model, biases_changed: set[str],
-                  options: ExtractionOptions, stored: torch.dtype, device: str) -> ModuleResult:
+                  distribute_scale: bool, stored: torch.dtype, device: str) -> ModuleResult:
     """Decompose (or copy) one module into the open adapter writer; its report row."""
     shape = list(model.shape(plan.weight))
     if plan.kind == "full":
@@ -316,7 +320,7 @@ def _write_module(writer: CheckpointWriter, plan: ModulePlan, base, model, biase
     check_finite(delta, f"{model.path}: {plan.weight} - base")
     if plan.transposed:
         delta = delta.T
-    a, b = lora_factors(delta, plan.rank, options.distribute_scale)
+    a, b = lora_factors(delta, plan.rank, distribute_scale)
     a, b = a.to(stored), b.to(stored)
     suffixes = ("lora_embedding_A", "lora_embedding_B") if plan.transposed else ("lora_A.weight", "lora_B.weight")
     writer.add(f"{PEFT_PREFIX}{plan.module}.{suffixes[0]}", a)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -19,12 +19,21 @@ from cmaam.io.views import MappedReader
 from cmaam.merging.executor import TensorJob
 
 
-def _keep_rows(merge: Callable[[list[torch.Tensor]], torch.Tensor], rows: torch.Tensor, position: int,
-               tensors: list[torch.Tensor]) -> torch.Tensor:
-    result = merge(tensors).clone()
-    original = tensors[position]
+def restore_rows(result: torch.Tensor, original: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``result`` with ``rows`` put back from ``original`` (a copy: inputs are shared with other consumers)."""
+    result = result.clone()
     result[rows.to(result.device)] = original[rows.to(original.device)].to(result.dtype)
     return result
+
+
+def _keep_rows(merge: Callable[[list[torch.Tensor]], torch.Tensor], rows: torch.Tensor, position: int,
+               tensors: list[torch.Tensor]) -> torch.Tensor:
+    return restore_rows(merge(tensors), tensors[position], rows)
+
+
+def target_position(job: TensorJob, target: str) -> int | None:
+    """Where the target's tensor is among a job's inputs (None when the job does not read the target)."""
+    return next((i for i, (model, _) in enumerate(job.inputs) if model == target), None)
 
 
 def kept_rows(readers: Mapping[str, object], job: TensorJob) -> torch.Tensor | None:
@@ -41,7 +50,7 @@ def keep_target_parts(jobs: Sequence[TensorJob], readers: Mapping[str, object], 
     the target's tensor; a merge of a mapped vocabulary tensor keeps the target's own rows."""
     wrapped = []
     for job in jobs:
-        position = next((i for i, (model, _) in enumerate(job.inputs) if model == target), None)
+        position = target_position(job, target)
         if position is not None and any(isinstance(readers[model], MappedReader) and name not in readers[model]
                                         for model, name in job.inputs):
             wrapped.append(TensorJob(job.output_name, [job.inputs[position]], None, job.dtype))
@@ -52,3 +61,22 @@ def keep_target_parts(jobs: Sequence[TensorJob], readers: Mapping[str, object], 
         else:
             wrapped.append(dataclasses.replace(job, merge=functools.partial(_keep_rows, job.merge, rows, position)))
     return wrapped
+
+
+class KeepTargetRows:
+    """A consumer whose merged outputs keep the target's own vocabulary rows (for consumers with their own merge
+    function, as a sweep's one output per alpha; ``keep_target_parts`` does it for the jobs' merges)."""
+
+    def __init__(self, inner: Any, readers: Mapping[str, object], target: str):
+        self.inner, self.readers, self.target = inner, readers, target
+
+    def consume(self, job: TensorJob, tensors: list[torch.Tensor]) -> Any:
+        output = self.inner.consume(job, tensors)
+        rows = kept_rows(self.readers, job) if job.compute and output is not None else None
+        position = target_position(job, self.target)
+        if rows is not None and position is not None:
+            output.tensor = restore_rows(output.tensor, tensors[position], rows)
+        return output
+
+    def finish(self) -> None:
+        self.inner.finish()

@@ -53,7 +53,7 @@ class OutputSlice:
 
 
 @dataclass
-class MergeConfig:
+class MergekitConfig:
     """A parsed mergekit config; exactly one of ``models`` and ``slices`` is set."""
 
     merge_method: str
@@ -175,8 +175,8 @@ def _output_slice(entry: dict, where: str) -> OutputSlice:
                        _parameters(entry.get("parameters"), where))
 
 
-def parse_merge_config(data: Any, text: str = "") -> MergeConfig:
-    """Validate a loaded YAML document and return it as a ``MergeConfig``."""
+def parse_merge_config(data: Any, text: str = "") -> MergekitConfig:
+    """Validate a loaded YAML document and return it as a ``MergekitConfig``."""
     data = _mapping(data, "config")
     _check_keys(data, TOP_LEVEL_KEYS, "config")
     if not isinstance(data.get("merge_method"), str):
@@ -203,14 +203,14 @@ def parse_merge_config(data: Any, text: str = "") -> MergeConfig:
     for key in ("dtype", "out_dtype"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise CMAAMError(f"config: {key} must be a dtype name such as bfloat16, got {data[key]!r}")
-    return MergeConfig(
+    return MergekitConfig(
         merge_method=data["merge_method"], models=models, slices=slices, base_model=base_model,
         parameters=_parameters(data.get("parameters"), "config"), dtype=data.get("dtype"),
         out_dtype=data.get("out_dtype"), tokenizer_source=tokenizer_source, text=text,
     )
 
 
-def load_merge_config(path: str | Path) -> MergeConfig:
+def load_merge_config(path: str | Path) -> MergekitConfig:
     """Read and validate a mergekit YAML file."""
     path = Path(path)
     if not path.is_file():

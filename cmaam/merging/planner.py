@@ -21,7 +21,7 @@ import torch
 from cmaam.io import CheckpointReader, parse_dtype
 from cmaam.merging.executor import TensorJob
 from cmaam.core.errors import CMAAMError
-from cmaam.merging.mergekit_config import InputSlice, MergeConfig, OutputSlice, resolve_setting
+from cmaam.merging.mergekit_config import InputSlice, MergekitConfig, OutputSlice, resolve_setting
 from cmaam.merging.methods import MergeMethod, get_method
 
 LAYER_PATTERN = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|blocks|layer))\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -104,9 +104,9 @@ def merge_tensors(tensors: list[torch.Tensor], method: MergeMethod, base_index: 
 
 
 class Planner:
-    """Turns a MergeConfig plus opened readers into TensorJobs (one per output tensor)."""
+    """Turns a MergekitConfig plus opened readers into TensorJobs (one per output tensor)."""
 
-    def __init__(self, config: MergeConfig, readers: Mapping[str, CheckpointReader], seed: int = 0,
+    def __init__(self, config: MergekitConfig, readers: Mapping[str, CheckpointReader], seed: int = 0,
                  dtype: str | torch.dtype | None = None):
         self.config = config
         self.readers = readers
@@ -191,8 +191,8 @@ class Planner:
                 first = output_slice.sources[0]
                 source_stack = self._stack(first.model)
                 for rest in source_stack.rests.get(first.layer_range[0] + offset, []):
-                    def input_name(model: str, rest=rest, offset=offset) -> str:
-                        start = next(s.layer_range[0] for s in output_slice.sources if s.model == model)
+                    def input_name(model: str, rest=rest, offset=offset, sources=output_slice.sources) -> str:
+                        start = next(s.layer_range[0] for s in sources if s.model == model)
                         return self._stack(model).name(start + offset, rest)
                     self._add(output_stack.name(output_layer, rest), output_slice, input_name, t, where[number])
                 types = self.readers[first.model].config.get("layer_types")
@@ -261,7 +261,7 @@ class Planner:
         return config
 
 
-def plan_merge(config: MergeConfig, readers: Mapping[str, CheckpointReader], seed: int = 0,
+def plan_merge(config: MergekitConfig, readers: Mapping[str, CheckpointReader], seed: int = 0,
                dtype: str | torch.dtype | None = None) -> MergePlan:
     """Plan ``config`` over opened ``readers`` (keyed by the model strings of the YAML)."""
     return Planner(config, readers, seed=seed, dtype=dtype).plan()

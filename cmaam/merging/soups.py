@@ -5,6 +5,7 @@ fine-tunes of one architecture, written through the streaming engine (atomic out
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
@@ -17,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, parse_dtype
 from cmaam.io.adapters import open_model
 from cmaam.io.atomic import (
@@ -29,19 +31,6 @@ from cmaam.merging.executor import TensorJob, run_merge
 from cmaam.merging.methods import get_method
 
 DECISIONS_FILE = "greedy_soup.json"
-
-
-@dataclass
-class SoupOptions:
-    """How soups are written: output dtype, device, checks and sharding (as the merge CLIs)."""
-
-    dtype: torch.dtype | str | None = None
-    device: str = "cpu"
-    allow_pickle: bool = False
-    allow_nonfinite: bool = False
-    max_shard_size: int | str = "5GB"
-    progress: bool = True
-    adapter_base: str | Path | None = None  # base of peft LoRA adapter ingredients without one in their config
 
 
 @dataclass
@@ -95,25 +84,26 @@ def _average(count: int) -> Callable[[list[torch.Tensor]], torch.Tensor]:
     return lambda tensors: linear(tensors, None, weight=[1.0] * count, normalize=True)
 
 
-def _write_soup(readers: dict[str, CheckpointReader], ids: Sequence[str], output: str | Path, options: SoupOptions,
-                overwrite: bool = False, before_commit: Callable[[Path], None] | None = None) -> Path:
+def _write_soup(readers: dict[str, CheckpointReader], ids: Sequence[str], output: str | Path,
+                options: ExecutionOptions, before_commit: Callable[[Path], None] | None = None) -> Path:
     """Average the ingredients ``ids`` of ``readers`` into ``output`` (the first one's config and tokenizer)."""
     merge = _average(len(ids))
     first = readers[ids[0]]
     jobs = [TensorJob(name, [(model, name) for model in ids], merge) for name in first.keys()]
-    return run_merge(readers, jobs, output, reference=first.reference_folder, dtype=parse_dtype(options.dtype),
-                     device=options.device, allow_nonfinite=options.allow_nonfinite, overwrite=overwrite,
-                     max_shard_size=options.max_shard_size, progress=options.progress,
+    return run_merge(readers, jobs, output, options, reference=first.reference_folder,
                      description=f"soup of {len(ids)}", before_commit=before_commit)
 
 
-def uniform_soup(models: Sequence[str | Path], output: str | Path, options: SoupOptions | None = None,
-                 overwrite: bool = False) -> Path:
-    """Equal-weight average of ``models`` written to ``output`` (config and tokenizer from the first)."""
-    options = options or SoupOptions()
-    with claim_output(output, inputs=models, overwrite=overwrite), \
+def uniform_soup(models: Sequence[str | Path], output: str | Path, options: ExecutionOptions | None = None) -> Path:
+    """Equal-weight average of ``models`` written to ``output`` (config and tokenizer from the first).
+
+    ``options``: device, output dtype, overwrite, pickles, NaN/Inf check, shard size, progress.
+    """
+    options = options or ExecutionOptions()
+    parse_dtype(options.dtype)  # an unknown dtype fails before any work
+    with claim_output(output, inputs=models, overwrite=options.overwrite), \
             open_ingredients(models, options.allow_pickle, options.adapter_base) as readers:
-        return _write_soup(readers, list(readers), output, options, overwrite)
+        return _write_soup(readers, list(readers), output, options)
 
 
 def _score(score_fn: Callable[[Path], float], path: Path) -> float:
@@ -128,14 +118,17 @@ def _score(score_fn: Callable[[Path], float], path: Path) -> float:
 
 
 def greedy_soup(models: Sequence[str | Path], score_fn: Callable[[Path], float], output: str | Path,
-                options: SoupOptions | None = None, overwrite: bool = False) -> GreedySoupResult:
+                options: ExecutionOptions | None = None) -> GreedySoupResult:
     """Greedy soup: rank ingredients by their own score (higher is better), then add each in turn if
     the soup's score does not drop. ``score_fn`` takes a model folder.
 
     Candidate soups are written to a hidden folder beside ``output`` (removed at the end, also on error);
     the chosen soup is renamed to ``output`` with the decisions in ``greedy_soup.json``.
     """
-    options = options or SoupOptions()
+    options = options or ExecutionOptions()
+    parse_dtype(options.dtype)  # an unknown dtype fails before any work
+    overwrite = options.overwrite
+    candidates = dataclasses.replace(options, overwrite=False)
     output = Path(output)
     # the output is checked and locked before any work
     with claim_output(output, inputs=models, overwrite=overwrite) as real, \
@@ -148,7 +141,7 @@ def greedy_soup(models: Sequence[str | Path], score_fn: Callable[[Path], float],
         work = Path(tempfile.mkdtemp(prefix=f".{real.name}.greedy-{os.getpid()}-", dir=real.parent))
         try:
             for step, model in enumerate(tqdm(ranked[1:], desc="greedy soup", disable=not options.progress), 1):
-                candidate = _write_soup(readers, soup + [model], work / f"candidate-{step}", options)
+                candidate = _write_soup(readers, soup + [model], work / f"candidate-{step}", candidates)
                 score = _score(score_fn, candidate)
                 accepted = score >= best
                 if accepted:
@@ -162,7 +155,7 @@ def greedy_soup(models: Sequence[str | Path], score_fn: Callable[[Path], float],
                 decisions.append(SoupDecision(paths[model], own[model], score, accepted, len(soup)))
             result = GreedySoupResult(output, [paths[model] for model in soup], best, decisions)
             if best_folder is None:  # nothing joined the best ingredient: write it through the engine
-                _write_soup(readers, soup, output, options, overwrite,
+                _write_soup(readers, soup, output, options,
                             before_commit=lambda folder: atomic_write_json(folder / DECISIONS_FILE, result.to_dict()))
             else:
                 check_output_free(output, overwrite)

@@ -139,6 +139,9 @@ def compare(records: Sequence[RunRecord], metric: str = "exact_match", korean: s
         if name is not None:
             if name not in by_name:
                 raise CMAAMError(f"--{role} {name!r} is not among the runs ({', '.join(sorted(by_name))})")
+            for record in records:  # the named run is the reference; one that had the role by its config yields
+                if record.role == role:
+                    record.role = "other"
             by_name[name].role = role
     base_record = next((r for r in records if r.role == "base"), None)
     tuned_record = next((r for r in records if r.role == "finetuned"), None)
@@ -212,7 +215,8 @@ def plot(comparison: Comparison):
     bars.set_ylim(0, 1.05)
     bars.legend()
     bars.set_title("accuracy per model")
-    colours = {"base": "black", "finetuned": "tab:red", "cmaam": "tab:blue", "baseline": "tab:gray", "other": "tab:green"}
+    colours = {"base": "black", "finetuned": "tab:red", "cmaam": "tab:blue", "baseline": "tab:gray",
+               "other": "tab:green"}
     for row in comparison.rows:
         x, y = row[ko_key], row["en_retention_vs_base"]
         if x is None or y is None:
@@ -252,3 +256,21 @@ def load_records(paths: Sequence[str | Path], wandb_project: str | None = None) 
         known = {r.name for r in records}
         records += [r for r in remote if r.name not in known]
     return records
+
+
+def compare_runs(runs: Sequence[str | Path], output: str | Path | None = None, wandb_project: str | None = None,
+                 metric: str = "exact_match", korean: str = "ko", english: str = "en", base: str | None = None,
+                 finetuned: str | None = None) -> tuple[Comparison, dict[str, Path]]:
+    """Compare the runs under ``runs`` (and a W&B project) and write comparison.md/.csv/.png to ``output``
+    (default: beside the first run; never inside a run folder). Returns the comparison and the files."""
+    from cmaam.io.atomic import check_no_overlap, output_lock
+
+    comparison = compare(load_records(runs, wandb_project), metric, korean, english, base, finetuned)
+    output = Path(output) if output else (Path(runs[0]) if runs else Path("comparison"))
+    if runs and (output / "metrics.json").exists():
+        output = output.parent / "comparison"
+    files = [output / name for name in ("comparison.md", "comparison.csv", "comparison.png")]
+    sources = [record.source for record in comparison.records if record.source and Path(record.source).exists()]
+    check_no_overlap(files, sources)
+    with output_lock(output):
+        return comparison, write_comparison(comparison, output)

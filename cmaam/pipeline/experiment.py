@@ -1,177 +1,222 @@
 """The experiment pipeline: prepare data -> fine-tune -> CMAAM merges -> linear baselines -> evaluate -> compare.
 
-Each step runs the project's own CLI in a subprocess, logs to EXPERIMENT/logs/<step>.log, and is
-skipped when its output is already complete (outputs are written atomically, so "exists" means
-"finished"): rerunning an interrupted experiment resumes it. ``scripts/run_experiment.sh`` is a thin
-wrapper over ``python -m cmaam.experiment``.
+Every step calls the library in this process with typed settings (``finetune.synthetic_vqa.generate``,
+``cmaam.testing.tiny.write_tiny_model``, ``finetune.lora_vqa.train``, ``merge_vlm``, ``sweep``,
+``evaluate_model``, ``compare_runs``). Before each step the process is set up as ``cmaam.core.reproducible``
+describes (the config's seed, torch threads, deterministic kernels), so every step computes with the same
+settings. A step writes its log to EXPERIMENT/logs/<step>.log (its logging records, and its stdout and stderr
+at the file-descriptor level) and is skipped when its output is already complete (outputs are written
+atomically, so "exists" means "finished"): rerunning an interrupted experiment resumes it.
+``scripts/run_experiment.sh`` is a thin wrapper over ``python -m cmaam.experiment``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import json
+import logging
 import os
-import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-import yaml
+from cmaam.alignment.alphas.strategies import STRATEGIES
+from cmaam.core.config import (
+    InvalidValue,
+    at_least,
+    between,
+    each,
+    load_config,
+    one_of,
+    setting,
+)
+from cmaam.core.errors import CMAAMError, first_line
+from cmaam.core.options import ExecutionOptions
+from cmaam.core.presets import preset_path
+from finetune.lora_vqa import TrainingSettings
 
-from cmaam.core.errors import CMAAMError
-from cmaam.reproducible import launcher_arguments
-
-REPOSITORY = Path(__file__).resolve().parents[2]
+logger = logging.getLogger(__name__)
 PRESETS = ("demo", "tiny", "quick", "full")
-STRATEGIES = ("basic", "layerwise", "component", "full")
+KOREAN_MODES = ("tiny", "quick", "full")  # finetune.data_prep's --mode sizes: 10K, 100K, everything
+WANDB_MODES = ("offline", "online", "disabled")
+INTERPOLATIONS = ("linear", "slerp")
+# Environment of every step: no tokenizer thread pools, no hub progress bars.
+STEP_ENVIRONMENT = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 @dataclass
 class DataConfig:
     """Korean training/test data and the English retention set."""
 
-    korean_source: str | None = None  # a Korean VQA corpus folder (prepare_korean_vqa_data); None = synthetic
-    korean_mode: str = "tiny"  # tiny | quick | full (prepare_korean_vqa_data --mode)
+    korean_source: str | None = None  # a Korean VQA corpus folder (finetune.data_prep); None = synthetic
+    korean_mode: str = setting("tiny", check=one_of(KOREAN_MODES))  # tiny 10K | quick 100K | full
     english: str | None = None  # a VQA folder (test.jsonl) for English retention; None = synthetic
-    synthetic_samples: int = 600  # per language, when synthetic
-    image_size: int = 56
+    synthetic_samples: int = setting(600, check=at_least(1))  # per language, when synthetic
+    image_size: int = setting(56, check=at_least(28))
 
 
 @dataclass
 class BaseModelConfig:
-    """The model merged into: a path or hub id, or (None) a tiny VLM built and trained on English here."""
+    """The model merged into: a path or hub id, or (None) a tiny VLM built here and trained fully on English."""
 
     path: str | None = None
     model_type: str = "qwen2_vl"
-    hidden_size: int = 64
-    num_hidden_layers: int = 2
-    vision_hidden_size: int = 32
-    vision_layers: int = 2
-    train_args: list[str] = field(default_factory=lambda: ["--epochs", "3", "--batch-size", "8", "--grad-accum", "1",
-                                                           "--lr", "3e-3"])
+    hidden_size: int = setting(64, check=at_least(1))
+    num_hidden_layers: int = setting(2, check=at_least(1))
+    vision_hidden_size: int = setting(32, check=at_least(1))
+    vision_layers: int = setting(2, check=at_least(1))
+    # How the tiny base is trained (always every weight, vision included: full_finetune and train_vision).
+    training: TrainingSettings = field(default_factory=lambda: TrainingSettings(
+        epochs=3.0, batch_size=8, grad_accum=1, lr=3e-3))
 
 
 @dataclass
-class FinetuneConfig:
-    """Arguments of ``python -m finetune.lora_vqa`` for the Korean LoRA fine-tune."""
+class MergeStepConfig:
+    """The CMAAM merges (one per strategy, same alpha settings) and the linear baselines."""
 
-    args: list[str] = field(default_factory=lambda: ["--epochs", "3", "--batch-size", "8", "--grad-accum", "1",
-                                                     "--lora-rank", "16", "--lora-alpha", "32", "--lr", "2e-3"])
+    strategies: list[str] = setting(default_factory=lambda: list(STRATEGIES), check=one_of(STRATEGIES))
+    base_alpha: float = setting(0.5, check=between(0, 1))
+    alpha_min: float = setting(0.0, check=between(0, 1))
+    alpha_max: float = setting(1.0, check=between(0, 1))
+    score_weights: dict[str, float] | None = None  # e.g. {pda: 0.4, gfs: 0.3, cmbc: 0.3} (the default)
+    preserve_mean: bool = False  # rescale so the mean alpha is base_alpha
+    use_sensitivity: bool = True  # false: the v_g = 0 ablation
+    interp: str = setting("linear", check=one_of(INTERPOLATIONS))
+    model_type: str | None = None  # layout (default: config.json's model_type)
+    rules_file: str | None = None  # YAML component rules for an architecture without a built-in layout
+    baseline_alphas: list[float] = setting(default_factory=lambda: [0.3, 0.5, 0.7], check=each(between(0, 1)))
 
+    def alphas(self, strategy: str):
+        """The ``AlphaConfig`` of one strategy's merge."""
+        from cmaam.alignment.alphas import AlphaConfig, parse_score_weights
 
-@dataclass
-class MergeConfig:
-    """CMAAM strategies and the linear baselines."""
+        return AlphaConfig(strategy=strategy, base_alpha=self.base_alpha, alpha_min=self.alpha_min,
+                           alpha_max=self.alpha_max, score_weights=parse_score_weights(self.score_weights),
+                           preserve_mean=self.preserve_mean, use_sensitivity=self.use_sensitivity)
 
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
-    base_alpha: float = 0.5
-    args: list[str] = field(default_factory=list)  # extra flags for python -m cmaam.merge
-    baseline_alphas: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])
+    def validate(self) -> None:
+        if self.alpha_min > self.alpha_max:
+            raise InvalidValue("alpha_min", f"{self.alpha_min} is above alpha_max {self.alpha_max}")
+        from cmaam.alignment.alphas import parse_score_weights
+
+        try:
+            parse_score_weights(self.score_weights)
+        except CMAAMError as error:
+            raise InvalidValue("score_weights", str(error)) from None
 
 
 @dataclass
 class EvalConfig:
     """Evaluation of every model on the Korean test split and the English retention set."""
 
-    limit: int | None = None
-    batch_size: int = 16
-    max_new_tokens: int = 16
-    device: str = "auto"
+    limit: int | None = setting(None, check=at_least(1))
+    batch_size: int = setting(16, check=at_least(1))
+    max_new_tokens: int = setting(16, check=at_least(1))
 
 
 @dataclass
 class ExperimentConfig:
-    """One experiment: where it lives, its data, models, merges and evaluation."""
+    """One experiment: where it lives, its data, models, merges and evaluation (loaded by ``cmaam.core.config``)."""
 
     name: str = "demo"
     output_dir: str = "experiments/demo"
-    seed: int = 0
-    threads: int | None = None  # torch threads (intra- and inter-op) in every step; None = torch's default
-    deterministic: bool = True  # deterministic torch kernels in every step (cmaam.reproducible)
-    wandb_mode: str = "offline"
+    seed: int = setting(0, check=at_least(0))
+    threads: int | None = setting(None, check=at_least(1))  # torch threads in every step; None = torch's default
+    deterministic: bool = True  # deterministic torch kernels in every step (cmaam.core.reproducible)
+    device: str = "auto"  # of the merges and the evaluations (training uses the GPU when there is one)
+    wandb_mode: str = setting("offline", check=one_of(WANDB_MODES))
     wandb_project: str = "cmaam"
     data: DataConfig = field(default_factory=DataConfig)
     base_model: BaseModelConfig = field(default_factory=BaseModelConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    merge: MergeConfig = field(default_factory=MergeConfig)
+    # The Korean LoRA fine-tune.
+    finetune: TrainingSettings = field(default_factory=lambda: TrainingSettings(
+        epochs=3.0, batch_size=8, grad_accum=1, lora_rank=16, lora_alpha=32, lr=2e-3))
+    merge: MergeStepConfig = field(default_factory=MergeStepConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
+    @property
+    def options(self) -> ExecutionOptions:
+        """The execution options of every step: the device and seed; progress bars off (steps write logs)."""
+        return ExecutionOptions(device=self.device, seed=self.seed, progress=False)
 
-def _build(cls, values: Any, where: str):
-    if not isinstance(values, dict):
-        raise CMAAMError(f"{where}: expected a mapping")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise CMAAMError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(fields)})")
-    kwargs = {}
-    for name, value in values.items():
-        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING \
-            else fields[name].default
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value or {}, f"{where}.{name}")
-        elif isinstance(default, list) and value is not None and not isinstance(value, list):
-            raise CMAAMError(f"{where}.{name}: expected a list, got {value!r}")
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+    def validate(self) -> None:
+        try:
+            self.options.validate()
+        except CMAAMError as error:
+            raise InvalidValue("device", str(error)) from None
 
 
-def _set(values: dict, assignment: str) -> None:
-    if "=" not in assignment:
-        raise CMAAMError(f"--set {assignment!r}: expected KEY=VALUE (e.g. data.korean_source=/data/ko)")
-    key, raw = assignment.split("=", 1)
-    node = values
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise CMAAMError(f"--set {key}: {part} is not a section")
-    try:
-        node[parts[-1]] = yaml.safe_load(raw)
-    except yaml.YAMLError as error:
-        raise CMAAMError(f"--set {key}: {raw!r} is not a valid YAML value ({str(error).splitlines()[0]})") from None
+def experiment_preset(preset: str) -> Path:
+    """The shipped preset cmaam/configs/experiments/<preset>.yaml."""
+    if preset not in PRESETS:
+        raise CMAAMError(f"unknown preset {preset!r} (choose {', '.join(PRESETS)})")
+    return preset_path("experiments", preset)
 
 
 def load_experiment_config(preset: str | None = None, path: str | Path | None = None,
                            overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """A preset (configs/experiments/<preset>.yaml) or a YAML file, with KEY=VALUE overrides, validated."""
-    if path is None:
-        if preset not in PRESETS:
-            raise CMAAMError(f"unknown preset {preset!r} (choose {', '.join(PRESETS)})")
-        path = REPOSITORY / "configs" / "experiments" / f"{preset}.yaml"
-    from cmaam.io.files import read_yaml
+    """A preset (cmaam/configs/experiments/<preset>.yaml) or a YAML file, with KEY=VALUE overrides, validated."""
+    return load_config(ExperimentConfig, experiment_preset(preset) if path is None else path, overrides)
 
-    path = Path(path)
-    values = read_yaml(path, "no such experiment config") or {}
-    for assignment in overrides:
-        _set(values, assignment)
-    config = _build(ExperimentConfig, values, path.name)
-    bad = [s for s in config.merge.strategies if s not in STRATEGIES]
-    if bad:
-        raise CMAAMError(f"{path.name}: unknown strategies {bad} (choose {', '.join(STRATEGIES)})")
-    if not 0 <= config.merge.base_alpha <= 1 or any(not 0 <= a <= 1 for a in config.merge.baseline_alphas):
-        raise CMAAMError(f"{path.name}: alphas must lie in [0, 1]")
-    if config.data.korean_mode not in ("tiny", "quick", "full"):
-        raise CMAAMError(f"{path.name}: data.korean_mode must be tiny, quick or full")
-    if config.threads is not None and (not isinstance(config.threads, int) or config.threads < 1):
-        raise CMAAMError(f"{path.name}: threads must be a whole number of at least 1 (or null for torch's default)")
-    if not isinstance(config.deterministic, bool):
-        raise CMAAMError(f"{path.name}: deterministic must be true or false")
-    if config.wandb_mode not in ("offline", "online", "disabled"):
-        raise CMAAMError(f"{path.name}: wandb_mode must be offline, online or disabled")
-    return config
+
+def plain(config: Any) -> Any:
+    """A config as plain data (lists, not tuples) for YAML."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+@contextlib.contextmanager
+def step_output(log: Path) -> Iterator[None]:
+    """Send everything a step writes to ``log`` (appended): logging records (INFO and up, through a FileHandler
+    that replaces the root logger's handlers for the step), and stdout and stderr at the file-descriptor level
+    (C libraries and handlers that hold ``sys.stderr`` included)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(log, "a", encoding="utf-8") as file:
+        handler = logging.StreamHandler(file)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        streams = sys.stdout, sys.stderr
+        try:
+            for fd in (1, 2):
+                os.dup2(file.fileno(), fd)
+            # Python-level writers of the two descriptors (the test runner may have replaced sys.stdout).
+            sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), encoding="utf-8", line_buffering=True)
+            sys.stderr = io.TextIOWrapper(open(2, "wb", closefd=False), encoding="utf-8", line_buffering=True)
+            for existing in handlers:
+                root.removeHandler(existing)
+            root.addHandler(handler)
+            root.setLevel(logging.INFO)
+            yield
+        finally:
+            root.removeHandler(handler)
+            for existing in handlers:
+                root.addHandler(existing)
+            root.setLevel(level)
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            sys.stdout, sys.stderr = streams
+            file.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 class Pipeline:
     """Runs the steps of one experiment; every path lives under ``config.output_dir``."""
 
-    def __init__(self, config: ExperimentConfig, python: str = sys.executable, echo: bool = True):
+    STEPS = ("prepare", "base", "finetune", "merge", "baselines", "evaluate", "compare")
+
+    def __init__(self, config: ExperimentConfig, echo: bool = True):
         self.config = config
         self.root = Path(config.output_dir)
-        self.python = python
         self.echo = echo
         self.ran: list[str] = []  # steps (or items) actually executed, in order
         self.skipped: list[str] = []
@@ -197,7 +242,7 @@ class Pipeline:
     def finetuned_model(self) -> Path:
         return self.root / "models" / "finetuned" / "merged"
 
-    def models(self) -> list[tuple[str, str, Path | str]]:
+    def models(self) -> list[tuple[str, str, Path]]:
         """(name, role, path) of every model the experiment evaluates."""
         models = [("base", "base", self.base_model), ("finetuned", "finetuned", self.finetuned_model)]
         models += [(f"cmaam_{s}", "cmaam", self.root / "models" / f"cmaam_{s}") for s in self.config.merge.strategies]
@@ -210,29 +255,32 @@ class Pipeline:
         if self.echo:
             print(message, flush=True)
 
-    def _run(self, step: str, label: str, arguments: Sequence[str | Path]) -> None:
-        """Run one command, appending its output to logs/<step>.log; a failure stops the pipeline.
+    def _run(self, step: str, label: str, work: Callable[[], Any]) -> None:
+        """Run one item of a step in this process, its output appended to logs/<step>.log; a failure stops the
+        pipeline with one line naming the step and its log.
 
-        Every command runs under ``cmaam.reproducible``: the experiment's seed, thread count and
-        deterministic kernels, the same in every step.
+        Every item starts as ``cmaam.core.reproducible.configure`` leaves a process: the experiment's seed,
+        thread count and deterministic kernels, the same in every step.
         """
+        from cmaam.core.reproducible import configure
+
         config = self.config
-        command = [self.python, *launcher_arguments(config.seed, config.threads, config.deterministic),
-                   *map(str, arguments)]
         log = self.root / "logs" / f"{step}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
         started = time.time()
         self._say(f"[{step}] {label} ...")
-        environment = dict(os.environ, WANDB_MODE=self.config.wandb_mode, PYTHONUNBUFFERED="1",
-                           TOKENIZERS_PARALLELISM="false", HF_HUB_DISABLE_PROGRESS_BARS="1")
-        with open(log, "a", encoding="utf-8") as handle:
-            handle.write(f"\n$ {shlex.join(command)}\n")
-            handle.flush()
-            code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)
-        if code != 0:
-            tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
-            raise CMAAMError(f"step {step} ({label}) failed with exit code {code}: {tail[0].strip()} "
-                             f"(full log: {log})")
+        failure = None
+        with step_output(log):
+            logger.info("== %s: %s (seed %s, threads %s, deterministic %s)", step, label, config.seed,
+                        config.threads or "default", config.deterministic)
+            configure(config.seed, config.threads, config.deterministic)
+            try:
+                work()
+            except Exception as error:  # noqa: BLE001 - every failure of a step is reported with its log
+                logger.error("step %s (%s) failed", step, label, exc_info=not isinstance(error, CMAAMError))
+                logger.error("error: %s", first_line(error))
+                failure = error
+        if failure is not None:
+            raise CMAAMError(f"step {step} ({label}) failed: {first_line(failure)} (full log: {log})") from failure
         self.ran.append(f"{step}:{label}")
         self._say(f"[{step}] {label} done in {time.time() - started:.0f}s")
 
@@ -240,102 +288,115 @@ class Pipeline:
         self.skipped.append(f"{step}:{label}")
         self._say(f"[{step}] {label}: already complete, skipped")
 
-    def _item(self, step: str, label: str, done: bool, arguments: Sequence[str | Path]) -> None:
+    def _item(self, step: str, label: str, done: bool, work: Callable[[], Any]) -> None:
         if done:
             self._skip(step, label)
         else:
-            self._run(step, label, arguments)
+            self._run(step, label, work)
 
     # -- steps -------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Korean data (corpus or synthetic) and the English retention set."""
-        data, seed = self.config.data, str(self.config.seed)
+        from finetune.data_prep import PrepConfig, prepare
+        from finetune.synthetic_vqa import SyntheticConfig, generate
+
+        data, seed = self.config.data, self.config.seed
         if data.korean_source:
             self._item("prepare", "Korean VQA corpus", (self.korean_data / "test.jsonl").exists(),
-                       ["-m", "finetune.data_prep", "--source", data.korean_source,
-                        "--output", self.korean_data, "--mode", data.korean_mode, "--seed", seed])
+                       lambda: prepare(PrepConfig(source=data.korean_source, output=str(self.korean_data),
+                                                  mode=data.korean_mode, seed=seed), progress=False))
         else:
             self._item("prepare", "synthetic Korean VQA", (self.korean_data / "test.jsonl").exists(),
-                       ["-m", "finetune.synthetic_vqa", "--output", self.korean_data, "--lang", "ko",
-                        "--n", str(data.synthetic_samples), "--seed", seed, "--image-size", str(data.image_size)])
+                       lambda: generate(SyntheticConfig(output=str(self.korean_data), n=data.synthetic_samples,
+                                                        lang="ko", seed=seed, image_size=data.image_size),
+                                        progress=False))
         if data.english:
             if not (self.english_data / "test.jsonl").exists():
                 raise CMAAMError(f"{self.english_data}: no test.jsonl for the English retention set")
         else:
             self._item("prepare", "synthetic English VQA", (self.english_data / "test.jsonl").exists(),
-                       ["-m", "finetune.synthetic_vqa", "--output", self.english_data, "--lang", "en",
-                        "--n", str(data.synthetic_samples), "--seed", str(self.config.seed + 1),
-                        "--image-size", str(data.image_size)])
+                       lambda: generate(SyntheticConfig(output=str(self.english_data), n=data.synthetic_samples,
+                                                        lang="en", seed=seed + 1, image_size=data.image_size),
+                                        progress=False))
 
-    def _train_arguments(self, model: Path | str, data: Path, output: Path, extra: Sequence[str], run: str) -> list:
-        done_before = output.exists()
-        return ["-m", "finetune.lora_vqa", "--model", model, "--data", data, "--output", output,
-                "--seed", str(self.config.seed), "--results-root", self.root / "results" / "training",
-                "--run-name", run, "--wandb-mode", self.config.wandb_mode, "--wandb-project",
-                self.config.wandb_project, "--no-progress", "--eval-limit", "0", *(["--resume"] if done_before else []), *extra]
+    def _train(self, settings: TrainingSettings, model: Path, data: Path, output: Path, run: str):
+        """Train with ``settings``: resumed from its checkpoints when ``output`` exists (an interrupted run)."""
+        from finetune.lora_vqa import LoraTrainConfig, train
+
+        config = LoraTrainConfig.from_settings(
+            settings, model=str(model), data=str(data), output=str(output), seed=self.config.seed,
+            results_root=str(self.root / "results" / "training"), run_name=run, wandb_mode=self.config.wandb_mode,
+            wandb_project=self.config.wandb_project, progress=False, eval_limit=0, resume=output.exists())
+        return lambda: train(config)
 
     def base(self) -> None:
         """Demo only: build a tiny random VLM and train it fully on the English synthetic set."""
         if self.config.base_model.path:
             return
+        from cmaam.testing.tiny import TinySize, write_tiny_model
+
         base = self.config.base_model
         initial = self.root / "models" / "initial"
+        size = TinySize(hidden_size=base.hidden_size, intermediate_size=2 * base.hidden_size,
+                        num_hidden_layers=base.num_hidden_layers, vision_hidden_size=base.vision_hidden_size,
+                        vision_layers=base.vision_layers)
         self._item("base", "build tiny VLM", initial.exists(),
-                   ["-m", "cmaam.tiny", "--output", initial, "--model-type", base.model_type, "--seed",
-                    str(self.config.seed), "--hidden-size", str(base.hidden_size), "--num-hidden-layers",
-                    str(base.num_hidden_layers), "--vision-hidden-size", str(base.vision_hidden_size),
-                    "--vision-layers", str(base.vision_layers)])
+                   lambda: write_tiny_model(initial, base.model_type, self.config.seed, size))
+        training = dataclasses.replace(base.training, full_finetune=True, train_vision=True)
         self._item("base", "train base on English", Path(self.base_model).exists(),
-                   self._train_arguments(initial, self.english_data, self.root / "models" / "base",
-                                         ["--full-finetune", "--train-vision", *base.train_args], "base-training"))
+                   self._train(training, initial, self.english_data, self.root / "models" / "base", "base-training"))
 
     def finetune(self) -> None:
         """LoRA fine-tune of the base on the Korean training split."""
         self._item("finetune", "LoRA on Korean", self.finetuned_model.exists(),
-                   self._train_arguments(self.base_model, self.korean_data, self.root / "models" / "finetuned",
-                                         self.config.finetune.args, "finetuned-training"))
+                   self._train(self.config.finetune, self.base_model, self.korean_data,
+                               self.root / "models" / "finetuned", "finetuned-training"))
 
     def merge(self) -> None:
-        """One CMAAM merge per strategy (with --analyze)."""
-        for strategy in self.config.merge.strategies:
+        """One CMAAM merge per strategy, with its analysis."""
+        from cmaam.alignment.merge import merge_vlm
+
+        merge = self.config.merge
+        for strategy in merge.strategies:
             output = self.root / "models" / f"cmaam_{strategy}"
             self._item("merge", f"CMAAM {strategy}", output.exists(),
-                       ["-m", "cmaam.merge", "--source", self.finetuned_model, "--target", self.base_model,
-                        "--output", output, "--strategy", strategy, "--base-alpha",
-                        str(self.config.merge.base_alpha), "--analyze", "--no-progress", *self.config.merge.args])
+                       lambda strategy=strategy, output=output: merge_vlm(
+                           self.finetuned_model, self.base_model, output, merge.alphas(strategy), self.config.options,
+                           interp=merge.interp, model_type=merge.model_type, rules_file=merge.rules_file,
+                           analyze=True))
 
     def baselines(self) -> None:
         """Linear merges at the configured alphas (one sweep, inputs read once)."""
+        from cmaam.merging.sweep import sweep, sweep_output
+
         folder = self.root / "models" / "linear"
-        missing = [a for a in self.config.merge.baseline_alphas if not (folder / f"alpha_{a:g}").exists()]
+        missing = [a for a in self.config.merge.baseline_alphas if not sweep_output(folder, a).exists()]
         label = "linear " + "/".join(f"{a:g}" for a in self.config.merge.baseline_alphas)
         self._item("baselines", label, not missing,
-                   ["-m", "cmaam.sweep", "--source", self.finetuned_model, "--target", self.base_model,
-                    "--alphas", ",".join(f"{a:g}" for a in missing), "--output-dir", folder, "--no-progress"])
+                   lambda: sweep(self.finetuned_model, self.base_model, folder, missing, self.config.options))
 
     def evaluate(self) -> None:
         """Every model on the Korean test split and the English retention set."""
         evaluation = self.config.evaluation
         for name, role, path in self.models():
             done = (self.root / "results" / name / "metrics.json").exists()
-            arguments = ["-m", "cmaam.experiment", "evaluate-model", "--model", path, "--name", name, "--role", role,
-                         "--korean", self.korean_data / "test.jsonl", "--english", self.english_data / "test.jsonl",
-                         "--results-root", self.root / "results", "--batch-size", str(evaluation.batch_size),
-                         "--max-new-tokens", str(evaluation.max_new_tokens), "--device", evaluation.device,
-                         "--wandb-mode", self.config.wandb_mode, "--wandb-project", self.config.wandb_project,
-                         "--group", self.config.name]
-            if evaluation.limit:
-                arguments += ["--limit", str(evaluation.limit)]
-            self._item("evaluate", name, done, arguments)
+            self._item("evaluate", name, done, lambda name=name, role=role, path=path: evaluate_model(
+                path, name, role, self.korean_data / "test.jsonl", self.english_data / "test.jsonl",
+                self.root / "results", limit=evaluation.limit, batch_size=evaluation.batch_size,
+                max_new_tokens=evaluation.max_new_tokens, device=self.config.device,
+                wandb_mode=self.config.wandb_mode, wandb_project=self.config.wandb_project, group=self.config.name))
 
     def compare(self) -> None:
         """The comparison table (Markdown, CSV) and plot of every evaluated model."""
-        self._run("compare", "comparison table", ["-m", "cmaam.compare", self.root / "results",
-                                                  "--output", self.root / "comparison"])
+        from cmaam.pipeline.compare import compare_runs, to_markdown
 
-    STEPS = ("prepare", "base", "finetune", "merge", "baselines", "evaluate", "compare")
+        def work() -> None:
+            comparison, _ = compare_runs([self.root / "results"], self.root / "comparison")
+            print(to_markdown(comparison))
 
-    def inputs(self) -> list[str | Path]:
+        self._run("compare", "comparison table", work)
+
+    def inputs(self) -> list[str | Path | None]:
         """What the experiment reads from outside its folder: the Korean corpus, the English set, the base model."""
         data, base = self.config.data, self.config.base_model.path
         return [data.korean_source, data.english, self.base_model if base else None]
@@ -343,17 +404,20 @@ class Pipeline:
     def run(self, steps: Sequence[str] | None = None) -> Path:
         """Run the steps in order (all by default); returns the comparison folder.
 
-        The experiment folder is locked for the whole run and may not overlap its inputs.
+        The experiment folder is locked for the whole run and may not overlap its inputs. The process's torch
+        settings and environment are put back at the end (``cmaam.core.reproducible.preserved``).
         """
+        from cmaam.core.reproducible import preserved
         from cmaam.io.atomic import atomic_write_yaml, claim_output
 
         started = time.time()
         unknown = [step for step in steps or () if step not in self.STEPS]
         if unknown:
             raise CMAAMError(f"unknown step {unknown[0]!r} (steps: {', '.join(self.STEPS)})")
-        with claim_output(self.root, inputs=self.inputs(), overwrite=None):
+        environment = {**STEP_ENVIRONMENT, "WANDB_MODE": self.config.wandb_mode}
+        with preserved(environment), claim_output(self.root, inputs=self.inputs(), overwrite=None):
             self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_yaml(self.root / "experiment.yaml", dataclasses.asdict(self.config))
+            atomic_write_yaml(self.root / "experiment.yaml", plain(self.config))
             for step in steps or self.STEPS:
                 getattr(self, step)()
         table = self.root / "comparison" / "comparison.md"

@@ -10,6 +10,7 @@ again and takes every one already scored from the log. No genome is evaluated tw
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -21,16 +22,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text, atomic_write_yaml, claim_output
+from cmaam.core.config import InvalidValue, apply_overrides, at_least, from_dict, one_of, read_yaml, setting
 from cmaam.core.errors import CMAAMError
-from cmaam.search.fitness import FITNESS_TYPES, Evaluation, FitnessSpec
+from cmaam.core.options import ExecutionOptions
+from cmaam.core.presets import preset_folder
+from cmaam.io.atomic import atomic_directory, atomic_write_json, atomic_write_text, atomic_write_yaml, claim_output
+from cmaam.search.fitness import Evaluation, FitnessConfig, build_fitness
 from cmaam.search.genome import GenomeLayout, GenomeSpec
 from cmaam.search.inmemory import open_readers, plan_layout
 
 STATE_FORMAT = 1
 KEY_DECIMALS = 10  # genomes equal to 1e-10 share one cache entry
 BOUNDARY_HANDLERS = {"transform": "BoundTransform", "penalty": "BoundPenalty"}
-PRESET_FOLDER = Path(__file__).resolve().parents[2] / "configs" / "evolve"
+PRESET_FOLDER = preset_folder("evolve")
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -44,114 +48,86 @@ class ModelEntry:
 
 
 @dataclass
-class FitnessConfig:
-    """How candidates are scored: MGSM on a fixed subset, or the synthetic target-distance fitness."""
-
-    type: str = "mgsm"
-    source: str | None = None  # TSV file, datasets folder or a bundled language code; default: lang
-    lang: str = "en"
-    limit: int | None = 50
-    offset: int = 0
-    shots: int = 0
-    chain_of_thought: bool = True
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    metric: str = "accuracy"
-    tiebreak: float = 0.0  # + tiebreak * gold-answer likelihood (keep below 1/limit)
-    target: float | list[float] | None = None  # synthetic: the genome to recover
-
-
-@dataclass
 class EvolveConfig:
-    """A search: models, genome, fitness, optimiser settings and where the run folder goes."""
+    """A search: models, genome, fitness, optimiser settings and where the run folder goes.
+
+    Loaded by ``cmaam.core.config`` (``load_config``): unknown keys and bad values are one-line errors
+    naming the key. ``device``, ``dtype``, ``seed``, ``trust_remote_code``, ``allow_pickle`` and ``progress``
+    are the execution options (``options``) of the in-memory merges and the saved best model.
+    """
 
     name: str
     models: list[ModelEntry]
     base_model: str
     genome: GenomeSpec = field(default_factory=GenomeSpec)
     fitness: FitnessConfig = field(default_factory=FitnessConfig)
-    generations: int = 100
-    population: int | None = None  # None: cma's default 4 + 3 ln(genes)
-    seed: int = 0
-    boundary: str = "transform"  # transform (BoundTransform) or penalty (BoundPenalty)
+    generations: int = setting(100, check=at_least(1))
+    population: int | None = setting(None, check=at_least(2))  # None: cma's default 4 + 3 ln(genes)
+    seed: int = setting(0, check=at_least(0))
+    boundary: str = setting("transform", check=one_of(tuple(BOUNDARY_HANDLERS)))  # BoundTransform / BoundPenalty
     device: str = "auto"
     dtype: str | None = None  # dtype of the in-memory model; default: as stored
-    workers: int = 1
+    workers: int = setting(1, check=at_least(1))
     ray_address: str | None = None
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float = setting(0.0, check=at_least(0))
     output_dir: str | None = None  # default results/<name>
     tokenizer: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
     save_model: bool = True
-    wandb_mode: str | None = None  # offline (default, or $WANDB_MODE), online, disabled
-    figure_every: int = 1  # redraw the figures every N generations (0: only at the end)
+    wandb_mode: str | None = setting(None, check=one_of(("offline", "online", "disabled")))  # None: $WANDB_MODE
+    figure_every: int = setting(1, check=at_least(0))  # redraw the figures every N generations (0: only at the end)
     progress: bool = True
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir or Path("results") / self.name).resolve()
 
+    @property
+    def options(self) -> ExecutionOptions:
+        """The execution options of the merges (in memory, and the best model written at the end)."""
+        return ExecutionOptions(device=self.device, dtype=self.dtype, seed=self.seed,
+                                trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle,
+                                progress=self.progress)
 
-def _build(cls, values: Any, where: str):
-    if values is None:
-        values = {}
-    if not isinstance(values, Mapping):
-        raise CMAAMError(f"{where}: expected a mapping, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise CMAAMError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    return cls(**values)
+    def validate(self) -> None:
+        """What involves several keys: two models or more, unique names, a base model among them."""
+        if len(self.models) < 2:
+            raise InvalidValue("models", "must list at least two models ({name, path})")
+        names = [model.name for model in self.models]
+        if len(set(names)) != len(names):
+            raise InvalidValue("models", f"model names must be unique, got {names}")
+        for key in ("name", "base_model"):
+            if not getattr(self, key):
+                raise InvalidValue(key, "must not be empty")
+        if self.base_model not in names:
+            raise InvalidValue("base_model", f"{self.base_model!r} is not one of the models ({', '.join(names)})")
 
 
 def parse_config(data: Mapping[str, Any], where: str = "config") -> EvolveConfig:
     """Validate a YAML mapping into an EvolveConfig (one-line errors naming the bad key)."""
-    data = dict(data or {})
-    models = data.get("models")
-    if not isinstance(models, list) or len(models) < 2:
-        raise CMAAMError(f"{where}: models must list at least two models ({{name, path}})")
-    data["models"] = [_build(ModelEntry, entry, f"{where}: models[{i}]") for i, entry in enumerate(models)]
-    names = [model.name for model in data["models"]]
-    if len(set(names)) != len(names):
-        raise CMAAMError(f"{where}: model names must be unique, got {names}")
-    data["genome"] = GenomeSpec.from_dict(data.get("genome"))
-    data["fitness"] = _build(FitnessConfig, data.get("fitness"), f"{where}: fitness")
-    for key in ("name", "base_model"):
-        if not data.get(key):
-            raise CMAAMError(f"{where}: {key} is required")
-    config = _build(EvolveConfig, data, where)
-    if config.base_model not in names:
-        raise CMAAMError(f"{where}: base_model {config.base_model!r} is not one of the models ({', '.join(names)})")
-    if config.fitness.type not in FITNESS_TYPES:
-        raise CMAAMError(f"{where}: fitness.type must be one of {', '.join(FITNESS_TYPES)}, got {config.fitness.type!r}")
-    if config.boundary not in BOUNDARY_HANDLERS:
-        raise CMAAMError(f"{where}: boundary must be transform or penalty, got {config.boundary!r}")
-    for key, value in (("generations", config.generations), ("population", config.population),
-                       ("fitness.limit", config.fitness.limit)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise CMAAMError(f"{where}: {key} must be a whole number, got {value!r}")
-    if int(config.generations) < 1:
-        raise CMAAMError(f"{where}: generations must be at least 1")
-    if config.population is not None and int(config.population) < 2:
-        raise CMAAMError(f"{where}: population must be at least 2")
-    if config.fitness.limit is not None and int(config.fitness.limit) < 1:
-        raise CMAAMError(f"{where}: fitness.limit must be positive")
-    return config
+    return from_dict(EvolveConfig, data, where)
 
 
-def load_config(path: str | Path) -> EvolveConfig:
-    """Read an evolve YAML: a file path, or a preset name from configs/evolve (e.g. ``tiny``)."""
+def load_config(path: str | Path, overrides: Sequence[str] = (), settings: Mapping[str, Any] | None = None
+                ) -> EvolveConfig:
+    """Read an evolve YAML: a file path, or a preset name from cmaam/configs/evolve (e.g. ``tiny``).
 
+    ``overrides`` are ``KEY=VALUE`` assignments (``--set``); ``settings`` are top-level values already typed
+    (the command's flags), applied last. Everything is validated together.
+    """
     path = Path(path)
     if not path.exists() and not path.suffix and (PRESET_FOLDER / f"{path}.yaml").is_file():
         path = PRESET_FOLDER / f"{path}.yaml"
     if not path.is_file():
         presets = sorted(p.stem for p in PRESET_FOLDER.glob("*.yaml")) if PRESET_FOLDER.is_dir() else []
         raise CMAAMError(f"{path}: config not found" + (f" (presets: {', '.join(presets)})" if presets else ""))
-    from cmaam.io.files import read_yaml
-
-    return parse_config(read_yaml(path), str(path))
+    values = read_yaml(path) or {}
+    if not isinstance(values, dict):
+        raise CMAAMError(f"{path}: expected a mapping of keys at the top, got {type(values).__name__}")
+    apply_overrides(values, overrides)
+    values.update(settings or {})
+    return from_dict(EvolveConfig, values, str(path))
 
 
 def config_dict(config: EvolveConfig) -> dict[str, Any]:
@@ -351,7 +327,7 @@ def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
                          "--output-dir")
 
     # --- every check that can fail, before any evaluation --------------------------------------
-    fitness_spec, layout, x0, paths = prepare(config)
+    build_fitness_here, layout, x0, paths = prepare(config)
     population = int(config.population or default_population(len(layout)))
     print_fingerprint = fingerprint(config, layout, x0, population)
     state = read_state(run_dir) if resume else {}
@@ -367,7 +343,7 @@ def _run_search(config: EvolveConfig, resume: bool) -> SearchResult:
         _write_state(state_path, print_fingerprint, history, log, layout, es, population, config, done=False)
 
     wandb_mode = config.wandb_mode or default_wandb_mode()
-    evaluator = make_evaluator(fitness_spec, config.workers, config.ray_address, config.gpus_per_worker)
+    evaluator = make_evaluator(build_fitness_here, config.workers, config.ray_address, config.gpus_per_worker)
     evaluated_here = 0
     try:
         with start_run(run_dir.name, config_dict(config), root=run_dir.parent, wandb_mode=wandb_mode,
@@ -428,8 +404,11 @@ def _evaluate_generation(generation: int, genomes: list[list[float]], log: Evalu
     return results, len(jobs)
 
 
-def prepare(config: EvolveConfig) -> tuple[FitnessSpec, GenomeLayout, list[float], dict[str, Path]]:
-    """Resolve models, check shapes and genome, load the MGSM subset: the fitness spec and start genome."""
+def prepare(config: EvolveConfig) -> tuple[functools.partial, GenomeLayout, list[float], dict[str, Path]]:
+    """Resolve models, check shapes and genome, load the MGSM subset: the fitness builder and start genome.
+
+    The builder is ``build_fitness`` with every argument bound (picklable: each Ray worker calls it).
+    """
     paths = prepare_models(config)
     readers = open_readers(paths, config.allow_pickle)
     try:
@@ -438,28 +417,23 @@ def prepare(config: EvolveConfig) -> tuple[FitnessSpec, GenomeLayout, list[float
         for reader in readers.values():
             reader.close()
     x0 = layout.initial()
-    fitness = config.fitness
-    spec = FitnessSpec(kind=fitness.type, models={k: str(v) for k, v in paths.items()}, base_model=config.base_model,
-                       genome=config.genome, device=config.device, dtype=config.dtype, seed=config.seed,
-                       trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
-                       lang=fitness.lang, shots=fitness.shots, chain_of_thought=fitness.chain_of_thought,
-                       max_new_tokens=fitness.max_new_tokens, batch_size=fitness.batch_size, metric=fitness.metric,
-                       tiebreak=float(fitness.tiebreak), tokenizer=config.tokenizer)
+    fitness, items = config.fitness, []
     if fitness.type == "synthetic":
         if fitness.target is None:
             raise CMAAMError("fitness.target is required for the synthetic fitness (a number or a full genome)")
         target = fitness.target if isinstance(fitness.target, list) else [float(fitness.target)] * len(layout)
         layout.check_genome(target, "fitness.target")
-        spec.target = [float(v) for v in target]
+        fitness = dataclasses.replace(fitness, target=[float(v) for v in target])
     else:
         from eval.mgsm import load_mgsm
 
-        items = load_mgsm(fitness.source, lang=fitness.lang)
-        subset = items[int(fitness.offset):][:fitness.limit]
-        if not subset:
-            raise CMAAMError(f"MGSM subset is empty (offset {fitness.offset} of {len(items)} items)")
-        spec.items = subset
-    return spec, layout, x0, paths
+        loaded = load_mgsm(fitness.source, lang=fitness.lang)
+        items = loaded[int(fitness.offset):][:fitness.limit]
+        if not items:
+            raise CMAAMError(f"MGSM subset is empty (offset {fitness.offset} of {len(loaded)} items)")
+    build = functools.partial(build_fitness, fitness, {k: str(v) for k, v in paths.items()}, config.base_model,
+                              config.genome, config.options, items, config.tokenizer)
+    return build, layout, x0, paths
 
 
 def _write_state(path: Path, fingerprint_: str, history: list[dict], log: EvaluationLog, layout: GenomeLayout, es,
@@ -508,8 +482,7 @@ def _finish(run, config: EvolveConfig, layout: GenomeLayout, paths: Mapping[str,
                "genes": len(layout), "population": population, "seed": config.seed, "recipe": str(recipe_path)}
     summary.update({f"best_{k}": v for k, v in best.get("metrics", {}).items()})
     if config.save_model:
-        merge_from_config(recipe_path, run_dir / "best_model", seed=config.seed, overwrite=True,
-                          progress=config.progress)
+        merge_from_config(recipe_path, run_dir / "best_model", dataclasses.replace(config.options, overwrite=True))
         summary["best_model"] = str(run_dir / "best_model")
     run.log_summary(summary)
 

@@ -1,19 +1,21 @@
 """Fitness functions of the search: a candidate genome is merged in memory and scored (higher is better).
 
-``FitnessSpec`` is a small picklable description, so every Ray worker builds its own fitness (and its
-own copy of the inputs) from it; ``build_fitness`` turns it into a callable.
+``build_fitness`` takes only picklable arguments (the ``FitnessConfig``, model paths, genome spec,
+execution options, MGSM items), so every Ray worker builds its own fitness and its own copy of the inputs.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from cmaam.io import parse_dtype
+from cmaam.core.config import at_least, one_of, setting
 from cmaam.core.errors import CMAAMError, load_errors
+from cmaam.core.options import ExecutionOptions
 from cmaam.search.genome import GenomeSpec
 from cmaam.search.inmemory import InMemoryMerger
 
@@ -31,38 +33,29 @@ class Evaluation:
 
 
 @dataclass
-class FitnessSpec:
-    """Everything a worker needs to build the fitness: models, genome, device and the scoring setup.
+class FitnessConfig:
+    """How candidates are scored (an evolve config's ``fitness`` section): MGSM on a fixed subset, or the
+    synthetic fitness (closeness of the merged weights to the merge of ``target``, a known genome: proves the
+    wiring end to end)."""
 
-    ``kind`` is "mgsm" (MGSM accuracy of the merged model on ``items``) or "synthetic" (closeness of
-    the merged weights to the merge of ``target``, a known genome: proves the wiring end to end).
-    """
-
-    kind: str
-    models: dict[str, str]
-    base_model: str
-    genome: GenomeSpec
-    device: str = "cpu"
-    dtype: str | None = None
-    seed: int = 0
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    target: list[float] | None = None  # synthetic
-    items: list[Any] = field(default_factory=list)  # mgsm: eval.mgsm MGSMItem list (the fixed subset)
+    type: str = setting("mgsm", check=one_of(FITNESS_TYPES))
+    source: str | None = None  # TSV file, datasets folder or a bundled language code; default: lang
     lang: str = "en"
-    shots: int = 0
+    limit: int | None = setting(50, check=at_least(1))
+    offset: int = setting(0, check=at_least(0))
+    shots: int = setting(0, check=at_least(0))
     chain_of_thought: bool = True
-    max_new_tokens: int = 256
-    batch_size: int = 8
+    max_new_tokens: int = setting(256, check=at_least(1))
+    batch_size: int = setting(8, check=at_least(1))
     metric: str = "accuracy"
-    tiebreak: float = 0.0  # weight of the gold-answer likelihood added to the metric (0 = off)
-    tokenizer: str | None = None  # folder of the tokenizer; default the base model's
+    tiebreak: float = 0.0  # + tiebreak * gold-answer likelihood (keep below 1/limit; 0 = off)
+    target: float | list[float] | None = None  # synthetic: the genome to recover (one value, or every gene's)
 
 
-def build_merger(spec: FitnessSpec) -> InMemoryMerger:
-    """The in-memory merger described by ``spec`` (loads every input tensor onto the device once)."""
-    return InMemoryMerger(spec.models, spec.base_model, spec.genome, device=spec.device, dtype=parse_dtype(spec.dtype),
-                          seed=spec.seed, trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
+def build_merger(models: Mapping[str, str | Path], base_model: str, genome: GenomeSpec,
+                 options: ExecutionOptions) -> InMemoryMerger:
+    """The in-memory merger of ``models`` (loads every input tensor onto the device once)."""
+    return InMemoryMerger(models, base_model, genome, options)
 
 
 class SyntheticFitness:
@@ -123,22 +116,24 @@ class MGSMFitness:
     the likelihood only orders candidates of equal accuracy.
     """
 
-    def __init__(self, merger: InMemoryMerger, spec: FitnessSpec):
+    def __init__(self, merger: InMemoryMerger, config: FitnessConfig, items: Sequence[Any],
+                 tokenizer: str | Path | None = None, trust_remote_code: bool = False):
         from transformers import AutoTokenizer
 
         from eval.generation import HFGenerator
         from eval.mgsm import mgsm_requests
 
         self.merger = merger
-        self.spec = spec
-        tokenizer_path = spec.tokenizer or merger.base_path
+        self.config = config
+        self.items = list(items)
+        tokenizer_path = tokenizer or merger.base_path
         with load_errors(tokenizer_path, "tokenizer"):
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=spec.trust_remote_code)
-        self.generator = HFGenerator.from_model(merger.model, self.tokenizer, batch_size=spec.batch_size,
-                                                max_new_tokens=spec.max_new_tokens, progress=False)
-        requests = mgsm_requests(spec.items, spec.lang, shots=spec.shots, chain_of_thought=spec.chain_of_thought)
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
+        self.generator = HFGenerator.from_model(merger.model, self.tokenizer, batch_size=config.batch_size,
+                                                max_new_tokens=config.max_new_tokens, progress=False)
+        requests = mgsm_requests(self.items, config.lang, shots=config.shots, chain_of_thought=config.chain_of_thought)
         self.prompts = [self.generator.render(request) for request in requests]
-        self.answers = [format_answer(item.answer) for item in spec.items]
+        self.answers = [format_answer(item.answer) for item in self.items]
 
     def __call__(self, genome: Sequence[float]) -> Evaluation:
         from eval.mgsm import evaluate_mgsm
@@ -146,27 +141,35 @@ class MGSMFitness:
         start = time.perf_counter()
         self.merger.apply(genome)
         merged = time.perf_counter()
-        result = evaluate_mgsm(self.generator, self.spec.items, self.spec.lang, shots=self.spec.shots,
-                               chain_of_thought=self.spec.chain_of_thought)
+        result = evaluate_mgsm(self.generator, self.items, self.config.lang, shots=self.config.shots,
+                               chain_of_thought=self.config.chain_of_thought)
         metrics = {key: float(value) for key, value in result.metrics.items() if isinstance(value, (int, float))}
-        if self.spec.metric not in metrics:
-            raise CMAAMError(f"fitness.metric {self.spec.metric!r} is not an MGSM metric "
+        if self.config.metric not in metrics:
+            raise CMAAMError(f"fitness.metric {self.config.metric!r} is not an MGSM metric "
                              f"(available: {', '.join(sorted(metrics))})")
-        fitness = metrics[self.spec.metric]
-        if self.spec.tiebreak:
+        fitness = metrics[self.config.metric]
+        if self.config.tiebreak:
             metrics["answer_likelihood"] = answer_likelihood(self.merger.model, self.tokenizer, self.prompts,
                                                              self.answers)
-            fitness += float(self.spec.tiebreak) * metrics["answer_likelihood"]
+            fitness += float(self.config.tiebreak) * metrics["answer_likelihood"]
         return Evaluation(fitness, metrics, merged - start, time.perf_counter() - merged)
 
 
-def build_fitness(spec: FitnessSpec) -> Callable[[Sequence[float]], Evaluation]:
-    """Build the fitness a spec describes (in this process, with its own copy of the inputs)."""
-    if spec.kind not in FITNESS_TYPES:
-        raise CMAAMError(f"fitness: unknown type {spec.kind!r} (choose {', '.join(FITNESS_TYPES)})")
-    merger = build_merger(spec)
-    if spec.kind == "synthetic":
-        if spec.target is None:
-            raise CMAAMError("fitness: the synthetic fitness needs a target genome")
-        return SyntheticFitness(merger, spec.target)
-    return MGSMFitness(merger, spec)
+def build_fitness(config: FitnessConfig, models: Mapping[str, str | Path], base_model: str, genome: GenomeSpec,
+                  options: ExecutionOptions | None = None, items: Sequence[Any] = (),
+                  tokenizer: str | Path | None = None) -> Callable[[Sequence[float]], Evaluation]:
+    """Build, in this process, the fitness ``config`` describes over the in-memory merge of ``models``.
+
+    ``options``: device, dtype, seed (dare masks), pickles and remote code of the merge; ``items``: the fixed
+    MGSM subset; ``tokenizer``: its folder (default the base model's). Ray workers each call this with the
+    same (picklable) arguments, so each holds its own copy of the inputs.
+    """
+    options = options or ExecutionOptions()
+    if config.type not in FITNESS_TYPES:
+        raise CMAAMError(f"fitness: unknown type {config.type!r} (choose {', '.join(FITNESS_TYPES)})")
+    if config.type == "synthetic" and not isinstance(config.target, (list, tuple)):
+        raise CMAAMError("fitness: the synthetic fitness needs a target genome (one value per gene)")
+    merger = build_merger(models, base_model, genome, options)
+    if config.type == "synthetic":
+        return SyntheticFitness(merger, [float(value) for value in config.target])
+    return MGSMFitness(merger, config, items, tokenizer, options.trust_remote_code)

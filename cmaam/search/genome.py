@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from cmaam.core.config import InvalidValue, from_dict, setting
 from cmaam.core.errors import CMAAMError
 
 METHOD_PARAMETERS = {
@@ -44,38 +45,29 @@ class GenomeSpec:
     sigma: float = 0.1
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     normalize: bool | None = None  # task-vector methods: divide by the sum of weights; None = method default
-    lambda_: float = 1.0  # ties / dare / task_arithmetic scaling of the merged task vector
+    lambda_: float = setting(1.0, alias="lambda")  # ties / dare / task_arithmetic scaling of the merged task vector
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "GenomeSpec":
-        """Build from a YAML mapping, with one-line errors for unknown keys and bad values."""
-        values = dict(values or {})
-        if "lambda" in values:
-            values["lambda_"] = values.pop("lambda")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CMAAMError(f"genome: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        spec = cls(**values)
-        spec.bounds = {k: tuple(float(b) for b in v) for k, v in (spec.bounds or {}).items()}
-        spec.check()
-        return spec
+        """Build from a YAML mapping (``cmaam.core.config``), with one-line errors for unknown keys and bad values."""
+        return from_dict(cls, values, "genome")
 
-    def check(self) -> None:
-        """Raise CMAAMError on an unknown method or granularity, a bad sigma or bad bounds."""
+    def validate(self) -> None:
+        """Raise InvalidValue on an unknown method or granularity, a bad sigma or bad bounds."""
         if self.method not in METHOD_PARAMETERS:
-            raise CMAAMError(f"genome: unknown method {self.method!r} (choose {', '.join(METHOD_PARAMETERS)})")
+            raise InvalidValue("method", f"unknown method {self.method!r} (choose {', '.join(METHOD_PARAMETERS)})")
         if self.granularity not in GRANULARITIES:
-            raise CMAAMError(f"genome: unknown granularity {self.granularity!r} (choose {', '.join(GRANULARITIES)})")
+            raise InvalidValue("granularity", f"unknown granularity {self.granularity!r} "
+                                              f"(choose {', '.join(GRANULARITIES)})")
         if self.granularity == "group" and int(self.layers_per_group) < 1:
-            raise CMAAMError("genome: layers_per_group must be at least 1")
+            raise InvalidValue("layers_per_group", "must be at least 1")
         if not float(self.sigma) > 0:
-            raise CMAAMError(f"genome: sigma must be positive, got {self.sigma}")
+            raise InvalidValue("sigma", f"must be positive, got {self.sigma}")
         for name, (low, high) in self.bounds.items():
             if name not in DEFAULT_BOUNDS:
-                raise CMAAMError(f"genome: bounds for unknown parameter {name!r} (known: t, weight, density)")
+                raise InvalidValue("bounds", f"bounds for unknown parameter {name!r} (known: t, weight, density)")
             if not low < high:
-                raise CMAAMError(f"genome: bounds for {name} must satisfy low < high, got [{low}, {high}]")
+                raise InvalidValue(f"bounds.{name}", f"must satisfy low < high, got [{low}, {high}]")
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -107,7 +99,10 @@ class GenomeLayout:
     """
 
     def __init__(self, spec: GenomeSpec, tensor_names: Sequence[str], models: Sequence[str], base_model: str):
-        spec.check()
+        try:
+            spec.validate()
+        except InvalidValue as error:
+            raise CMAAMError(f"genome.{error}") from None
         if not tensor_names:
             raise CMAAMError("genome: the model has no floating-point tensors to merge")
         if spec.method == "slerp" and len(models) != 1:

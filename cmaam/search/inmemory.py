@@ -9,7 +9,8 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from cmaam.io import CheckpointReader
+from cmaam.core.options import ExecutionOptions
+from cmaam.io import CheckpointReader, parse_dtype
 from cmaam.merging.executor import TensorJob, plan_specs, resolve_device
 from cmaam.core.errors import CMAAMError, load_errors
 from cmaam.search.genome import GenomeLayout, GenomeSpec
@@ -74,11 +75,14 @@ def build_empty_model(path: str | Path, device: str, dtype: torch.dtype | None, 
 class InMemoryMerger:
     """Holds every input tensor on the device and merges a genome into one preallocated model in place."""
 
-    def __init__(self, models: Mapping[str, str | Path], base_model: str, spec: GenomeSpec, device: str = "cpu",
-                 dtype: torch.dtype | None = None, seed: int = 0, trust_remote_code: bool = False,
-                 allow_pickle: bool = False):
-        self.device = resolve_device(device)
-        readers = open_readers(models, allow_pickle)
+    def __init__(self, models: Mapping[str, str | Path], base_model: str, spec: GenomeSpec,
+                 options: ExecutionOptions | None = None):
+        """``options``: device, dtype of the in-memory model (default: as stored), the seed of dare masks,
+        pickles and remote code."""
+        options = options or ExecutionOptions()
+        dtype, seed, trust_remote_code = parse_dtype(options.dtype), options.seed, options.trust_remote_code
+        self.device = resolve_device(options.device)
+        readers = open_readers(models, options.allow_pickle)
         self.layout = plan_layout(readers, base_model, spec)
         self.method = get_method(spec.method)
         self.seed = int(seed)

@@ -6,14 +6,18 @@ or on which worker scored which candidate.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from cmaam.core.errors import CMAAMError
-from cmaam.search.fitness import Evaluation, FitnessSpec, build_fitness
+from cmaam.search.fitness import Evaluation
 
+logger = logging.getLogger(__name__)
 Job = tuple[int, list[float]]  # (index in the population, genome)
+# Builds a fitness (a callable genome -> Evaluation) in the process that calls it: picklable, e.g.
+# functools.partial(cmaam.search.fitness.build_fitness, ...), so each Ray worker builds its own.
+FitnessBuilder = Callable[[], Callable[[Sequence[float]], Evaluation]]
 
 
 class SequentialEvaluator:
@@ -21,8 +25,8 @@ class SequentialEvaluator:
 
     workers = 1
 
-    def __init__(self, spec: FitnessSpec):
-        self.fitness = build_fitness(spec)
+    def __init__(self, build: FitnessBuilder):
+        self.fitness = build()
 
     def map(self, jobs: Sequence[Job]) -> Iterator[tuple[int, Evaluation]]:
         """Yield (index, evaluation) for each job as it finishes."""
@@ -36,8 +40,8 @@ class SequentialEvaluator:
 class _Worker:
     """A Ray actor: builds its own fitness (its own copy of the inputs) once, then scores genomes."""
 
-    def __init__(self, spec: FitnessSpec):
-        self.fitness = build_fitness(spec)
+    def __init__(self, build: FitnessBuilder):
+        self.fitness = build()
 
     def evaluate(self, genome: list[float]) -> Evaluation:
         return self.fitness(genome)
@@ -46,7 +50,7 @@ class _Worker:
 class RayEvaluator:
     """Scores candidates on ``workers`` Ray actors (a local Ray by default, a cluster with ``address``)."""
 
-    def __init__(self, spec: FitnessSpec, workers: int, address: str | None = None, gpus_per_worker: float = 0.0,
+    def __init__(self, build: FitnessBuilder, workers: int, address: str | None = None, gpus_per_worker: float = 0.0,
                  cpus_per_worker: float = 1.0):
         import ray
 
@@ -59,7 +63,7 @@ class RayEvaluator:
             else:
                 ray.init(num_cpus=max(1, int(round(self.workers * cpus_per_worker))), **options)
         actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_Worker)
-        self.actors = [actor.remote(spec) for _ in range(self.workers)]
+        self.actors = [actor.remote(build) for _ in range(self.workers)]
 
     def map(self, jobs: Sequence[Job]) -> Iterator[tuple[int, Evaluation]]:
         """Keep every actor busy; yield (index, evaluation) in completion order."""
@@ -93,18 +97,18 @@ def _first_line(error: BaseException) -> str:
     return (errors[-1] if errors else lines[0] if lines else type(error).__name__)[:300]
 
 
-def make_evaluator(spec: FitnessSpec, workers: int = 1, address: str | None = None, gpus_per_worker: float = 0.0):
+def make_evaluator(build: FitnessBuilder, workers: int = 1, address: str | None = None, gpus_per_worker: float = 0.0):
     """Ray when more than one worker (or a cluster address) is asked for and Ray is installed, else sequential."""
     if workers < 1:
         raise CMAAMError(f"--workers must be at least 1, got {workers}")
     if workers == 1 and not address:
-        return SequentialEvaluator(spec)
+        return SequentialEvaluator(build)
     try:
         import ray  # noqa: F401
     except ImportError:
         if address:
             raise CMAAMError("--ray-address needs Ray (pip install 'cmaam[ray]')") from None
-        print(f"warning: Ray is not installed; evaluating {workers} workers' share sequentially", file=sys.stderr)
-        return SequentialEvaluator(spec)
+        logger.warning("Ray is not installed; evaluating %d workers' share sequentially", workers)
+        return SequentialEvaluator(build)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    return RayEvaluator(spec, workers, address, gpus_per_worker)
+    return RayEvaluator(build, workers, address, gpus_per_worker)

@@ -95,7 +95,8 @@ def genome_from_mergekit(layout: GenomeLayout, config_path: str | Path, model_pa
 
     config = load_merge_config(config_path)
     if config.merge_method != layout.spec.method:
-        raise CMAAMError(f"{config_path}: merge_method {config.merge_method} differs from the genome's {layout.spec.method}")
+        raise CMAAMError(f"{config_path}: merge_method {config.merge_method} differs from the genome's "
+                         f"{layout.spec.method}")
     readers = open_readers(config, Path(config_path).resolve().parent)
     by_path = {str(Path(path).resolve()): name for name, path in model_paths.items()}
     try:

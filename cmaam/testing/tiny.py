@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from cmaam.core.errors import CMAAMError, load_errors
+from cmaam.io.processors import save_processor
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -53,7 +54,8 @@ def build_tokenizer(image_placeholder: str = _IMAGE_PLACEHOLDER["qwen2_vl"]):
         chat_template=chat_template(image_placeholder),
         padding_side="left",
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": [t for t in SPECIAL_TOKENS if t not in ("<|im_end|>", "<pad>")]})
+    extra = [t for t in SPECIAL_TOKENS if t not in ("<|im_end|>", "<pad>")]
+    tokenizer.add_special_tokens({"additional_special_tokens": extra})
     return tokenizer
 
 
@@ -183,7 +185,8 @@ def build_processor(model_type: str = "qwen2_vl"):
 
         image_processor = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
         return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
-                              num_additional_image_tokens=1, vision_feature_select_strategy="default", chat_template=template)
+                              num_additional_image_tokens=1, vision_feature_select_strategy="default",
+                              chat_template=template)
     return None
 
 
@@ -210,6 +213,23 @@ def build_tiny_vlm(output: str | Path, model_type: str = "qwen2_vl", seed: int =
     return Path(output)
 
 
+def write_tiny_model(output: str | Path, model_type: str = "qwen2_vl", seed: int = 0, size: TinySize | None = None,
+                     overwrite: bool = False) -> Path:
+    """Build a tiny random model (causal LM or VLM, by ``model_type``) into ``output``, atomically."""
+    from cmaam.io.atomic import atomic_directory
+
+    if model_type not in CAUSAL_LM_TYPES + VLM_TYPES:
+        raise CMAAMError(f"unknown tiny model type {model_type!r} (choose {', '.join(CAUSAL_LM_TYPES + VLM_TYPES)})")
+    size = size or TinySize()
+    size.validate()
+    with atomic_directory(output, overwrite=overwrite, inputs=()) as folder:
+        if model_type in CAUSAL_LM_TYPES:
+            build_tiny_causal_lm(folder, model_type, seed, size)
+        else:
+            build_tiny_vlm(folder, model_type, seed, size)
+    return Path(output)
+
+
 def perturb_model(source: str | Path, output: str | Path, scale: float = 0.02, seed: int = 1,
                   only: str | None = None) -> Path:
     """Copy a model folder adding seeded Gaussian noise (relative to each tensor's std) to float tensors.
@@ -229,20 +249,6 @@ def perturb_model(source: str | Path, output: str | Path, scale: float = 0.02, s
             tensor = (tensor.float() + noise).to(tensor.dtype)
         tensors[name] = tensor
     return write_state_dict(output, tensors, reference=source)
-
-
-def save_processor(processor, output: str | Path) -> None:
-    """Save a processor under its standard class name (image-only Qwen2-VL saves as Qwen2VLProcessor)."""
-    import json
-
-    processor.save_pretrained(output)
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        path = Path(output) / name
-        if path.exists():
-            data = json.loads(path.read_text())
-            if data.get("processor_class") == "Qwen2VLImageOnlyProcessor":
-                data["processor_class"] = "Qwen2VLProcessor"
-                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def build_tiny_adapter(base: str | Path, output: str | Path, target_modules: list[str] | str,

@@ -11,7 +11,7 @@ from eval.mgsm.run import run_mgsm
 from eval.options import add_generator_options, add_run_options, generator_options, run_options
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval.mgsm", description="Evaluate a model on MGSM.")
     parser.add_argument("--lang", required=True, help="ko | ja | zh | en")
     parser.add_argument("--data", default=None, help="TSV (question<TAB>answer) or datasets folder "
@@ -23,7 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="share of letters in the language's script for the language check")
     add_generator_options(parser, max_new_tokens=512)
     add_run_options(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     folder, result = run_mgsm(args.model, args.lang, data=args.data, limit=args.limit, shots=args.shots,
                               chain_of_thought=not args.no_cot, language_check_threshold=args.language_threshold,
                               generator_options=generator_options(args), **run_options(args))

@@ -10,7 +10,7 @@ from eval.options import add_generator_options, add_run_options, generator_optio
 from eval.vqa.run import run_vqa
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval.vqa", description="Evaluate a VLM on a VQA JSONL file.")
     parser.add_argument("--data", required=True, help="JSONL: {id, image, question, answer, answers?, category, lang}")
     parser.add_argument("--limit", type=int, default=None, help="first N questions only")
@@ -19,7 +19,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "text-only model)")
     add_generator_options(parser, max_new_tokens=32)
     add_run_options(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     folder, result = run_vqa(args.model, args.data, limit=args.limit, generator_options=generator_options(args),
                              text_only=args.text_only, **run_options(args))
     metrics = result.metrics

@@ -10,7 +10,8 @@ from eval.generation import GenerationRequest, HFGenerator, load_generator, vllm
 
 REQUESTS = [GenerationRequest("Hello"), GenerationRequest("정답은 무엇입니까? 조금 더 긴 질문입니다."),
             GenerationRequest("2 + 2 = ?", system="Answer briefly."),
-            GenerationRequest("Q3", history=[{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}])]
+            GenerationRequest("Q3", history=[{"role": "user", "content": "Q1"},
+                                             {"role": "assistant", "content": "A1"}])]
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from cmaam import merge, sweep
 from cmaam.io.atomic import claim_output, lock_path, output_lock
 from cmaam.core.errors import CMAAMError
 from io_helpers import ROOT, assert_one_error_line, python
+from reliability.harness import environment, write_sitecustomize
 
 
 def _dead_pid() -> int:
@@ -60,10 +61,10 @@ def test_second_writer_fails_at_once_naming_the_holder(place, tmp_path):
     config.write_text(f"merge_method: linear\nmodels:\n  - model: {target}\n    parameters: {{weight: 0.5}}\n"
                       f"  - model: {source}\n    parameters: {{weight: 0.5}}\ndtype: float32\n")
     output = tmp_path / "out"
-    environment = {key: value for key, value in os.environ.items() if key != "CMAAM_DEBUG"}
+    # ~8 s of slow tensor writes: room for the second process to start (torch import) on a loaded machine
+    slow = environment(slow=0.4, sitecustomize=write_sitecustomize(tmp_path / "hooks"))
     first = subprocess.Popen([sys.executable, "-m", "cmaam.mergekit", str(config), str(output), "--no-progress"],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**environment, "CMAAM_TEST_TENSOR_DELAY": "0.1"})
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=slow)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".out.partial-*")) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 
@@ -87,7 +88,8 @@ def test_success_rules(tmp_path):
     case = _case(tmp_path, expect=0, cleaned=[leftover], report="1")
     before = snapshot(case)
     assert set(verify(case, before, _outcome(code=0, stderr=""))) == {
-        "stderr does not report '1'", f"output {tmp_path / 'out'} was not written", "leftover .out.lock was not removed"}
+        "stderr does not report '1'", f"output {tmp_path / 'out'} was not written",
+        "leftover .out.lock was not removed"}
     leftover.unlink()
     (tmp_path / "out").mkdir()
     assert verify(case, before, _outcome(code=0, stderr="note: removed .out.lock of dead process 1\n")) == []
@@ -99,7 +101,7 @@ def test_malicious_pickle_is_real(tmp_path):
 
     marker = tmp_path / "PAYLOAD-RAN"
     path = save_malicious_pickle(tmp_path / "pytorch_model.bin", marker)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
     assert not marker.exists()
     torch.load(path, weights_only=False)

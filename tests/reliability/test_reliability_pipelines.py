@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from reliability.harness import ROOT, Registry, python, script
+from cmaam.core.presets import preset_path
+from reliability.harness import Registry, python, script
 
 EVOLVE = "cmaam.evolve"
 EXPERIMENT = "cmaam.experiment"
@@ -15,7 +16,7 @@ CASES = Registry()
 
 def evolve_config(folder: Path, ws, **changes) -> Path:
     """The tiny preset pointing at the suite's models, with ``changes`` applied (dotted keys for sections)."""
-    data = yaml.safe_load((ROOT / "configs" / "evolve" / "tiny.yaml").read_text(encoding="utf-8"))
+    data = yaml.safe_load(preset_path("evolve", "tiny").read_text(encoding="utf-8"))
     data["models"] = [{"name": "language", "path": str(ws.llama)}, {"name": "math", "path": str(ws.llama_ft)}]
     for key, value in changes.items():
         section, _, name = key.rpartition("__")
@@ -87,7 +88,8 @@ def _(ws, folder):
 
 @CASES.add("experiment-set-malformed-value", EXPERIMENT, "--set data.synthetic_samples=[ (not YAML)")
 def _(ws, folder):
-    return dict(command=experiment("demo", "--set", f"output_dir={folder / 'exp'}", "--set", "data.synthetic_samples=["),
+    return dict(command=experiment("demo", "--set", f"output_dir={folder / 'exp'}",
+                                   "--set", "data.synthetic_samples=["),
                 outputs=[folder / "exp"], fragments=["data.synthetic_samples"])
 
 

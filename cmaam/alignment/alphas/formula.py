@@ -24,7 +24,8 @@ def parse_score_weights(text: str | Mapping[str, float] | None) -> dict[str, flo
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise CMAAMError(f"score weight {name}={value} is not a number (write e.g. pda=0.4,gfs=0.3,cmbc=0.3)") from None
+            raise CMAAMError(f"score weight {name}={value} is not a number "
+                             "(write e.g. pda=0.4,gfs=0.3,cmbc=0.3)") from None
         if not math.isfinite(number) or number < 0:
             raise CMAAMError(f"score weight {name}={value} must be a finite number >= 0")
         weights[name] = number

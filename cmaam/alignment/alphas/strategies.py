@@ -1,116 +1,75 @@
-"""Grouping strategies (basic, component, layerwise, full) and the alpha plan they produce."""
+"""Alpha strategies as registered objects: how tensors are grouped (one alpha per group) and how a
+group's alignment is formed. ``STRATEGIES`` is the one list of names (a live view of the registry):
+the merge and layouts CLIs, AlphaConfig and the experiment config all check against it.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
-from cmaam.alignment.alphas.formula import DEFAULT_SCORE_WEIGHTS, alignment, alpha_value, preserve_mean
+from cmaam.alignment.layouts.rules import DEFAULT_STACKS, ParamInfo
 from cmaam.core.errors import CMAAMError
-from cmaam.alignment.layouts import STRATEGIES, Layout, ParamInfo
-from cmaam.alignment.scores.analyzer import SCORE_NAMES, Analysis, GroupScore, TensorScore, aggregate
 
 
+@dataclass(frozen=True)
+class Strategy:
+    """A grouping strategy: ``group_key`` names the alpha group of a parameter; ``combine``, when set,
+    forms the alignment A from its component's and its group's (A_component, A_group) -> A (then every
+    group must lie inside one component); without it A = A_group."""
 
-@dataclass
-class AlphaConfig:
-    """How alphas are computed from the scores."""
+    name: str
+    group_key: Callable[[ParamInfo], str]
+    combine: Callable[[float, float], float] | None = None
+    description: str = ""
 
-    strategy: str = "basic"
-    base_alpha: float = 0.5
-    alpha_min: float = 0.0
-    alpha_max: float = 1.0
-    score_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SCORE_WEIGHTS))
-    preserve_mean: bool = False
-    use_sensitivity: bool = True
-
-    def validate(self) -> None:
-        """One-line errors for values outside their ranges."""
-        if self.strategy not in STRATEGIES:
-            raise CMAAMError(f"unknown strategy {self.strategy!r} (choose {', '.join(STRATEGIES)})")
-        for name in ("base_alpha", "alpha_min", "alpha_max"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise CMAAMError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
-        if self.alpha_min > self.alpha_max:
-            raise CMAAMError(f"--alpha-min {self.alpha_min} is above --alpha-max {self.alpha_max}")
-        unknown = set(self.score_weights) - set(SCORE_NAMES)
-        if unknown:
-            raise CMAAMError(f"unknown score(s) {', '.join(sorted(unknown))} (known: {', '.join(SCORE_NAMES)})")
+    def groups(self, infos: Mapping[str, ParamInfo]) -> dict[str, list[str]]:
+        """Names grouped by ``group_key``, groups in first-seen order."""
+        grouped: dict[str, list[str]] = {}
+        for name, info in infos.items():
+            grouped.setdefault(self.group_key(info), []).append(name)
+        return grouped
 
 
-@dataclass
-class GroupAlpha:
-    """A group's aggregated scores, its alignment A_g and its alpha."""
-
-    scores: GroupScore
-    alignment: float
-    variance: float
-    alpha: float
-    component_alignment: float | None = None  # full strategy: A = sqrt(A_component * A_group)
-
-    def to_dict(self) -> dict:
-        data = dict(vars(self.scores))
-        data.update(alignment=self.alignment, variance_used=self.variance, alpha=self.alpha)
-        if self.component_alignment is not None:
-            data["component_alignment"] = self.component_alignment
-        return data
+STRATEGY_REGISTRY: dict[str, Strategy] = {}
+STRATEGIES = STRATEGY_REGISTRY.keys()  # the names, in registration order; follows later registrations
 
 
-@dataclass
-class AlphaPlan:
-    """Alpha of every group and every scored tensor."""
-
-    config: AlphaConfig
-    groups: dict[str, GroupAlpha]
-    tensor_group: dict[str, str]
-
-    def alpha(self, name: str) -> float:
-        """Alpha of one scored tensor."""
-        return self.groups[self.tensor_group[name]].alpha
-
-    @property
-    def tensor_alphas(self) -> dict[str, float]:
-        return {name: self.alpha(name) for name in self.tensor_group}
-
-    @property
-    def mean_alpha(self) -> float:
-        """Element-weighted mean alpha over the scored tensors."""
-        total = sum(group.scores.numel for group in self.groups.values())
-        return sum(g.alpha * g.scores.numel for g in self.groups.values()) / total if total else 0.0
+def register_strategy(strategy: Strategy, replace: bool = False) -> Strategy:
+    """Make ``strategy`` usable by name (merge --strategy, AlphaConfig, experiment configs)."""
+    if strategy.name in STRATEGY_REGISTRY and not replace:
+        raise CMAAMError(f"strategy {strategy.name!r} is already registered (pass replace=True to replace it)")
+    STRATEGY_REGISTRY[strategy.name] = strategy
+    return strategy
 
 
-def group_key(strategy: str, score: TensorScore) -> str:
-    """The group a tensor belongs to under ``strategy`` (the layouts' grouping: vision block k != LLM layer k)."""
-    return Layout.group_key(ParamInfo(score.component, score.stack, score.layer), strategy)
+def get_strategy(name: str) -> Strategy:
+    """Look a strategy up by name (one-line error listing the known names)."""
+    if name not in STRATEGY_REGISTRY:
+        raise CMAAMError(f"unknown strategy {name!r} (choose {', '.join(STRATEGIES)})")
+    return STRATEGY_REGISTRY[name]
 
 
-def _scores(group: GroupScore) -> dict[str, float | None]:
-    return {name: group.score(name) for name in SCORE_NAMES}
+def _layerwise(info: ParamInfo) -> str:
+    return info.component if info.layer is None else f"{info.stack}.{info.layer}"
 
 
-def compute_alphas(analysis: Analysis, config: AlphaConfig) -> AlphaPlan:
-    """Group the scored tensors, mix scores into A_g, apply the formula, optionally preserve the mean."""
-    config.validate()
-    scores = list(analysis.tensors.values())
-    groups = aggregate(scores, lambda score: group_key(config.strategy, score))
-    components = aggregate(scores, lambda score: score.component) if config.strategy == "full" else {}
-    members = {score.name: group_key(config.strategy, score) for score in scores}
-    group_component = {members[score.name]: score.component for score in scores}
-    plan_groups = {}
-    for key, group in groups.items():
-        a_group = alignment(_scores(group), config.score_weights)
-        a_component = None
-        if config.strategy == "full":
-            a_component = alignment(_scores(components[group_component[key]]), config.score_weights)
-            a_group = math.sqrt(a_component * a_group)
-        variance = group.sensitivity_variance if config.use_sensitivity else 0.0
-        alpha = alpha_value(config.base_alpha, a_group, variance, config.alpha_min, config.alpha_max)
-        plan_groups[key] = GroupAlpha(group, a_group, variance, alpha, a_component)
-    if config.preserve_mean and plan_groups:
-        keys = list(plan_groups)
-        rescaled = preserve_mean([plan_groups[k].alpha for k in keys], [plan_groups[k].scores.numel for k in keys],
-                                 config.base_alpha, config.alpha_min, config.alpha_max)
-        for key, value in zip(keys, rescaled):
-            plan_groups[key].alpha = value
-    return AlphaPlan(config, plan_groups, members)
+def _full(info: ParamInfo) -> str:
+    if info.layer is None:
+        return info.component
+    if info.stack == DEFAULT_STACKS[info.component]:
+        return f"{info.component}.{info.layer}"
+    return f"{info.component}.{info.stack}.{info.layer}"
+
+
+register_strategy(Strategy("basic", lambda info: "model", description="one alpha for the whole model"))
+register_strategy(Strategy("component", lambda info: info.component, description="one alpha per component"))
+register_strategy(Strategy(
+    "layerwise", _layerwise,
+    description="one alpha per layer of each stack (stack.layer; vision block k != LLM layer k); "
+                "non-layer tensors by component"))
+register_strategy(Strategy(
+    "full", _full, combine=lambda component, group: math.sqrt(component * group),
+    description="one alpha per component layer (component.layer, component.stack.layer for a component's "
+                "extra stacks), A = sqrt(A_component * A_group)"))

@@ -87,7 +87,8 @@ def mplug_owl2_rules() -> list[Rule]:
     the shared q/o/MLP weights are the language model.
     """
     return [
-        *vision_rules(r"model\.vision_model\.encoder\.layers", r"model\.vision_model\.(?:embeddings|post_layernorm)\..+",
+        *vision_rules(r"model\.vision_model\.encoder\.layers",
+                      r"model\.vision_model\.(?:embeddings|post_layernorm)\..+",
                       r"model\.visual_abstractor\.visual_fc\.weight",
                       r"model\.visual_abstractor\.(?:visual_fc\.bias|query_embeds|vit_eos)"),
         Rule(r"model\.visual_abstractor\.encoder\.layers" + LAYER + r".+", "cross_modal_bridge", "abstractor", layer=1),

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from cmaam.core.errors import CMAAMError
-from cmaam.alignment.layouts.rules import COMPONENTS, DEFAULT_STACKS, ParamInfo, Rule
+from cmaam.alignment.layouts.rules import COMPONENTS, ParamInfo, Rule
 
-STRATEGIES = ("basic", "component", "layerwise", "full")
 MAX_LISTED_NAMES = 10
 
 
@@ -79,30 +78,6 @@ class Layout:
     def has_bridge(self) -> bool:
         """True for vision-language layouts (some rule classifies into the cross-modal bridge)."""
         return any(rule.component == "cross_modal_bridge" for rule in self.rules)
-
-    @staticmethod
-    def group_key(info: ParamInfo, strategy: str) -> str:
-        """The alpha group of a parameter: basic -> ``model``; component -> its component;
-        layerwise -> ``stack.layer`` (non-layer tensors: component); full -> ``component.layer``
-        (``component.stack.layer`` for a component's extra stacks, e.g. mPLUG-Owl2's abstractor)."""
-        if strategy == "basic":
-            return "model"
-        if strategy == "component" or (strategy in ("layerwise", "full") and info.layer is None):
-            return info.component
-        if strategy == "layerwise":
-            return f"{info.stack}.{info.layer}"
-        if strategy == "full":
-            if info.stack == DEFAULT_STACKS[info.component]:
-                return f"{info.component}.{info.layer}"
-            return f"{info.component}.{info.stack}.{info.layer}"
-        raise CMAAMError(f"unknown alpha strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
-
-    def groups(self, names: Iterable[str], strategy: str) -> dict[str, list[str]]:
-        """Names grouped by ``group_key`` (every name must classify), groups in first-seen order."""
-        grouped: dict[str, list[str]] = {}
-        for name, info in self.classify_all(names).items():
-            grouped.setdefault(self.group_key(info, strategy), []).append(name)
-        return grouped
 
     def component_counts(self, names: Iterable[str]) -> dict[str, int]:
         """How many of ``names`` fall in each component (all four components listed)."""

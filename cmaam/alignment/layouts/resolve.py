@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Mapping
 
 from cmaam.core.errors import CMAAMError
-from cmaam.alignment.layouts.builtin import ARCHITECTURES, BUILTIN, SPELLINGS, builtin_layout, canonical_model_type, normalize_type_name
+from cmaam.alignment.layouts.builtin import (ARCHITECTURES, BUILTIN, SPELLINGS, builtin_layout, canonical_model_type,
+                                             normalize_type_name)
 from cmaam.alignment.layouts.layout import Layout
 from cmaam.alignment.layouts.rules_file import load_rules_file
 
@@ -34,7 +35,8 @@ def detect_model_type(config: Mapping | str | Path) -> str:
         if architecture in ARCHITECTURES:
             return ARCHITECTURES[architecture]
     raise CMAAMError(f"no built-in layout for model_type {declared!r} (architectures {architectures}); "
-                     f"pass --model-type ({', '.join(BUILTIN)}) or a YAML rules file (--rules-file, see docs/layouts.md)")
+                     f"pass --model-type ({', '.join(BUILTIN)}) or a YAML rules file "
+                     "(--rules-file, see docs/layouts.md)")
 
 
 def get_layout(model_type: str | None = None, config: Mapping | str | Path | None = None,

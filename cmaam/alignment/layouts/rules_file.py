@@ -20,7 +20,8 @@ def _rule(entry: object, index: int, path: Path) -> Rule:
         raise CMAAMError(f"{where}: expected a mapping with pattern and component, got {type(entry).__name__}")
     unknown = sorted(set(entry) - RULE_KEYS)
     if unknown:
-        raise CMAAMError(f"{where}: unknown key(s) {', '.join(map(str, unknown))} (allowed: {', '.join(sorted(RULE_KEYS))})")
+        raise CMAAMError(f"{where}: unknown key(s) {', '.join(map(str, unknown))} "
+                         f"(allowed: {', '.join(sorted(RULE_KEYS))})")
     for key in ("pattern", "component"):
         if not isinstance(entry.get(key), str) or not entry[key]:
             raise CMAAMError(f"{where}: {key!r} is required and must be a string")
@@ -44,7 +45,8 @@ def load_rules_file(path: str | Path) -> Layout:
         raise CMAAMError(f"{path}: expected a mapping with a non-empty 'rules' list")
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
-        raise CMAAMError(f"{path}: unknown key(s) {', '.join(map(str, unknown))} (allowed: {', '.join(sorted(TOP_KEYS))})")
+        raise CMAAMError(f"{path}: unknown key(s) {', '.join(map(str, unknown))} "
+                         f"(allowed: {', '.join(sorted(TOP_KEYS))})")
     rules = [_rule(entry, index, path) for index, entry in enumerate(data["rules"])]
     if data.get("extends"):
         rules += builtin_layout(canonical_model_type(str(data["extends"]))).rules

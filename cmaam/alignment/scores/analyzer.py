@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import math
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
-from tqdm import tqdm
 
-from cmaam.io import CheckpointReader
-from cmaam.merging.executor import check_finite, resolve_device
-from cmaam.core.errors import CMAAMError
+from cmaam.alignment.layouts import ParamInfo, get_layout
 from cmaam.alignment.scores.cmbc import cmbc, embedding_subspace
 from cmaam.alignment.scores.gfs import gfs
 from cmaam.alignment.scores.pda import pda
 from cmaam.alignment.scores.sensitivity import relative_change, variance_term, weighted_mean_and_cv
+from cmaam.core.errors import CMAAMError
+from cmaam.core.options import ExecutionOptions
+from cmaam.io import CheckpointReader
+from cmaam.merging.executor import TensorJob, execute
+from cmaam.merging.pairs import check_pair
 
 SCORE_NAMES = ("pda", "gfs", "cmbc")
 BRIDGE = "cross_modal_bridge"
@@ -27,17 +27,22 @@ class TensorScore:
     """Scores of one tensor pair and where it sits in the model (cmbc is None off the bridge outputs)."""
 
     name: str
-    component: str
-    stack: str | None
-    layer: int | None
+    info: ParamInfo
     numel: int
     pda: float
     gfs: float
     cmbc: float | None
     sensitivity: float
 
+    @property
+    def component(self) -> str:
+        return self.info.component
+
     def to_dict(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if key != "name"}
+        """The report.json entry: where the tensor sits, then its element count and scores."""
+        return {"component": self.info.component, "stack": self.info.stack, "layer": self.info.layer,
+                "numel": self.numel, "pda": self.pda, "gfs": self.gfs, "cmbc": self.cmbc,
+                "sensitivity": self.sensitivity}
 
 
 @dataclass
@@ -69,50 +74,73 @@ class Analysis:
     capture_term: bool = False
 
 
-def check_pair(source: CheckpointReader, target: CheckpointReader) -> list[str]:
-    """Raise CMAAMError unless S and T share an architecture; return the names they share (target order)."""
-    if source.model_type and target.model_type and source.model_type != target.model_type:
-        raise CMAAMError(f"source is a {source.model_type!r} model but target is {target.model_type!r}: "
-                         "both must have one architecture")
-    common = [name for name in target.keys() if name in source]
-    if not common:
-        raise CMAAMError(f"{source.path} and {target.path} share no tensor names: not the same architecture")
-    mismatched = [name for name in common if source.shape(name) != target.shape(name)]
-    if mismatched:
-        details = ", ".join(f"{n} {source.shape(n)} vs {target.shape(n)}" for n in mismatched[:3])
-        more = f" and {len(mismatched) - 3} more" if len(mismatched) > 3 else ""
-        raise CMAAMError(f"source and target shapes differ ({len(mismatched)} tensors: {details}{more})")
-    return common
-
-
 def resolve_layout(target: CheckpointReader, model_type: str | None = None, rules_file: str | None = None):
     """The layout (component rules) for the target: --rules-file, else --model-type, else its config.json."""
-    from cmaam.alignment.layouts import get_layout
-
     if rules_file is not None or model_type is not None:
         return get_layout(model_type=model_type, rules_file=rules_file)
     return get_layout(config=target.config)
 
 
-def _load(reader: CheckpointReader, name: str, device: str, allow_nonfinite: bool) -> torch.Tensor:
-    """One tensor as float32; NaN/Inf zeroed when allowed (otherwise caught through the scores)."""
-    tensor = reader.get(name, device=device, dtype=torch.float32)
-    return torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0) if allow_nonfinite else tensor
-
-
-def score_tensor_pair(name: str, info, source: torch.Tensor, target: torch.Tensor,
+def score_tensor_pair(name: str, info: ParamInfo, source: torch.Tensor, target: torch.Tensor,
                       embedding_basis: torch.Tensor | None = None, bridge_output: bool = False) -> TensorScore:
     """All scores of one tensor pair (CMBC only for a bridge output matrix)."""
     bridge_score = cmbc(source, target, embedding_basis) if bridge_output and target.dim() >= 2 else None
-    return TensorScore(name=name, component=info.component, stack=info.stack, layer=info.layer,
-                       numel=target.numel(), pda=pda(source, target), gfs=gfs(source, target), cmbc=bridge_score,
-                       sensitivity=relative_change(source, target))
+    return TensorScore(name=name, info=info, numel=target.numel(), pda=pda(source, target), gfs=gfs(source, target),
+                       cmbc=bridge_score, sensitivity=relative_change(source, target))
 
 
-def analyze_pair(source: CheckpointReader, target: CheckpointReader, layout=None, model_type: str | None = None,
-                 rules_file: str | None = None, device: str = "cpu", allow_nonfinite: bool = False,
-                 progress: bool = True) -> Analysis:
-    """Score every shared floating tensor in one pass (one pair in memory at a time).
+class PairScorer:
+    """Executor consumer scoring each (source, target) pair into ``analysis``.
+
+    Its job stream starts with the token embedding (its rows span the subspace CMBC projects the bridge
+    outputs on), so every tensor is read once; ``finish`` puts the scores back in target order.
+    NaN/Inf inputs are zeroed when ``allow_nonfinite`` (the executor refuses them otherwise).
+    """
+
+    def __init__(self, analysis: Analysis, infos: dict[str, ParamInfo], scored: list[str], bridge_outputs: list[str],
+                 allow_nonfinite: bool = False):
+        self.analysis = analysis
+        self.infos = infos
+        self.scored = scored
+        self.bridge_outputs = set(bridge_outputs)
+        self.allow_nonfinite = allow_nonfinite
+        self.embedding_basis: torch.Tensor | None = None
+
+    def jobs(self) -> list[TensorJob]:
+        """One job per scored name (inputs source, target), the embedding's first (target only if unscored)."""
+        embedding = self.analysis.embedding
+        jobs = [TensorJob(name, [("source", name), ("target", name)], compute=True)
+                for name in self.scored if name != embedding]
+        if embedding is not None:
+            inputs = [("source", embedding), ("target", embedding)] if embedding in self.scored \
+                else [("target", embedding)]
+            jobs.insert(0, TensorJob(embedding, inputs, compute=True))
+        return jobs
+
+    def consume(self, job: TensorJob, tensors: list[torch.Tensor]) -> None:
+        if self.allow_nonfinite:
+            tensors = [torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0) for tensor in tensors]
+        loaded = {model: tensor for (model, _), tensor in zip(job.inputs, tensors)}
+        name = job.output_name
+        if name == self.analysis.embedding:
+            self.embedding_basis = embedding_subspace(loaded["target"])
+        if "source" not in loaded:  # the embedding is only in the target (or not floating): its basis alone
+            return None
+        bridge = name in self.bridge_outputs
+        score = score_tensor_pair(name, self.infos[name], loaded["source"], loaded["target"],
+                                  self.embedding_basis if bridge else None, bridge)
+        self.analysis.tensors[name] = score
+        self.analysis.capture_term |= (score.cmbc is not None and self.embedding_basis is not None
+                                       and self.embedding_basis.shape[0] == loaded["target"].shape[0])
+        return None
+
+    def finish(self) -> None:
+        self.analysis.tensors = {name: self.analysis.tensors[name] for name in self.scored}
+
+
+def analyze_pair(source: CheckpointReader, target: CheckpointReader, options: ExecutionOptions | None = None, *,
+                 layout=None, model_type: str | None = None, rules_file: str | None = None) -> Analysis:
+    """Score every shared floating tensor in one streaming pass (one pair in memory at a time).
 
     Tensors only in the target, only in the source, or not floating point are listed, not scored.
     """
@@ -123,40 +151,17 @@ def analyze_pair(source: CheckpointReader, target: CheckpointReader, layout=None
     if layout.has_bridge and not any(info.component == BRIDGE for info in infos.values()):
         raise CMAAMError(f"{target.path}: no cross-modal bridge tensors found for a vision-language "
                          f"{target.model_type or 'model'} (wrong --model-type or an incomplete checkpoint?)")
-    device = resolve_device(device)
     analysis = Analysis(model_type=layout.model_type, tensors={},
                         only_in_target=[n for n in names if n not in source],
                         only_in_source=[n for n in source.keys() if n not in target])
     bridge_outputs = [n for n in common if layout.is_bridge_output(n)]
-    embedding_basis = None
     if bridge_outputs:
         analysis.embedding = layout.input_embedding(names)
-        if analysis.embedding is not None:
-            embedding = _load(target, analysis.embedding, device, allow_nonfinite)
-            check_finite(embedding, f"{target.path}: {analysis.embedding}")
-            embedding_basis = embedding_subspace(embedding)
     analysis.not_floating = [name for name in common if not target.dtype(name).is_floating_point]
     scored = [name for name in common if target.dtype(name).is_floating_point]
-
-    def load_pair(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return _load(source, name, device, allow_nonfinite), _load(target, name, device, allow_nonfinite)
-
-    # the next pair loads in a background thread while this one is scored (reads release the GIL)
-    with ThreadPoolExecutor(1, thread_name_prefix="cmaam-analysis-load") as loader:
-        pending = loader.submit(load_pair, scored[0]) if scored else None
-        for index, name in enumerate(tqdm(scored, desc="analysing", unit="tensor", disable=not progress, leave=False)):
-            tensor_s, tensor_t = pending.result()
-            if index + 1 < len(scored):
-                pending = loader.submit(load_pair, scored[index + 1])
-            score = score_tensor_pair(name, infos[name], tensor_s, tensor_t,
-                                      embedding_basis if name in bridge_outputs else None, name in bridge_outputs)
-            if not math.isfinite(score.sensitivity):  # any NaN/Inf in S or T makes r non-finite
-                check_finite(tensor_s, f"{source.path}: {name}")
-                check_finite(tensor_t, f"{target.path}: {name}")
-            analysis.tensors[name] = score
-            analysis.capture_term |= (score.cmbc is not None and embedding_basis is not None
-                                      and embedding_basis.shape[0] == tensor_t.shape[0])
-            del tensor_s, tensor_t
+    options = options or ExecutionOptions()
+    scorer = PairScorer(analysis, infos, scored, bridge_outputs, options.allow_nonfinite)
+    execute({"source": source, "target": target}, scorer.jobs(), [scorer], options, description="analysing")
     return analysis
 
 

@@ -11,7 +11,7 @@ import torch
 def relative_change(source: torch.Tensor, target: torch.Tensor) -> float:
     """r = ||S - T||_F / max(||T||_F, ||S||_F), in [0, 2]; 0 when both are zero.
 
-    DESIGN.md writes ||T|| + eps; a target that is all zeros (freshly initialised biases) then
+    The first brief wrote ||T|| + eps (docs/design.md); a target that is all zeros (freshly initialised biases) then
     gives r ~ 1e8 and swamps its group's variance. With max(||T||, ||S||) r equals the written
     form to first order for fine-tunes (||S|| ~ ||T||) and stays bounded.
     """

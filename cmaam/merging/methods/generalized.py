@@ -72,7 +72,8 @@ def generalized_task_arithmetic(
     epsilons = per_model(method, "epsilon", epsilon, count)
     if sparsification in RANDOM_SPARSIFICATIONS:
         if rescale_mode not in ("l1", "inverse_density"):
-            raise CMAAMError(f"{method}: rescale_mode must be 'l1' (mergekit) or 'inverse_density', not {rescale_mode!r}")
+            raise CMAAMError(f"{method}: rescale_mode must be 'l1' (mergekit) or 'inverse_density', "
+                             f"not {rescale_mode!r}")
         generator = make_generator(seed, base.device)
     else:
         rescale_mode, generator = "l1", None

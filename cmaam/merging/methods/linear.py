@@ -12,7 +12,8 @@ from cmaam.merging.methods.registry import Parameter, register
     Parameter("weight", default=None, per_model=True, required=True),
     Parameter("normalize", default=True),
 ))
-def linear(tensors: list[torch.Tensor], base: torch.Tensor | None, weight: list[float], normalize: bool = True) -> torch.Tensor:
+def linear(tensors: list[torch.Tensor], base: torch.Tensor | None, weight: list[float],
+           normalize: bool = True) -> torch.Tensor:
     """Weighted sum of the tensors, divided by the sum of weights when ``normalize``.
 
     Accumulated in place, as mergekit's addcmul loop: one output buffer instead of stacking every input.

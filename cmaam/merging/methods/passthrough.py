@@ -14,7 +14,8 @@ from cmaam.merging.methods.registry import Parameter, register
 
 
 @register("passthrough", parameters=(Parameter("scale", default=None, per_model=True),))
-def passthrough(tensors: list[torch.Tensor], base: torch.Tensor | None, scale: float | list | None = None) -> torch.Tensor:
+def passthrough(tensors: list[torch.Tensor], base: torch.Tensor | None,
+                scale: float | list | None = None) -> torch.Tensor:
     """The one input tensor (the base when no other is given), times ``scale`` when set."""
     inputs = list(tensors) or ([base] if base is not None else [])
     if len(inputs) != 1:

@@ -1,0 +1,1 @@
+"""Presets shipped with the package: ``experiments/<name>.yaml`` and ``evolve/<name>.yaml`` (see cmaam.core.presets)."""

@@ -1,0 +1,236 @@
+"""The streaming executor: one read per input tensor whatever the consumers, prefetch, checks, equal outputs."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmaam.core.options import ExecutionOptions
+
+from cmaam.alignment.layouts import get_layout
+from cmaam.alignment.scores.analyzer import analyze_pair, score_tensor_pair
+from cmaam.alignment.scores.cmbc import embedding_subspace
+from cmaam.core.errors import CMAAMError
+from cmaam.io import CheckpointReader, CheckpointWriter, write_state_dict
+from cmaam.merging.executor import ModelOutput, TensorJob, execute, plan_specs, run_merge
+from cmaam.merging.pairs import check_pair, interpolate, pair_jobs
+from cmaam.merging.sweep import sweep
+
+NAMES = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.0.input_layernorm.weight",
+         "model.layers.0.counter", "lm_head.weight"]
+
+
+def toy_model(folder: Path, seed: int, replace: dict | None = None) -> Path:
+    """A small Llama-named model: bf16 matrices, a float32 norm, an int64 buffer."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {
+        NAMES[0]: torch.randn(12, 8, generator=generator).to(torch.bfloat16),
+        NAMES[1]: torch.randn(16, 8, generator=generator).to(torch.bfloat16),
+        NAMES[2]: torch.rand(8, generator=generator) + 0.5,
+        NAMES[3]: torch.arange(5) + seed,
+        NAMES[4]: torch.randn(12, 8, generator=generator).to(torch.bfloat16),
+    }
+    tensors.update(replace or {})
+    return write_state_dict(folder, tensors, config={"model_type": "llama", "dtype": "bfloat16"})
+
+
+@pytest.fixture
+def pair(tmp_path):
+    return toy_model(tmp_path / "T", 0), toy_model(tmp_path / "S", 1)
+
+
+def readers_of(target: Path, source: Path) -> dict[str, CheckpointReader]:
+    return {"target": CheckpointReader(target), "source": CheckpointReader(source)}
+
+
+class Recorder:
+    """A consumer keeping what it was given."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, list[torch.Tensor]]] = []
+        self.finished = False
+
+    def consume(self, job, tensors):
+        self.seen.append((job.output_name, tensors))
+        return None
+
+    def finish(self):
+        self.finished = True
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Every CheckpointReader.get as (folder name, tensor name), in call order."""
+    calls: list[tuple[str, str]] = []
+    original = CheckpointReader.get
+
+    def get(self, name, *args, **kwargs):
+        calls.append((self.path.name, name))
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointReader, "get", get)
+    return calls
+
+
+def stored(folder: Path) -> dict[str, torch.Tensor]:
+    reader = CheckpointReader(folder)
+    return {name: reader.get(name) for name in reader.keys()}
+
+
+def test_each_input_is_read_once_for_every_consumer(pair, tmp_path, counted):
+    target, source = pair
+    readers = readers_of(target, source)
+    jobs = pair_jobs(readers["target"], dict.fromkeys(NAMES[:3] + NAMES[4:], 0.0), "linear")
+    specs = plan_specs(readers, jobs)
+    first, second = Recorder(), Recorder()
+    with CheckpointWriter(tmp_path / "a", specs, reference=target) as writer_a, \
+            CheckpointWriter(tmp_path / "b", specs, reference=target) as writer_b:
+        outputs = [ModelOutput(writer_a, lambda ts: interpolate(ts, 0.25)),
+                   ModelOutput(writer_b, lambda ts: interpolate(ts, 0.75))]
+        execute(readers, jobs, [first, *outputs, second], ExecutionOptions(progress=False))
+    # 4 floating tensors from both models, the int buffer only from the target (a copy job)
+    assert sorted(counted) == sorted([("T", n) for n in NAMES] + [("S", n) for n in NAMES if n != NAMES[3]])
+    assert first.finished and second.finished
+    # both recorders got the very same tensor objects; compute jobs as float32, the copy as stored
+    for (name_a, tensors_a), (name_b, tensors_b) in zip(first.seen, second.seen):
+        assert name_a == name_b and all(a is b for a, b in zip(tensors_a, tensors_b))
+    kinds = {name: [t.dtype for t in tensors] for name, tensors in first.seen}
+    assert kinds[NAMES[1]] == [torch.float32, torch.float32] and kinds[NAMES[3]] == [torch.int64]
+    # and the two outputs hold their own alphas
+    t, s = stored(target), stored(source)
+    for folder, alpha in (("a", 0.25), ("b", 0.75)):
+        merged = stored(tmp_path / folder)
+        expected = interpolate([t[NAMES[1]].float(), s[NAMES[1]].float()], alpha).to(torch.bfloat16)
+        assert torch.equal(merged[NAMES[1]], expected) and torch.equal(merged[NAMES[3]], t[NAMES[3]])
+
+
+def test_compute_jobs_reach_consumers_as_float32_of_the_stored_values(pair):
+    """Each consumer gets exactly what was read: values equal the stored tensors converted to float32."""
+    target, source = pair
+    readers = readers_of(target, source)
+    recorder = Recorder()
+    execute(readers, [TensorJob(NAMES[1], [("target", NAMES[1]), ("source", NAMES[1])], compute=True)],
+            [recorder], ExecutionOptions(progress=False))
+    (_, (t, s)), = recorder.seen
+    assert torch.equal(t, stored(target)[NAMES[1]].float()) and torch.equal(s, stored(source)[NAMES[1]].float())
+
+
+def test_nan_input_is_one_line_error_unless_allowed(tmp_path):
+    target = toy_model(tmp_path / "T", 0)
+    broken = toy_model(tmp_path / "S", 1, replace={NAMES[2]: torch.tensor([1.0, float("nan")] + [0.0] * 6)})
+    readers = readers_of(target, broken)
+    jobs = pair_jobs(readers["target"], {NAMES[2]: 0.5}, "linear")
+    with pytest.raises(CMAAMError) as error:
+        run_merge(readers, jobs, tmp_path / "out", ExecutionOptions(progress=False), reference=target)
+    assert str(error.value) == f"{broken}: {NAMES[2]}: contains NaN or Inf (pass --allow-nonfinite to merge anyway)"
+    assert not (tmp_path / "out").exists()
+    run_merge(readers, jobs, tmp_path / "out", ExecutionOptions(allow_nonfinite=True, progress=False), reference=target)
+    assert torch.isnan(stored(tmp_path / "out")[NAMES[2]][1])
+
+
+def test_nonfinite_merge_result_names_the_output_and_its_label(pair, tmp_path):
+    target, source = pair
+    readers = readers_of(target, source)
+    jobs = [TensorJob(NAMES[2], [("target", NAMES[2]), ("source", NAMES[2])], lambda ts: ts[0] / 0.0)]
+    specs = plan_specs(readers, jobs)
+    with pytest.raises(CMAAMError, match=rf"^merged {NAMES[2]} \(alpha 0.3\): contains NaN or Inf"):
+        with CheckpointWriter(tmp_path / "out", specs, reference=target) as writer:
+            execute(readers, jobs, [ModelOutput(writer, label=" (alpha 0.3)")], ExecutionOptions(progress=False))
+    assert not (tmp_path / "out").exists()
+
+
+def test_next_job_is_prefetched_while_the_current_one_is_consumed(pair, counted):
+    """The consumer of job i waits until job i + 1 has been read: without read-ahead this never happens."""
+    target, source = pair
+    readers = readers_of(target, source)
+    jobs = [TensorJob(name, [("target", name)]) for name in NAMES]
+
+    class WaitsForReadAhead:
+        def __init__(self):
+            self.order: list[str] = []
+
+        def consume(self, job, tensors):
+            index = NAMES.index(job.output_name)
+            if index + 1 < len(NAMES):
+                for _ in range(2000):
+                    if ("T", NAMES[index + 1]) in counted:
+                        break
+                    threading.Event().wait(0.005)
+                else:
+                    raise AssertionError(f"{NAMES[index + 1]} was not read while {job.output_name} was consumed")
+            self.order.append(job.output_name)
+
+        def finish(self):
+            pass
+
+    consumer = WaitsForReadAhead()
+    execute(readers, jobs, [consumer], ExecutionOptions(progress=False))
+    assert consumer.order == NAMES and counted == [("T", name) for name in NAMES]
+
+
+def test_outputs_are_written_behind_in_a_writer_thread(pair, tmp_path, monkeypatch):
+    target, source = pair
+    readers = readers_of(target, source)
+    threads = set()
+    original = CheckpointWriter.add
+    monkeypatch.setattr(CheckpointWriter, "add", lambda self, name, tensor: threads.add(
+        threading.current_thread().name) or original(self, name, tensor))
+    run_merge(readers, pair_jobs(readers["target"], {NAMES[1]: 0.5}, "linear"), tmp_path / "out",
+              ExecutionOptions(progress=False), reference=target)
+    assert len(threads) == 1 and next(iter(threads)).startswith("cmaam-write")
+
+
+def test_streamed_merge_equals_a_whole_model_merge(pair, tmp_path):
+    """run_merge against the method applied to whole state dicts in float32, cast to the stored dtype."""
+    target, source = pair
+    readers = readers_of(target, source)
+    alphas = {NAMES[0]: 0.2, NAMES[1]: 0.5, NAMES[2]: 0.9}
+    run_merge(readers, pair_jobs(readers["target"], alphas, "linear"), tmp_path / "out",
+              ExecutionOptions(progress=False), reference=target)
+    t, s, merged = stored(target), stored(source), stored(tmp_path / "out")
+    assert list(merged) == list(t)
+    for name in t:
+        if name in alphas:
+            expected = interpolate([t[name].float(), s[name].float()], alphas[name]).to(t[name].dtype)
+        else:
+            expected = t[name]
+        assert merged[name].dtype == t[name].dtype and torch.equal(merged[name], expected), name
+
+
+def test_sweep_reads_once_and_equals_whole_model_merges(pair, tmp_path, counted):
+    target, source = pair
+    outputs = sweep(source, target, tmp_path / "sweep", [0.1, 0.5, 0.8], ExecutionOptions(device="cpu", progress=False))
+    reads = [call for call in counted if call[0] in ("T", "S")]
+    assert len(reads) == len(set(reads)) == 2 * len(NAMES) - 1  # the int buffer is copied from the target alone
+    t, s = stored(target), stored(source)
+    for alpha, output in zip((0.1, 0.5, 0.8), outputs):
+        merged = stored(output)
+        expected = interpolate([t[NAMES[4]].float(), s[NAMES[4]].float()], alpha).to(torch.bfloat16)
+        assert torch.equal(merged[NAMES[4]], expected) and torch.equal(merged[NAMES[3]], t[NAMES[3]])
+
+
+def test_analysis_reads_the_embedding_once_and_keeps_target_order(qwen_vlm_pair, counted):
+    target, source = qwen_vlm_pair
+    source_reader, target_reader = CheckpointReader(source), CheckpointReader(target)
+    analysis = analyze_pair(source_reader, target_reader, ExecutionOptions(device="cpu", progress=False))
+    assert analysis.embedding is not None
+    assert len(counted) == len(set(counted)) == 2 * len(analysis.tensors)
+    assert counted[:2] == [(source.name, analysis.embedding), (target.name, analysis.embedding)]  # read first
+    assert list(analysis.tensors) == check_pair(source_reader, target_reader)  # target order
+    # each score equals the pair scored alone, with the basis of the target's embedding
+    layout = get_layout(config=target_reader.config)
+    basis = embedding_subspace(target_reader.get(analysis.embedding, dtype=torch.float32))
+    for name in [*layout.bridge_outputs(analysis.tensors), analysis.embedding]:
+        bridge = layout.is_bridge_output(name)
+        expected = score_tensor_pair(name, layout.classify(name), source_reader.get(name, dtype=torch.float32),
+                                     target_reader.get(name, dtype=torch.float32), basis if bridge else None, bridge)
+        assert analysis.tensors[name] == expected
+
+
+@pytest.fixture(scope="module")
+def qwen_vlm_pair(tiny_qwen2vl_pair):
+    target, source = tiny_qwen2vl_pair
+    return Path(target), Path(source)
