@@ -11,6 +11,7 @@ a table with the ratios. Targets: cmaam throughput >= 1.5x mergekit's, peak RSS 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -20,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from cmaam.testing.tiny import TinySize
 
@@ -156,23 +158,59 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--size-gb, --dtype, --repeats, --workdir, --keep: shared by the benches that build synthetic models."""
     parser.add_argument("--size-gb", type=float, default=1.0, help="size of each synthetic model (default: 1)")
-    parser.add_argument("--methods", nargs="+", default=["linear", "ties"], choices=sorted(METHOD_YAML))
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--repeats", type=int, default=1, help="runs per side; the fastest is reported")
     parser.add_argument("--workdir", default=None, help="where models are built (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+
+
+def synthetic_inputs(workdir: Path, size_gb: float, dtype_name: str) -> dict[str, Path]:
+    """base, ft1, ft2 under ``workdir/models`` (built unless already there)."""
+    models = workdir / "models"
+    if (models / "ft2").exists():
+        return {name: models / name for name in ("base", "ft1", "ft2")}
+    return build_models(models, size_gb, dtype_name)
+
+
+@contextlib.contextmanager
+def work_folder(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
+    """``--workdir`` (kept), else a temporary folder removed at the end unless ``--keep``."""
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield workdir
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_sides(sides: dict[str, list[str]], paths: dict[str, Path], workdir: Path, repeats: int) -> dict[str, dict]:
+    """Run each side's command ``repeats`` times (output ``workdir/out_SIDE`` removed first, inputs' page cache
+    warm): the fastest run's figures, with the highest peak RSS of the runs."""
+    results = {}
+    for side, command in sides.items():
+        runs = []
+        for _ in range(repeats):
+            shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
+            warm_cache(paths.values())
+            runs.append(measure(command))
+        results[side] = min(runs, key=lambda r: r["seconds"])
+        results[side]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--methods", nargs="+", default=["linear", "ties"], choices=sorted(METHOD_YAML))
     args = parser.parse_args()
 
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cmaam_bench_"))
-    workdir.mkdir(parents=True, exist_ok=True)
     mergekit_cli = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
-    try:
-        paths = build_models(workdir / "models", args.size_gb, args.dtype) \
-            if not (workdir / "models" / "ft2").exists() \
-            else {n: workdir / "models" / n for n in ("base", "ft1", "ft2")}
+    with work_folder(args, "cmaam_bench_") as workdir:
+        paths = synthetic_inputs(workdir, args.size_gb, args.dtype)
         model_gb = folder_bytes(paths["base"]) / 1e9
         rows = []
         for method in args.methods:
@@ -183,16 +221,7 @@ def main() -> None:
                           "--no-progress", "--overwrite"],
                 "mergekit": [mergekit_cli, str(config), str(workdir / "out_mergekit"), "--quiet"],
             }
-            results = {}
-            for side, command in sides.items():
-                runs = []
-                for _ in range(args.repeats):
-                    shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
-                    warm_cache(paths.values())
-                    runs.append(measure(command))
-                results[side] = min(runs, key=lambda r: r["seconds"])
-                results[side]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-            rows.append((method, results))
+            rows.append((method, run_sides(sides, paths, workdir, args.repeats)))
         print(f"\nmodel size {model_gb:.2f} GB per input ({args.dtype}), 3 inputs, fresh process per side\n")
         header = f"{'method':<8} {'side':<9} {'seconds':>8} {'GB/s':>7} {'peak RSS MB':>12} {'CPU s':>7}"
         print(header)
@@ -205,9 +234,6 @@ def main() -> None:
             memory = results["cmaam"]["peak_rss_mb"] / results["mergekit"]["peak_rss_mb"]
             print(f"{method:<8} {'ratio':<9} throughput x{speed:.2f} (target >= 1.5), "
                   f"peak RSS x{memory:.2f} (target <= 0.5)")
-    finally:
-        if not args.keep and args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

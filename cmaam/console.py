@@ -26,6 +26,7 @@ def command(module: str) -> Callable[[], NoReturn]:
 merge = command("cmaam.merge")
 sweep = command("cmaam.sweep")
 mergekit = command("cmaam.mergekit")
+moe = command("cmaam.moe")
 check = command("cmaam.check")
 soups = command("cmaam.soups")
 compare = command("cmaam.compare")

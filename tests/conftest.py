@@ -12,36 +12,30 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory):
-    """A tiny random Llama saved to disk (seed 0)."""
-    from cmaam.testing.tiny import build_tiny_causal_lm
+def tiny_model_fixtures(name: str, builder: str, model_type: str, title: str):
+    """Session fixtures ``tiny_NAME`` (``cmaam.testing.tiny.BUILDER``, seed 0) and ``tiny_NAME_pair``
+    (the model, a seeded perturbation of it standing in for a fine-tune): one definition for every tiny model."""
 
-    return build_tiny_causal_lm(tmp_path_factory.mktemp("models") / "llama", "llama", seed=0)
+    def model(tmp_path_factory):
+        from cmaam.testing import tiny
 
+        return getattr(tiny, builder)(tmp_path_factory.mktemp("models") / name, model_type, seed=0)
 
-@pytest.fixture(scope="session")
-def tiny_llama_pair(tiny_llama, tmp_path_factory):
-    """(base, fine-tuned stand-in): the tiny Llama and a seeded perturbation of it."""
-    from cmaam.testing.tiny import perturb_model
+    def pair(request, tmp_path_factory):
+        from cmaam.testing.tiny import perturb_model
 
-    return tiny_llama, perturb_model(tiny_llama, tmp_path_factory.mktemp("models") / "llama_ft", 0.05, seed=1)
+        base = request.getfixturevalue(f"tiny_{name}")
+        return base, perturb_model(base, tmp_path_factory.mktemp("models") / f"{name}_ft", 0.05, seed=1)
 
-
-@pytest.fixture(scope="session")
-def tiny_qwen2vl(tmp_path_factory):
-    """A tiny random Qwen2-VL (transformers-5 names) with its processor."""
-    from cmaam.testing.tiny import build_tiny_vlm
-
-    return build_tiny_vlm(tmp_path_factory.mktemp("models") / "qwen2vl", "qwen2_vl", seed=0)
+    model.__doc__ = f"A tiny random {title} saved to disk (seed 0)."
+    pair.__doc__ = f"(base, fine-tuned stand-in): the tiny {title} and a seeded perturbation of it (seed 1)."
+    return (pytest.fixture(model, scope="session", name=f"tiny_{name}"),
+            pytest.fixture(pair, scope="session", name=f"tiny_{name}_pair"))
 
 
-@pytest.fixture(scope="session")
-def tiny_qwen2vl_pair(tiny_qwen2vl, tmp_path_factory):
-    """(target, source): the tiny Qwen2-VL and a seeded perturbation standing in for a fine-tune."""
-    from cmaam.testing.tiny import perturb_model
-
-    return tiny_qwen2vl, perturb_model(tiny_qwen2vl, tmp_path_factory.mktemp("models") / "qwen2vl_ft", 0.05, seed=1)
+tiny_llama, tiny_llama_pair = tiny_model_fixtures("llama", "build_tiny_causal_lm", "llama", "Llama")
+tiny_qwen2vl, tiny_qwen2vl_pair = tiny_model_fixtures("qwen2vl", "build_tiny_vlm", "qwen2_vl",
+                                                      "Qwen2-VL (transformers-5 names) with its processor")
 
 
 @pytest.fixture

@@ -78,6 +78,7 @@ class _Slot:
     offset: int  # absolute offset in the shard file
     spec: TensorSpec
     written: bool = False
+    filled: int = 0  # elements written by add_part
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -214,6 +215,26 @@ class CheckpointWriter:
         if data.numel():
             file.write(memoryview(data.view(torch.uint8).numpy()))
         slot.written = True
+
+    def add_part(self, name: str, tensor: torch.Tensor, offset: int) -> None:
+        """Write ``tensor`` (cast to the planned dtype) into planned tensor ``name`` from flat element ``offset``.
+
+        Lets a tensor too large to assemble in memory (an MoE layer's experts stacked) be written piece by
+        piece; the tensor counts as written once its pieces have covered every element.
+        """
+        slot = self._slots.get(name)
+        if slot is None:
+            raise CMAAMError(f"tensor {name!r} was not planned for this output")
+        total = slot.spec.nbytes // slot.spec.dtype.itemsize
+        if offset < 0 or offset + tensor.numel() > total:
+            raise CMAAMError(f"tensor {name!r}: part of {tensor.numel()} elements at {offset} exceeds its {total}")
+        data = tensor.detach().to(device="cpu", dtype=slot.spec.dtype).contiguous().reshape(-1)
+        file = self._files[slot.shard]
+        file.seek(slot.offset + offset * slot.spec.dtype.itemsize)
+        if data.numel():
+            file.write(memoryview(data.view(torch.uint8).numpy()))
+        slot.filled += data.numel()
+        slot.written = slot.filled >= total
 
     def _finish(self) -> None:
         missing = [name for name, slot in self._slots.items() if not slot.written]

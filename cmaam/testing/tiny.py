@@ -18,7 +18,7 @@ SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|image_pad|>", "<|video_pad|>", "<image>", "<video>", "<pad>",
 ]
-CAUSAL_LM_TYPES = ("llama", "mistral", "qwen2")
+CAUSAL_LM_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 VLM_TYPES = ("qwen2_vl", "llava", "llava_onevision")
 _IMAGE_PLACEHOLDER = {"qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image>",
                       "llava_onevision": "<image>"}
@@ -102,12 +102,13 @@ def _text_config(model_type: str, size: TinySize, tokenizer) -> dict:
         num_key_value_heads=size.num_key_value_heads, max_position_embeddings=2048,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
         tie_word_embeddings=False,
+        **({"head_dim": size.hidden_size // size.num_attention_heads} if model_type == "qwen3" else {}),
     )
 
 
 def build_tiny_causal_lm(output: str | Path, model_type: str = "llama", seed: int = 0,
                          size: TinySize | None = None, dtype: torch.dtype = torch.float32) -> Path:
-    """Save a random causal LM (llama, mistral or qwen2) with a byte-level tokenizer to ``output``."""
+    """Save a random causal LM (llama, mistral, qwen2 or qwen3) with a byte-level tokenizer to ``output``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if model_type not in CAUSAL_LM_TYPES:
