@@ -19,8 +19,9 @@ SPECIAL_TOKENS = [
     "<|image_pad|>", "<|video_pad|>", "<image>", "<video>", "<pad>",
 ]
 CAUSAL_LM_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-VLM_TYPES = ("qwen2_vl", "llava", "llava_onevision")
-_IMAGE_PLACEHOLDER = {"qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image>",
+VLM_TYPES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_onevision")
+_IMAGE_PLACEHOLDER = {"qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+                      "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image>",
                       "llava_onevision": "<image>"}
 
 
@@ -132,15 +133,20 @@ def _vlm_config(model_type: str, size: TinySize, tokenizer):
 
     text = _text_config(model_type, size, tokenizer)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    if model_type == "qwen2_vl":
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):
         half = size.hidden_size // size.num_attention_heads // 2
         section = [half - 2 * (half // 4), half // 4, half // 4]
         text["rope_scaling"] = {"type": "mrope", "rope_type": "default", "mrope_section": section}
+        patches = dict(depth=size.vision_layers, num_heads=size.vision_heads, patch_size=14, spatial_merge_size=2,
+                       temporal_patch_size=2, in_channels=3)
+        if model_type == "qwen2_vl":
+            vision = dict(patches, embed_dim=size.vision_hidden_size, hidden_size=size.hidden_size, mlp_ratio=2)
+        else:  # Qwen2.5-VL: gated MLP blocks, window attention with the last block full
+            vision = dict(patches, hidden_size=size.vision_hidden_size, intermediate_size=2 * size.vision_hidden_size,
+                          out_hidden_size=size.hidden_size, window_size=56,
+                          fullatt_block_indexes=[size.vision_layers - 1])
         return AutoConfig.for_model(
-            "qwen2_vl", text_config=dict(text, model_type="qwen2_vl_text"),
-            vision_config=dict(depth=size.vision_layers, embed_dim=size.vision_hidden_size,
-                               hidden_size=size.hidden_size, num_heads=size.vision_heads, mlp_ratio=2,
-                               patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+            model_type, text_config=dict(text, model_type=f"{model_type}_text"), vision_config=vision,
             image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
             vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
             tie_word_embeddings=False,
@@ -169,7 +175,7 @@ def build_processor(model_type: str = "qwen2_vl"):
     """The processor (image processor + byte-level tokenizer + chat template) for a tiny VLM."""
     tokenizer = build_tokenizer(_IMAGE_PLACEHOLDER.get(model_type, "<image>"))
     template = chat_template(_IMAGE_PLACEHOLDER.get(model_type, "<image>"))
-    if model_type == "qwen2_vl":
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):  # one image path (Qwen2.5-VL adds only video timing)
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
             Qwen2VLImageProcessorPil,
         )
@@ -193,7 +199,7 @@ def build_processor(model_type: str = "qwen2_vl"):
 
 def build_tiny_vlm(output: str | Path, model_type: str = "qwen2_vl", seed: int = 0, size: TinySize | None = None,
                    dtype: torch.dtype = torch.float32, with_processor: bool = True) -> Path:
-    """Save a random VLM (qwen2_vl, llava, llava_onevision) and, where supported, its processor."""
+    """Save a random VLM (qwen2_vl, qwen2_5_vl, llava, llava_onevision) and, where supported, its processor."""
     from transformers import AutoModelForImageTextToText
 
     size = size or TinySize()

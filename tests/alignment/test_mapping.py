@@ -60,42 +60,76 @@ def merge(source, target, output, **options):
                      print_summary=False, **options)
 
 
-def test_text_llm_into_qwen2vl(tiny_qwen2, tiny_qwen2vl, tmp_path):
+def check_merged_into_vlm(source, target, output, model_class: str):
+    """Merge a text LLM into a VLM and check the result: vision tower and bridge bit-identical to the target, mapped
+    tensors (1 - a) T + a S, loads strictly with ``model_class`` and answers an image question. Returns the result."""
+    import transformers
     from PIL import Image
 
     from eval.generation import GenerationRequest, HFGenerator
 
-    result = merge(tiny_qwen2, tiny_qwen2vl, tmp_path / "merged")
+    result = merge(source, target, output)
     mapping = result.mapping
-    assert (len(mapping.pairs), len(mapping.target_only), len(mapping.source_only)) == (27, 31, 0)
-    merged, target, source = (CheckpointReader(p) for p in (tmp_path / "merged", tiny_qwen2vl, tiny_qwen2))
-    assert merged.keys() == target.keys()
+    merged, target_reader, source_reader = (CheckpointReader(p) for p in (output, target, source))
+    assert merged.keys() == target_reader.keys()
     for name in mapping.target_only:  # vision tower and bridge: bit-identical to the target
         assert mapping.components[name] in ("vision_encoder", "cross_modal_bridge")
-        assert torch.equal(merged.get(name), target.get(name)), name
+        assert torch.equal(merged.get(name), target_reader.get(name)), name
     alphas = result.plan.tensor_alphas
     assert set(alphas) == set(mapping.pairs) and len(set(alphas.values())) == 2  # one alpha per component
     for name, source_name in mapping.pairs.items():  # language model: (1 - a) T + a S
-        expected = (1 - alphas[name]) * target.get(name) + alphas[name] * source.get(source_name)
+        expected = (1 - alphas[name]) * target_reader.get(name) + alphas[name] * source_reader.get(source_name)
         assert torch.allclose(merged.get(name), expected, rtol=0, atol=1e-6), name
-        if not torch.equal(source.get(source_name), target.get(name)):  # (norms start as ones in both)
-            assert not torch.equal(merged.get(name), target.get(name)), name
-    alphas_file = yaml.safe_load((tmp_path / "merged" / "alphas.yaml").read_text())
-    assert alphas_file["mapping"]["mapped"] == 27 and len(alphas_file["kept_from_target"]) == 31
-    generator = HFGenerator(tmp_path / "merged", device="cpu", max_new_tokens=5, progress=False)
-    assert type(generator.model).__name__ == "Qwen2VLForConditionalGeneration"
+        if not torch.equal(source_reader.get(source_name), target_reader.get(name)):  # (norms: ones in both)
+            assert not torch.equal(merged.get(name), target_reader.get(name)), name
+    alphas_file = yaml.safe_load((output / "alphas.yaml").read_text())
+    assert alphas_file["mapping"]["mapped"] == len(mapping.pairs)
+    assert alphas_file["kept_from_target"] == sorted(mapping.target_only)
+    _, loading = getattr(transformers, model_class).from_pretrained(output, output_loading_info=True)
+    assert not any(loading[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), loading
+    generator = HFGenerator(output, device="cpu", max_new_tokens=5, progress=False)
+    assert type(generator.model).__name__ == model_class
     answer = generator.generate([GenerationRequest("What color is this?", image=Image.new("RGB", (56, 56), "red"))])
     assert len(answer) == 1 and isinstance(answer[0], str)
+    return result
 
 
-def test_tokenizer_mismatch_rows_matched_by_token(tiny_qwen2, tiny_qwen2vl, tmp_path):
+def test_text_llm_into_qwen2vl(tiny_qwen2, tiny_qwen2vl, tmp_path):
+    result = check_merged_into_vlm(tiny_qwen2, tiny_qwen2vl, tmp_path / "merged", "Qwen2VLForConditionalGeneration")
+    mapping = result.mapping
+    assert (len(mapping.pairs), len(mapping.target_only), len(mapping.source_only)) == (27, 31, 0)
+
+
+@pytest.mark.parametrize("source_type, target_type, model_class, counts", [
+    ("qwen2", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", (27, 30, 0)),
+    ("llama", "llava", "LlavaForConditionalGeneration", (21, 43, 0)),  # hub names: language_model.model.*
+])
+def test_text_llm_into_other_vlms(source_type, target_type, model_class, counts, tmp_path):
+    """Tiny Qwen2.5-VL and LLaVA targets, built and saved by transformers: the same guarantees as for Qwen2-VL."""
+    from cmaam.testing.tiny import build_tiny_causal_lm, build_tiny_vlm
+
+    source = build_tiny_causal_lm(tmp_path / "text", source_type, seed=11)
+    target = build_tiny_vlm(tmp_path / "vlm", target_type, seed=12)
+    result = check_merged_into_vlm(source, target, tmp_path / "merged", model_class)
+    mapping = result.mapping
+    assert (len(mapping.pairs), len(mapping.target_only), len(mapping.source_only)) == counts
+    assert {mapping.components[name] for name in mapping.target_only} == {"vision_encoder", "cross_modal_bridge"}
+
+
+def test_tokenizer_mismatch_rows_matched_by_token(tiny_qwen2, tiny_qwen2vl, tmp_path, capfd):
     from cmaam.alignment.vocabulary import load_vocabulary
+    from cmaam.check import main as check_main
     from cmaam.testing.tiny import retokenize_model
 
     dropped, added = ["a", "b", "c", "<video>"], [f"<new_{i}>" for i in range(30)]
     source = retokenize_model(tiny_qwen2, tmp_path / "retokenized", drop=dropped, add=added)
     source_ids, target_ids = load_vocabulary(source), load_vocabulary(tiny_qwen2vl)
     assert len(source_ids) == 292 and source_ids["<|im_end|>"] != target_ids["<|im_end|>"]
+    assert check_main([str(source), str(tiny_qwen2vl)]) == 0  # the vocabulary overlap, before any merge
+    printed = capfd.readouterr().out
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert (f"vocabulary {name}: 262 of 266 target rows merged (matched by token), 4 kept from the target, "
+                "30 of 292 source rows unused") in printed
     result = merge(source, tiny_qwen2vl, tmp_path / "merged")
     vocabulary = result.mapping.vocabulary["model.embed_tokens.weight"]
     assert (vocabulary.target_rows, vocabulary.source_rows, vocabulary.matched, vocabulary.kept,
