@@ -2,9 +2,9 @@
 
     python scripts/cross_model_figures.py [WORK_FOLDER]
 
-1. A tiny Qwen2 text model merged into a tiny Qwen2-VL (component strategy): the mapping table, vision and bridge
-   tensors bit-identical to the target, the largest |merged - ((1 - a) T + a S)| on mapped tensors, the merged model
-   loaded as Qwen2VLForConditionalGeneration answering an image question.
+1. A tiny Qwen2 text model merged into a tiny Qwen2-VL and a tiny Qwen2.5-VL, a tiny Llama into a tiny LLaVA
+   (component strategy): the mapping table, vision and bridge tensors bit-identical to the target, the largest
+   |merged - ((1 - a) T + a S)| on mapped tensors, the merged model loaded by its class answering an image question.
 2. A tokenizer mismatch (the text model under another tokenizer): row counts, matched rows against (1 - a) T + a S.
 3. LLaVA-OneVision onto Qwen2-VL: the mapped/kept table.
 4. peft adapters read as inputs against peft's merge_and_unload (largest difference over every tensor).
@@ -38,7 +38,8 @@ def peft_merged(base: Path, adapter: Path) -> dict[str, torch.Tensor]:
     return PeftModel.from_pretrained(model_class.from_pretrained(base), adapter).merge_and_unload().state_dict()
 
 
-def text_into_vlm(work: Path, qwen2: Path, qwen2vl: Path) -> None:
+def text_into_vlm(work: Path, source: Path, target: Path, label: str) -> None:
+    import transformers
     from PIL import Image
 
     from cmaam.alignment.alphas import AlphaConfig
@@ -46,23 +47,27 @@ def text_into_vlm(work: Path, qwen2: Path, qwen2vl: Path) -> None:
     from cmaam.io import CheckpointReader
     from eval.generation import GenerationRequest, HFGenerator
 
-    print("== 1. tiny Qwen2 text model -> tiny Qwen2-VL (strategy component)")
-    result = merge_vlm(qwen2, qwen2vl, work / "qwen2_into_qwen2vl", AlphaConfig(strategy="component"), CPU,
-                       print_summary=False)
+    print(f"== 1. {label} (strategy component)")
+    output = work / f"{source.name}_into_{target.name}"
+    result = merge_vlm(source, target, output, AlphaConfig(strategy="component"), CPU, print_summary=False)
     mapping = result.mapping
     print(mapping.table())
-    merged, target, source = (CheckpointReader(p) for p in (work / "qwen2_into_qwen2vl", qwen2vl, qwen2))
-    same = sum(torch.equal(merged.get(n), target.get(n)) for n in mapping.target_only)
+    merged, target_reader, source_reader = (CheckpointReader(p) for p in (output, target, source))
+    same = sum(torch.equal(merged.get(n), target_reader.get(n)) for n in mapping.target_only)
     print(f"vision + bridge tensors bit-identical to the target: {same} of {len(mapping.target_only)}")
     alphas = result.plan.tensor_alphas
     print("alphas: " + ", ".join(f"{key} {group.alpha:.4f}" for key, group in result.plan.groups.items()))
-    error = largest_difference((merged.get(t), (1 - alphas[t]) * target.get(t) + alphas[t] * source.get(s))
-                               for t, s in mapping.pairs.items())
+    error = largest_difference((merged.get(t), (1 - alphas[t]) * target_reader.get(t) + alphas[t] *
+                                source_reader.get(s)) for t, s in mapping.pairs.items())
     print(f"mapped tensors: max |merged - ((1 - a) T + a S)| = {error:.2e} over {len(mapping.pairs)} tensors")
-    generator = HFGenerator(work / "qwen2_into_qwen2vl", device="cpu", max_new_tokens=8, progress=False)
+    generator = HFGenerator(output, device="cpu", max_new_tokens=8, progress=False)
+    model_class = type(generator.model).__name__
+    _, loading = getattr(transformers, model_class).from_pretrained(output, output_loading_info=True)
+    problems = sum(len(loading[key]) for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
     answer = generator.generate([GenerationRequest("What color is the square?",
                                                    image=Image.new("RGB", (56, 56), (255, 0, 0)))])[0]
-    print(f"loaded as {type(generator.model).__name__}; answer to an image question: {answer!r}")
+    print(f"loaded as {model_class} ({problems} missing, unexpected or mismatched weights); "
+          f"answer to an image question: {answer!r}\n")
 
 
 def tokenizer_mismatch(work: Path, qwen2: Path, qwen2vl: Path) -> None:
@@ -72,7 +77,7 @@ def tokenizer_mismatch(work: Path, qwen2: Path, qwen2vl: Path) -> None:
     from cmaam.io import CheckpointReader
     from cmaam.testing.tiny import retokenize_model
 
-    print("\n== 2. tokenizer mismatch: the text model under another tokenizer (4 tokens dropped, 30 added, ids "
+    print("== 2. tokenizer mismatch: the text model under another tokenizer (4 tokens dropped, 30 added, ids "
           "shuffled)")
     dropped = ["a", "b", "c", "<video>"]
     source = retokenize_model(qwen2, work / "retokenized", drop=dropped, add=[f"<new_{i}>" for i in range(30)])
@@ -162,7 +167,10 @@ def main() -> None:
     qwen2vl = build_tiny_vlm(work / "qwen2vl", "qwen2_vl", seed=0)
     onevision = build_tiny_vlm(work / "onevision", "llava_onevision", seed=6)
     llama = build_tiny_causal_lm(work / "llama", "llama", seed=0)
-    text_into_vlm(work, qwen2, qwen2vl)
+    text_into_vlm(work, qwen2, qwen2vl, "tiny Qwen2 text model -> tiny Qwen2-VL")
+    text_into_vlm(work, qwen2, build_tiny_vlm(work / "qwen2_5_vl", "qwen2_5_vl", seed=12),
+                  "tiny Qwen2 text model -> tiny Qwen2.5-VL")
+    text_into_vlm(work, llama, build_tiny_vlm(work / "llava", "llava", seed=12), "tiny Llama -> tiny LLaVA-1.5")
     tokenizer_mismatch(work, qwen2, qwen2vl)
     onevision_onto_qwen2vl(work, onevision, qwen2vl)
     adapters(work, llama, qwen2vl)
