@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from cmaam.core.errors import CMAAMError
 from cmaam.core.options import ExecutionOptions
 from cmaam.io.atomic import claim_output
 from cmaam.merging.mergekit_config import MergekitConfig, load_merge_config
@@ -119,6 +120,12 @@ def _merge(config: MergekitConfig, config_folder: Path | None, output: str | Pat
         return run_merge(readers, jobs, output, dataclasses.replace(options, dtype=plan.dtype),
                          reference=readers[plan.reference].reference_folder, config=plan.config,
                          description=f"{config.merge_method} merge", before_commit=save_config)
+    except CMAAMError as error:
+        types = sorted({str(reader.model_type) for reader in readers.values()})
+        if mapper is None and len(types) > 1:  # a text LLM with a VLM, say: name the way out
+            raise CMAAMError(f"{error} (models of different types: {', '.join(types)}; --map auto merges them over "
+                             "the mapping of their layouts, see docs/cross_model.md)") from None
+        raise
     finally:
         for reader in readers.values():
             reader.close()

@@ -237,12 +237,15 @@ def test_one_line_errors_and_no_output(tiny_qwen2vl, tmp_path, cli_error):
     assert not (tmp_path / "out").exists()
 
 
-def test_mergekit_runner_with_a_mapping(tiny_qwen2, tiny_qwen2vl, tmp_path):
+def test_mergekit_runner_with_a_mapping(tiny_qwen2, tiny_qwen2vl, tmp_path, cli_error):
     from cmaam.mergekit import main as mergekit_main
 
     config = tmp_path / "ties.yaml"
     config.write_text(f"merge_method: ties\nbase_model: {tiny_qwen2vl}\nmodels:\n  - model: {tiny_qwen2}\n"
                       "    parameters: {weight: 1.0, density: 1.0}\ndtype: float32\n")
+    line = cli_error(mergekit_main, [str(config), str(tmp_path / "out"), "--no-progress"])  # mergekit's failure
+    assert "missing tensor 'visual." in line and "types: qwen2, qwen2_vl; --map auto merges them" in line
+    assert not (tmp_path / "out").exists()
     assert mergekit_main([str(config), str(tmp_path / "out"), "--map", "auto", "--no-progress"]) == 0
     merged, target, source = (CheckpointReader(p) for p in (tmp_path / "out", tiny_qwen2vl, tiny_qwen2))
     for name in merged.keys():
