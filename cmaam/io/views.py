@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import torch
 
 from cmaam.core.errors import CMAAMError
-from cmaam.io.reader import CheckpointReader
+from cmaam.io.reader import CheckpointReader, TensorNames
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class RowAlignment:
         return mask.nonzero().flatten()
 
 
-class MappedReader:
+class MappedReader(TensorNames):
     """Read-only reader protocol (as ``CheckpointReader``) over ``source``, under the names of ``target``.
 
     ``names`` maps target name -> source name; ``rows`` gives the row alignment of vocabulary tensors.
@@ -46,7 +46,7 @@ class MappedReader:
     def __init__(self, source, target, names: Mapping[str, str], rows: Mapping[str, RowAlignment] | None = None):
         self.source = source
         self.target = target
-        self.names = {name: names[name] for name in target.keys() if name in names}
+        self.names = self._location = {name: names[name] for name in target.keys() if name in names}
         self.rows = dict(rows or {})
         missing = [name for name in self.names.values() if name not in source]
         if missing:
@@ -68,18 +68,6 @@ class MappedReader:
     @property
     def model_type(self) -> str | None:
         return self.target.model_type
-
-    def keys(self) -> list[str]:
-        return list(self.names)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.names
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
 
     def _source_name(self, name: str) -> str:
         try:
