@@ -215,6 +215,12 @@ class HFGenerator:
         except Exception as error:  # jinja raises its own exception types (e.g. TemplateError)
             raise CMAAMError(f"the chat template rejected the prompt ({error})") from None
 
+    def encode(self, requests: Sequence[GenerationRequest]):
+        """The model inputs (left-padded batch encoding) of ``requests``, as ``generate`` builds them."""
+        requests = list(requests)
+        _check_text_only(requests, self.vision)
+        return self._encode([self.render(request) for request in requests], requests)
+
     def _encode(self, prompts: list[str], requests: list[GenerationRequest]):
         has_template = getattr(self.processor or self.tokenizer, "chat_template", None) is not None
         with _left_padding(self.tokenizer):

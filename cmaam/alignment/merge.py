@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 
 from cmaam.alignment.alphas import (
@@ -33,6 +34,26 @@ ANALYSIS_FOLDER = "analysis"
 
 
 @dataclass
+class Adaptation:
+    """Group alphas chosen from data by an adaptive search (AdaMerging, AdaMMS), and what it reports.
+
+    ``report`` becomes report.json's ``adaptation`` section, ``markdown`` a section of report.md and
+    ``figure`` (PNG bytes) ``analysis/adaptation.png``.
+    """
+
+    method: str
+    alphas: dict[str, float]
+    report: dict
+    markdown: str = ""
+    figure: bytes | None = None
+
+
+# An adaptive search: (the CMAAM alpha plan, the layout) -> Adaptation. Built by cmaam.search.
+Adapter = Callable[[AlphaPlan, object], Adaptation]
+ADAPTATION_FIGURE = "adaptation.png"
+
+
+@dataclass
 class MergeResult:
     """What a merge produced: the output folder, the analysis, the alphas and the report data."""
 
@@ -41,12 +62,13 @@ class MergeResult:
     plan: AlphaPlan
     report: dict
     mapping: TensorMapping | None = None  # for models of different types: which tensors were paired
+    adaptation: Adaptation | None = None
 
 
 def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas: AlphaConfig | None = None,
               options: ExecutionOptions | None = None, *, interp: str = "linear", model_type: str | None = None,
               rules_file: str | None = None, analyze: bool = False, alphas_only: bool = False,
-              print_summary: bool = True, map_spec: str | Path = AUTO) -> MergeResult:
+              print_summary: bool = True, map_spec: str | Path = AUTO, adapt: Adapter | None = None) -> MergeResult:
     """Score S against T, compute per-group alphas and write the merged model (config/tokenizer from T).
 
     ``options``: device, output dtype, overwrite, pickles, NaN/Inf check, shard size, progress.
@@ -55,6 +77,8 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
     LoRA adapter folder (its base from adapter_config.json or ``options.adapter_base``). Models of different
     types (a text LLM into a VLM's language model, LLaVA-OneVision onto Qwen2-VL) are merged over the pairs of
     ``map_spec`` ('auto': from the two layouts, or a YAML mapping file); the target's other tensors are kept.
+    ``adapt`` (an adaptive search from ``cmaam.search``) replaces the group alphas by the ones it chooses,
+    starting from the CMAAM plan; its report goes into the analysis, which is then always written.
     """
     options = options or ExecutionOptions()
     alphas = alphas or AlphaConfig()
@@ -73,17 +97,28 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
         if mapping is not None:
             analysis.only_in_source = list(mapping.source_only)
         plan = compute_alphas(analysis, alphas)
+        adaptation = None
+        if adapt is not None:
+            analyze = True
+            adaptation = adapt(plan, layout)
+            for group, value in adaptation.alphas.items():
+                plan.groups[group].alpha = float(value)
         report = build_report(analysis, plan, {"source": str(source), "target": str(target), "interp": interp},
                               mapping.summary() if mapping is not None else None)
+        if adaptation is not None:
+            report["settings"]["adapt"] = adaptation.method
+            report["adaptation"] = adaptation.report
         report_unmatched(analysis.only_in_target, analysis.only_in_source, analysis.not_floating,
                          ALPHAS_FILE + (" and report.json" if analyze or alphas_only else ""))
 
         def write_extras(folder: Path) -> None:
             write_alphas(folder / ALPHAS_FILE, report)
+            sections = [adaptation.markdown] if adaptation is not None and adaptation.markdown else []
+            figures = {ADAPTATION_FIGURE: adaptation.figure} if adaptation is not None and adaptation.figure else {}
             if alphas_only:
-                write_analysis(folder, report)
+                write_analysis(folder, report, sections, figures)
             elif analyze:
-                write_analysis(folder / ANALYSIS_FOLDER, report)
+                write_analysis(folder / ANALYSIS_FOLDER, report, sections, figures)
 
         if alphas_only:
             with atomic_directory(output, options.overwrite, inputs=inputs) as folder:
@@ -97,4 +132,4 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
         print(summary_table(report))
         print(f"strategy {alphas.strategy}: {len(plan.groups)} group(s), mean alpha {plan.mean_alpha:.4f} "
               f"-> {output}")
-    return MergeResult(Path(output), analysis, plan, report, mapping)
+    return MergeResult(Path(output), analysis, plan, report, mapping, adaptation)

@@ -18,7 +18,8 @@ FLAGS = {"device": "--device", "dtype": "--dtype", "max_shard_size": "--max-shar
 # command -> (the arguments it requires, the execution options it offers)
 COMMANDS = {
     "cmaam.merge": (["--source", "s", "--target", "t", "--output", "o"],
-                    {"device", "dtype", "max_shard_size", "overwrite", "allow_pickle", "allow_nonfinite", "progress"}),
+                    {"device", "dtype", "max_shard_size", "overwrite", "allow_pickle", "allow_nonfinite", "progress",
+                     "seed", "trust_remote_code"}),  # seed, trust_remote_code: for --adapt
     "cmaam.sweep": (["--source", "s", "--target", "t", "--alphas", "0.5", "--output-dir", "o"],
                     {"device", "dtype", "max_shard_size", "overwrite", "allow_pickle", "allow_nonfinite", "progress"}),
     "cmaam.mergekit": (["config.yaml", "o"], {"device", "dtype", "max_shard_size", "overwrite", "allow_pickle",
