@@ -619,7 +619,6 @@ def _save_figures(run, history: list[dict], layout: SearchLayout, best: Sequence
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from cmaam.search.dataflow import plot_path
     from cmaam.search.monitor import plot_convergence, plot_genome
@@ -633,7 +632,6 @@ def _save_figures(run, history: list[dict], layout: SearchLayout, best: Sequence
         genome = ("genome", plot_genome(layout, best, mean))
     for name, figure in (("convergence", plot_convergence(history)), genome):
         run.save_figure(figure, name)
-        plt.close(figure)
 
 
 def _finish(run, config: EvolveConfig, layout: SearchLayout, paths: Mapping[str, Path], best: dict,
