@@ -485,7 +485,7 @@ class Pipeline:
         from cmaam.search.adapt import make_adapter
 
         options = run.options(self.unlabeled["adapt"], self.unlabeled["held_out"])
-        return make_adapter(options, arm.finetuned_model, self.base_model, self.config.options)
+        return make_adapter(options, self.config.options)
 
     def baselines(self) -> None:
         """Per arm: the linear family (one sweep, inputs read once) and the task-vector families."""
