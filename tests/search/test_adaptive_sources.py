@@ -142,3 +142,16 @@ def test_a_source_identical_to_the_target_is_refused(tiny_qwen2vl, tiny_qwen2vl_
                      alphas_only=True, print_summary=False).plan
     with pytest.raises(CMAAMError, match="identical weights: there is nothing to adapt"):
         load_merge_space(tiny_qwen2vl, tiny_qwen2vl, plan, LAYOUT)
+
+
+def test_adapter_target_is_the_adapted_model(tiny_qwen2vl, qwen2vl_adapter, peft_merged, tmp_path):
+    """An adapter as the target: T is its base with the adapter applied (peft's merged model), tau = base - T."""
+    space = captured_space(tiny_qwen2vl, qwen2vl_adapter, tmp_path / "alphas")
+    reference = peft_merged(tiny_qwen2vl, qwen2vl_adapter)
+    base = CheckpointReader(tiny_qwen2vl)
+    assert len(space.task_vectors) == 9
+    for name, stored in checkpoint_names(space, tiny_qwen2vl).items():
+        assert torch.allclose(dict(space.model.named_parameters())[name], reference[name], rtol=0, atol=1e-6), name
+        expected = base.get(stored) - reference[name]
+        tau = space.task_vectors.get(name, torch.zeros_like(expected))
+        assert torch.allclose(tau, expected, rtol=0, atol=1e-6), name
