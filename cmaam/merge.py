@@ -18,10 +18,14 @@ from cmaam.core.options import MERGE, ExecutionOptions, add_execution_options
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by merge and sweep: source/target, interpolation, and the execution options."""
-    parser.add_argument("--source", required=True, help="model folder holding the knowledge to inject (S)")
+    parser.add_argument("--source", required=True,
+                        help="model (or peft LoRA adapter) folder holding the knowledge to inject (S)")
     parser.add_argument("--target", required=True,
                         help="model folder whose architecture, config and tokenizer are kept (T)")
     parser.add_argument("--interp", default="linear", choices=INTERPOLATIONS, help="linear or slerp (t = alpha)")
+    parser.add_argument("--map", default="auto", metavar="auto|FILE.yaml",
+                        help="pairs of models of different types: auto (from the two layouts: a text LLM onto a "
+                             "VLM's language model, LLaVA-OneVision onto Qwen2-VL) or a YAML mapping file")
     add_execution_options(parser, MERGE)
 
 
@@ -105,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         adapter = make_adapter(settings, args.source, args.target, execution)
     merge_vlm(args.source, args.target, args.output, alphas, execution, interp=args.interp,
               model_type=args.model_type, rules_file=args.rules_file, analyze=args.analyze,
-              alphas_only=args.alphas_only, adapt=adapter)
+              alphas_only=args.alphas_only, map_spec=args.map, adapt=adapter)
     return 0
 
 

@@ -58,3 +58,61 @@ def cli_error(capfd):
         return lines[0]
 
     return run
+
+
+# -- peft adapters, a tiny Qwen2 text model and a tiny LLaVA-OneVision (cross-model merging) --------------------
+LLAMA_TARGETS = ["q_proj", "v_proj", "down_proj", "embed_tokens"]
+QWEN2VL_TARGETS = r".*(q_proj|v_proj|fc1|patch_embed\.proj|embed_tokens)"
+
+
+@pytest.fixture(scope="session")
+def llama_adapter(tiny_llama, tmp_path_factory):
+    """A LoRA adapter of the tiny Llama: attention, MLP and embedding LoRA, lm_head in modules_to_save."""
+    from cmaam.testing.tiny import build_tiny_adapter
+
+    return build_tiny_adapter(tiny_llama, tmp_path_factory.mktemp("adapters") / "llama_lora", LLAMA_TARGETS,
+                              seed=3, modules_to_save=["lm_head"])
+
+
+@pytest.fixture(scope="session")
+def qwen2vl_adapter(tiny_qwen2vl, tmp_path_factory):
+    """A LoRA adapter of the tiny Qwen2-VL: language and vision linears, the Conv3d patch embedding, embeddings."""
+    from cmaam.testing.tiny import build_tiny_adapter
+
+    return build_tiny_adapter(tiny_qwen2vl, tmp_path_factory.mktemp("adapters") / "qwen2vl_lora", QWEN2VL_TARGETS,
+                              seed=4, modules_to_save=["lm_head"], use_rslora=True, r=8, lora_alpha=4,
+                              rank_pattern={"v_proj": 2}, alpha_pattern={"fc1": 16})
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory):
+    """A tiny Qwen2 text model with the tiny Qwen2-VL's language-model sizes and tokenizer (seed 5)."""
+    from cmaam.testing.tiny import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("models") / "qwen2", "qwen2", seed=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_onevision(tmp_path_factory):
+    """A tiny LLaVA-OneVision (SigLIP tower, Qwen2 language model) with the tiny Qwen2-VL's LM sizes."""
+    from cmaam.testing.tiny import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("models") / "onevision", "llava_onevision", seed=6)
+
+
+def _peft_merged_state(base, adapter):
+    """peft's reference: the base loaded with transformers, the adapter applied and merged (merge_and_unload)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(base)
+    model_class = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    model = PeftModel.from_pretrained(model_class.from_pretrained(base, dtype=torch.float32), adapter)
+    return model.merge_and_unload().state_dict()
+
+
+@pytest.fixture(scope="session")
+def peft_merged():
+    """``peft_merged(base, adapter)``: the state dict of peft's merge_and_unload (runtime parameter names)."""
+    return _peft_merged_state

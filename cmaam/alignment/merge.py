@@ -19,11 +19,14 @@ from cmaam.alignment.report import (
     write_alphas,
     write_analysis,
 )
+from cmaam.alignment.mapping import AUTO, TensorMapping, mapped_source
 from cmaam.alignment.scores.analyzer import Analysis, analyze_pair, resolve_layout
 from cmaam.core.options import ExecutionOptions
-from cmaam.io import CheckpointReader, parse_dtype
+from cmaam.io import parse_dtype
+from cmaam.io.adapters import open_model
 from cmaam.io.atomic import atomic_directory, claim_output
 from cmaam.merging.executor import run_merge
+from cmaam.merging.mapped import keep_target_parts
 from cmaam.merging.pairs import ALPHAS_FILE, check_interp, pair_jobs, report_unmatched
 
 logger = logging.getLogger(__name__)
@@ -58,39 +61,50 @@ class MergeResult:
     analysis: Analysis
     plan: AlphaPlan
     report: dict
+    mapping: TensorMapping | None = None  # for models of different types: which tensors were paired
     adaptation: Adaptation | None = None
 
 
 def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas: AlphaConfig | None = None,
               options: ExecutionOptions | None = None, *, interp: str = "linear", model_type: str | None = None,
               rules_file: str | None = None, analyze: bool = False, alphas_only: bool = False,
-              print_summary: bool = True, adapt: Adapter | None = None) -> MergeResult:
+              print_summary: bool = True, map_spec: str | Path = AUTO, adapt: Adapter | None = None) -> MergeResult:
     """Score S against T, compute per-group alphas and write the merged model (config/tokenizer from T).
 
     ``options``: device, output dtype, overwrite, pickles, NaN/Inf check, shard size, progress.
     ``analyze`` adds report.json, report.md and heatmaps under ``output/analysis``; ``alphas_only``
-    writes only those (and alphas.yaml) to ``output``. alphas.yaml is always written. ``adapt`` (an
-    adaptive search from ``cmaam.search``) replaces the group alphas by the ones it chooses, starting
-    from the CMAAM plan; its report goes into the analysis, which is then always written.
+    writes only those (and alphas.yaml) to ``output``. alphas.yaml is always written. S or T may be a peft
+    LoRA adapter folder (its base from adapter_config.json or ``options.adapter_base``). Models of different
+    types (a text LLM into a VLM's language model, LLaVA-OneVision onto Qwen2-VL) are merged over the pairs of
+    ``map_spec`` ('auto': from the two layouts, or a YAML mapping file); the target's other tensors are kept.
+    ``adapt`` (an adaptive search from ``cmaam.search``) replaces the group alphas by the ones it chooses,
+    starting from the CMAAM plan; its report goes into the analysis, which is then always written.
     """
     options = options or ExecutionOptions()
     alphas = alphas or AlphaConfig()
     alphas.validate()
     check_interp(interp)
     parse_dtype(options.dtype)  # an unknown dtype fails before any work
-    inputs = [source, target, rules_file]
+    inputs = [source, target, rules_file, None if str(map_spec) == AUTO else map_spec]
     with claim_output(output, inputs=inputs, overwrite=options.overwrite):  # before any work: refused or locked
-        source_reader = CheckpointReader(source, allow_pickle=options.allow_pickle)
-        target_reader = CheckpointReader(target, allow_pickle=options.allow_pickle)
-        analysis = analyze_pair(source_reader, target_reader, options, model_type=model_type, rules_file=rules_file)
+        source_reader = open_model(source, options.allow_pickle, options.adapter_base)
+        target_reader = open_model(target, options.allow_pickle, options.adapter_base)
+        layout = resolve_layout(target_reader, model_type, rules_file)
+        source_reader, mapping = mapped_source(source_reader, target_reader, map_spec, layout)
+        if mapping is not None and print_summary:
+            print(mapping.table())
+        analysis = analyze_pair(source_reader, target_reader, options, layout=layout)
+        if mapping is not None:
+            analysis.only_in_source = list(mapping.source_only)
         plan = compute_alphas(analysis, alphas)
         adaptation = None
         if adapt is not None:
             analyze = True
-            adaptation = adapt(plan, resolve_layout(target_reader, model_type, rules_file))
+            adaptation = adapt(plan, layout)
             for group, value in adaptation.alphas.items():
                 plan.groups[group].alpha = float(value)
-        report = build_report(analysis, plan, {"source": str(source), "target": str(target), "interp": interp})
+        report = build_report(analysis, plan, {"source": str(source), "target": str(target), "interp": interp},
+                              mapping.summary() if mapping is not None else None)
         if adaptation is not None:
             report["settings"]["adapt"] = adaptation.method
             report["adaptation"] = adaptation.report
@@ -110,11 +124,12 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
             with atomic_directory(output, options.overwrite, inputs=inputs) as folder:
                 write_extras(folder)
         else:
-            run_merge({"target": target_reader, "source": source_reader},
-                      pair_jobs(target_reader, plan.tensor_alphas, interp), output, options, reference=target,
+            readers = {"target": target_reader, "source": source_reader}
+            jobs = keep_target_parts(pair_jobs(target_reader, plan.tensor_alphas, interp), readers, "target")
+            run_merge(readers, jobs, output, options, reference=target_reader.reference_folder,
                       before_commit=write_extras)
     if print_summary:
         print(summary_table(report))
         print(f"strategy {alphas.strategy}: {len(plan.groups)} group(s), mean alpha {plan.mean_alpha:.4f} "
               f"-> {output}")
-    return MergeResult(Path(output), analysis, plan, report, adaptation)
+    return MergeResult(Path(output), analysis, plan, report, mapping, adaptation)

@@ -37,13 +37,16 @@ def component_summary(analysis: Analysis, plan: AlphaPlan) -> dict[str, dict]:
     return summary
 
 
-def build_report(analysis: Analysis, plan: AlphaPlan, settings: dict) -> dict:
-    """Everything computed, as plain JSON data (rounded to 8 significant digits; same inputs -> same bytes)."""
+def build_report(analysis: Analysis, plan: AlphaPlan, settings: dict, mapping: dict | None = None) -> dict:
+    """Everything computed, as plain JSON data (rounded to 8 significant digits; same inputs -> same bytes).
+
+    ``mapping`` (a ``TensorMapping.summary()``) is added for models of different types.
+    """
     alphas = plan.tensor_alphas
     tensors = {name: _rounded(dict(score.to_dict(), group=plan.tensor_group[name], alpha=alphas[name]))
                for name, score in analysis.tensors.items()}
     values = list(alphas.values()) or [0.0]
-    return {
+    report = {
         "version": REPORT_VERSION,
         "settings": dict(settings, strategy=plan.config.strategy, base_alpha=plan.config.base_alpha,
                          alpha_min=plan.config.alpha_min, alpha_max=plan.config.alpha_max,
@@ -63,6 +66,9 @@ def build_report(analysis: Analysis, plan: AlphaPlan, settings: dict) -> dict:
         "only_in_source": analysis.only_in_source,
         "not_floating": analysis.not_floating,
     }
+    if mapping is not None:
+        report["mapping"] = mapping
+    return report
 
 
 def alphas_document(report: dict) -> dict:
@@ -74,6 +80,8 @@ def alphas_document(report: dict) -> dict:
         "tensors": {name: tensor["alpha"] for name, tensor in report["tensors"].items()},
         "kept_from_target": report["only_in_target"] + report["not_floating"],
         "skipped_only_in_source": report["only_in_source"],
+        **({"mapping": {key: value for key, value in report["mapping"].items() if not key.endswith("_names")}}
+           if "mapping" in report else {}),
     }
 
 

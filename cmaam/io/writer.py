@@ -115,8 +115,10 @@ class CheckpointWriter:
         overwrite: bool = False,
         copy_reference_files: bool = True,
         inputs: Iterable[str | Path] = (),
+        basename: str = "model",
     ):
         self.output = Path(output)
+        self.basename = basename  # weight files: <basename>.safetensors (peft adapters: adapter_model)
         self.inputs = [*inputs, *([reference] if reference is not None else [])]
         self.specs = list(specs)
         self.reference = Path(reference) if reference is not None else None
@@ -175,8 +177,8 @@ class CheckpointWriter:
             size += spec.nbytes
         count = len(shards)
         self._shard_names = (
-            ["model.safetensors"] if count == 1
-            else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+            [f"{self.basename}.safetensors"] if count == 1
+            else [f"{self.basename}-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
         )
         for index, (shard, name) in enumerate(zip(shards, self._shard_names)):
             header: dict = {"__metadata__": {"format": "pt"}}
@@ -245,7 +247,7 @@ class CheckpointWriter:
             weight_map = {name: self._shard_names[slot.shard] for name, slot in self._slots.items()}
             total = sum(slot.spec.nbytes for slot in self._slots.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            (self.folder / f"{self.basename}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         if self.config is not None:
             config = json.loads(json.dumps(self.config))
             floating = [s.dtype for s in self.specs if s.dtype.is_floating_point]
