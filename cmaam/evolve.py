@@ -1,4 +1,5 @@
-"""``python -m cmaam.evolve --config CONFIG``: CMA-ES search of a merge recipe against MGSM."""
+"""``python -m cmaam.evolve --config CONFIG``: CMA-ES search of a merge recipe (parameter space, data-flow
+path or CMAAM alphas of a VLM pair) against MGSM or VQA."""
 
 from __future__ import annotations
 

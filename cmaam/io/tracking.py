@@ -142,9 +142,13 @@ class Run:
         return atomic_write_text(self.dir / filename, text)
 
     def save_figure(self, figure, name: str) -> Path:
-        """Save a matplotlib figure as ``name``.png (atomically) and log it to W&B as an image."""
+        """Save a matplotlib figure as ``name``.png (atomically) and log it to W&B as an image; the figure is
+        closed (a process that trains or evaluates many runs would otherwise keep every figure open)."""
+        import matplotlib.pyplot as plt
+
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+        plt.close(figure)
         filename = name if name.endswith(".png") else f"{name}.png"
         path = atomic_write_bytes(self.dir / filename, buffer.getvalue())
         if self.wandb is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from cmaam.core.errors import CMAAMError
 from cmaam.core.options import ExecutionOptions
@@ -74,14 +74,17 @@ def open_readers(config: MergekitConfig, config_folder: Path | None, allow_pickl
 
 def merge_from_config(config: str | Path | MergekitConfig, output: str | Path,
                       options: ExecutionOptions | None = None,
-                      mapper: Callable[[CheckpointReader, CheckpointReader], CheckpointReader] | None = None) -> Path:
+                      mapper: Callable[[CheckpointReader, CheckpointReader], CheckpointReader] | None = None,
+                      config_update: Mapping[str, Any] | None = None,
+                      extra_files: Mapping[str, str] | None = None) -> Path:
     """Merge the models of a mergekit config into ``output`` (atomic; one tensor per input in memory).
 
     ``options.dtype`` (the CLI's --dtype) overrides the config's ``out_dtype``/``dtype`` for the written
     tensors; ``options.seed`` seeds the random methods (dare_*), per tensor. The config text is saved as
     ``mergekit_config.yml`` beside the weights. ``mapper(model, reference)`` may return a model seen in the
     reference's layout (``cmaam.alignment.mapping.mapped_source``: models of other types); the reference is
-    the base model, else the first model, as for the output config.
+    the base model, else the first model, as for the output config. ``config_update`` is applied to the
+    written config.json, and ``extra_files`` (name -> text) are written beside the weights.
     """
     options = options or ExecutionOptions()
     options.validate()
@@ -95,11 +98,12 @@ def merge_from_config(config: str | Path | MergekitConfig, output: str | Path,
     if config_file is not None:
         inputs.append(config_file)
     with claim_output(output, inputs=inputs, overwrite=options.overwrite):  # before any work: refused or locked
-        return _merge(config, config_folder, output, options, mapper)
+        return _merge(config, config_folder, output, options, mapper, config_update, extra_files)
 
 
 def _merge(config: MergekitConfig, config_folder: Path | None, output: str | Path, options: ExecutionOptions,
-           mapper: Callable[[CheckpointReader, CheckpointReader], CheckpointReader] | None = None) -> Path:
+           mapper: Callable[[CheckpointReader, CheckpointReader], CheckpointReader] | None = None,
+           config_update: Mapping[str, Any] | None = None, extra_files: Mapping[str, str] | None = None) -> Path:
     from cmaam.merging.executor import run_merge
     from cmaam.merging.mapped import keep_target_parts
     from cmaam.merging.planner import plan_merge
@@ -116,9 +120,12 @@ def _merge(config: MergekitConfig, config_folder: Path | None, output: str | Pat
         def save_config(folder: Path) -> None:
             if config.text:
                 (folder / "mergekit_config.yml").write_text(config.text, encoding="utf-8")
+            for name, text in (extra_files or {}).items():
+                (folder / name).write_text(text, encoding="utf-8")
 
         return run_merge(readers, jobs, output, dataclasses.replace(options, dtype=plan.dtype),
-                         reference=readers[plan.reference].reference_folder, config=plan.config,
+                         reference=readers[plan.reference].reference_folder,
+                         config={**plan.config, **(config_update or {})},
                          description=f"{config.merge_method} merge", before_commit=save_config)
     except CMAAMError as error:
         types = sorted({str(reader.model_type) for reader in readers.values()})

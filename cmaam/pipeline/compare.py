@@ -20,7 +20,7 @@ from cmaam.io.atomic import (
 )
 from cmaam.io.files import figure_png, read_json, read_yaml
 
-ROLES = ("base", "finetuned", "cmaam", "baseline", "other")
+ROLES = ("base", "finetuned", "cmaam", "baseline", "evolved", "dtm", "other")
 
 
 @dataclass
@@ -236,7 +236,7 @@ def plot(comparison: Comparison):
     bars.legend()
     bars.set_title("accuracy per model")
     colours = {"base": "black", "finetuned": "tab:red", "cmaam": "tab:blue", "baseline": "tab:gray",
-               "other": "tab:green"}
+               "evolved": "tab:purple", "dtm": "tab:brown", "other": "tab:green"}
     for row in comparison.rows:
         x, y = row[ko_key], row["en_retention_vs_base"]
         if x is None or y is None:

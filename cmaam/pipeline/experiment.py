@@ -128,6 +128,30 @@ class MergeStepConfig:
 
 
 @dataclass
+class EvolveStepConfig:
+    """Optional step ``evolve``: CMA-ES over the CMAAM alphas of the experiment's (base, fine-tune) pair, scored
+    on the Korean and English val splits (an evolve preset with ``space: alphas``, its models and data replaced
+    by the experiment's); its best merge is evaluated as one more row (role ``evolved``)."""
+
+    preset: str = "tiny_vlm"  # an evolve preset name or YAML path (space: alphas, fitness: vqa)
+    overrides: list[str] = field(default_factory=list)  # KEY=VALUE for it, e.g. [generations=10, fitness.limit=96]
+
+
+@dataclass
+class DTMStepConfig:
+    """Optional step ``dtm``: Disperse-Then-Merge of the Korean training split with the fine-tune's settings
+    (``finetune.dtm``); the merged model is evaluated as one more row (role ``dtm``), next to ``finetuned``,
+    which is the single fine-tune on all the data with the same settings."""
+
+    parts: int = setting(3, check=at_least(2))
+    split: str = setting("category", check=one_of(("category", "cluster")))
+    category_field: str = "category"
+    merge: str = "soup"  # soup, or a registered merge method (with the base as base model)
+    merge_parameters: dict[str, Any] = field(default_factory=dict)
+    merge_weight: float | None = None  # default 1/parts
+
+
+@dataclass
 class EvalConfig:
     """Evaluation of every model on the Korean test split and the English retention set."""
 
@@ -157,6 +181,8 @@ class ExperimentConfig:
     # name -> settings. Each is merged, evaluated and compared like the first, under variants/<name>/.
     finetune_variants: dict[str, TrainingSettings] = field(default_factory=dict)
     merge: MergeStepConfig = field(default_factory=MergeStepConfig)
+    evolve: EvolveStepConfig | None = None  # optional steps: off unless the section is given
+    dtm: DTMStepConfig | None = None
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     @property
@@ -273,7 +299,7 @@ FIRST_ARM = "finetuned"
 class Pipeline:
     """Runs the steps of one experiment; every path lives under ``config.output_dir``."""
 
-    STEPS = ("prepare", "base", "finetune", "merge", "baselines", "evaluate", "compare")
+    STEPS = ("prepare", "base", "finetune", "merge", "baselines", "evolve", "dtm", "evaluate", "compare")
 
     def __init__(self, config: ExperimentConfig, echo: bool = True):
         self.config = config
@@ -338,7 +364,34 @@ class Pipeline:
         specs += [ModelSpec(f"{method.name}_{w:g}", "baseline", method.name, folder / method.name / f"lambda_{w:g}",
                             "task_vector", w, {"method": method.method, "lambda": w, "density": method.density})
                   for method in merge.task_vector_methods for w in method.weights]
+        if self.config.evolve is not None:
+            specs.append(ModelSpec("evolved_alphas", "evolved", "evolved", self.evolve_folder(arm) / "best_model",
+                                   "evolved", None, {"preset": self.config.evolve.preset}))
+        if self.config.dtm is not None:
+            from finetune.dtm import merge_name
+
+            dtm = self.dtm_config(arm)
+            specs.append(ModelSpec(f"dtm_{merge_name(dtm)}", "dtm", "dtm", Path(dtm.output) / f"dtm_{merge_name(dtm)}",
+                                   "dtm", None, {"parts": dtm.parts, "split": dtm.split, "merge": dtm.merge}))
         return specs
+
+    @staticmethod
+    def evolve_folder(arm: Arm) -> Path:
+        """Where the ``evolve`` step searches the alphas of one arm's (base, fine-tune) pair."""
+        return arm.root / "search" / "alphas"
+
+    def dtm_config(self, arm: Arm):
+        """The ``finetune.dtm`` run of the ``dtm`` step for one arm, with that arm's training settings (no single
+        fine-tune: that is the arm's ``finetuned``; evaluated by the evaluate step)."""
+        from finetune.dtm import DTMConfig
+
+        step, config = self.config.dtm, self.config
+        return DTMConfig(model=str(self.base_model), data=str(self.korean_data), output=str(arm.root / "dtm"),
+                         training=arm.settings, parts=step.parts, split=step.split,
+                         category_field=step.category_field, merge=step.merge,
+                         merge_parameters=dict(step.merge_parameters), merge_weight=step.merge_weight, single=False,
+                         evaluate=False, seed=config.seed, threads=config.threads, wandb_mode=config.wandb_mode,
+                         progress=False)
 
     # -- running -----------------------------------------------------------------------------
     def _say(self, message: str) -> None:
@@ -508,6 +561,43 @@ class Pipeline:
                     self._item("baselines", arm.label(f"{method.name} lambda {weight:g}"), output.exists(),
                                lambda config=config, output=output: merge_from_config(
                                    parse_merge_config(config, yaml_text(config)), output, self.config.options))
+
+    def evolve(self) -> None:
+        """Optional: per arm, the CMA-ES search over the CMAAM alphas of (base, fine-tune), resumed when
+        interrupted."""
+        if self.config.evolve is None:
+            return
+        from cmaam.search.evolution import load_config, run_search
+
+        step = self.config.evolve
+        overrides = [*step.overrides, f"fitness.source={self.korean_data}", f"fitness.retention={self.english_data}"]
+        for arm in self.arms():
+            folder = self.evolve_folder(arm)
+            settings = {"models": [{"name": "base", "path": str(self.base_model)},
+                                   {"name": "finetuned", "path": str(arm.finetuned_model)}],
+                        "base_model": "base", "output_dir": str(folder), "seed": self.config.seed,
+                        "device": self.config.device, "progress": False, "wandb_mode": self.config.wandb_mode}
+
+            def work(folder: Path = folder, settings: dict = settings) -> None:
+                search = load_config(step.preset, overrides, settings)
+                if search.space != "alphas":
+                    raise CMAAMError(f"evolve.preset {step.preset!r}: the evolve step needs space: alphas")
+                run_search(search, resume=(folder / "state.json").is_file())
+
+            self._item("evolve", arm.label(f"CMA-ES over CMAAM alphas ({step.preset})"),
+                       (folder / "best_model").exists(), work)
+
+    def dtm(self) -> None:
+        """Optional: per arm, Disperse-Then-Merge of the Korean training data with the arm's fine-tune settings."""
+        if self.config.dtm is None:
+            return
+        from finetune.dtm import merge_name, run_dtm
+
+        for arm in self.arms():
+            config = self.dtm_config(arm)
+            label = f"Disperse-Then-Merge ({config.parts} parts by {config.split}, {merge_name(config)})"
+            self._item("dtm", arm.label(label), (Path(config.output) / f"dtm_{merge_name(config)}").exists(),
+                       lambda config=config: run_dtm(config))
 
     def evaluate(self) -> None:
         """Every model of every arm on the Korean test split and the English retention set."""

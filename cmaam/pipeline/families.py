@@ -6,6 +6,7 @@
 - ``cmaam_<strategy>_pm``: CMAAM with ``--preserve-mean`` at the same mean alphas as the linear grid.
 - ``cmaam``: the plain CMAAM merges (one per strategy at base_alpha).
 - ``adamerging`` / ``adamms``: the label-free adaptive coefficients, one merge per configured strategy.
+- ``evolved`` / ``dtm`` (optional steps): the CMA-ES-evolved CMAAM alphas, and Disperse-Then-Merge (one point each).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class AdaptRun:
                             max_new_tokens=self.max_new_tokens)
 
 
-KINDS = ("endpoint", "cmaam", "preserve_mean", "adapt", "linear", "task_vector")
+KINDS = ("endpoint", "cmaam", "preserve_mean", "adapt", "linear", "task_vector", "evolved", "dtm")
 
 
 @dataclass
@@ -98,7 +99,7 @@ class ModelSpec:
     """One model of a comparison: its name, role, family, position on the family's curve and folder.
 
     ``kind`` says which step makes it: endpoint (trained), cmaam / preserve_mean / adapt (the merge step),
-    linear / task_vector (the baselines step).
+    linear / task_vector (the baselines step), evolved / dtm (the optional evolve and dtm steps).
     """
 
     name: str

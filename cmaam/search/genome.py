@@ -28,6 +28,31 @@ DEFAULT_INIT = {"t": 0.5, "weight": 0.5, "density": 0.5}
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
+class LayoutBase:
+    """What every genome layout gives the search loop, from its ``labels``, ``bounds()``, ``check_genome`` and
+    ``spec.sigma``: length, step size, clipping and the labelled table."""
+
+    labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def sigma(self) -> float:
+        """CMA-ES's initial step size for this genome."""
+        return float(self.spec.sigma)
+
+    def clip(self, genome: Sequence[float]) -> list[float]:
+        """Genome values clipped into their bounds (BoundPenalty candidates may step outside)."""
+        lows, highs = self.bounds()
+        return [min(max(float(v), low), high) for v, low, high in zip(genome, lows, highs)]
+
+    def as_table(self, genome: Sequence[float]) -> dict[str, float]:
+        """``{gene label: value}`` for reports and the final genome JSON."""
+        self.check_genome(genome)
+        return {label: float(v) for label, v in zip(self.labels, genome)}
+
+
 def layer_index(name: str) -> int | None:
     """Decoder layer index of a parameter name (``model.layers.3.mlp...`` -> 3), None outside the layers."""
     match = _LAYER.search(name)
@@ -91,7 +116,7 @@ class Gene:
         return f"{self.unit}:{self.parameter}" + (f"[{self.model}]" if self.model else "")
 
 
-class GenomeLayout:
+class GenomeLayout(LayoutBase):
     """The map between a flat genome and per-tensor merge parameters of one model architecture.
 
     ``tensor_names`` are the floating-point tensors to merge (in checkpoint order), ``models`` the
@@ -135,9 +160,6 @@ class GenomeLayout:
         first = layer // size * size
         return f"layers.{first}-{first + size - 1}"
 
-    def __len__(self) -> int:
-        return len(self.genes)
-
     @property
     def labels(self) -> list[str]:
         return [gene.label for gene in self.genes]
@@ -175,11 +197,6 @@ class GenomeLayout:
                 f"{self.spec.method} coefficients)"
             )
 
-    def clip(self, genome: Sequence[float]) -> list[float]:
-        """Genome values clipped into their bounds (BoundPenalty candidates may step outside)."""
-        lows, highs = self.bounds()
-        return [min(max(float(v), low), high) for v, low, high in zip(genome, lows, highs)]
-
     def parameters_for(self, genome: Sequence[float], tensor_name: str) -> dict[str, Any]:
         """The merge method's keyword arguments for one tensor: ``{"t": x}`` or per-model lists.
 
@@ -198,8 +215,3 @@ class GenomeLayout:
             result["normalize"] = bool(self.spec.normalize)
         result["lambda_"] = float(self.spec.lambda_)
         return result
-
-    def as_table(self, genome: Sequence[float]) -> dict[str, float]:
-        """``{gene label: value}`` for reports and the final genome JSON."""
-        self.check_genome(genome)
-        return {label: float(v) for label, v in zip(self.labels, genome)}

@@ -60,16 +60,71 @@ def merge_tensor(method: MergeMethod, inputs: Sequence[torch.Tensor], arguments:
     return method(values[1:], base=values[0], **arguments)
 
 
-def build_empty_model(path: str | Path, device: str, dtype: torch.dtype | None, trust_remote_code: bool = False):
-    """A causal LM with ``path``'s config allocated on ``device`` (weights are overwritten by the merge)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def build_empty_model(path: str | Path, device: str, dtype: torch.dtype | None, trust_remote_code: bool = False,
+                      vision: bool = False, **overrides):
+    """A causal LM (an image-text-to-text model with ``vision``) with ``path``'s config (``overrides`` set on
+    it) allocated on ``device``; its weights are left uninitialised for the caller to overwrite."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.initialization import no_init_weights
 
     with load_errors(path, "model config"):
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     with torch.device(device), no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = auto.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     return model.eval()
+
+
+def checkpoint_names(model, names: Sequence[str]) -> dict[str, str]:
+    """Checkpoint tensor name -> the model's parameter name, renamed as ``from_pretrained`` renames them
+    (transformers 5 keeps e.g. Qwen2-VL's ``model.embed_tokens`` on disk and ``model.language_model...`` in
+    memory). Tensors that transformers converts (fuses, splits) cannot be merged one by one: an error."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, rename_source_key
+
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    state = model.state_dict()
+    mapping = {}
+    for name in names:
+        renamed, converted = rename_source_key(name, renamings, converters, model.base_model_prefix, state)
+        if converted is not None:
+            raise CMAAMError(f"{name}: transformers converts this tensor when loading ({converted}); the in-memory "
+                             "merge handles renamed tensors only")
+        mapping[name] = renamed
+    return mapping
+
+
+def checkpoint_targets(model, reader: CheckpointReader) -> dict[str, torch.Tensor]:
+    """The model's tensors by checkpoint name; an error unless checkpoint and model cover each other exactly
+    (tied weights count as covered)."""
+    state = model.state_dict(keep_vars=True)
+    names = checkpoint_names(model, reader.keys())
+    missing = [name for name in reader.keys() if names[name] not in state]
+    if missing:
+        raise CMAAMError(f"{reader.path}: checkpoint tensor(s) not in the model built from its config "
+                         f"(first: {missing[0]!r})")
+    targets = {name: state[names[name]] for name in reader.keys()}
+    covered = {tensor.data_ptr() for tensor in targets.values()}
+    uncovered = [name for name, tensor in state.items() if tensor.data_ptr() not in covered]
+    if uncovered:
+        raise CMAAMError(f"{reader.path}: model tensor(s) missing from the checkpoint (first: {uncovered[0]!r})")
+    return targets
+
+
+def load_model(path: str | Path, device: str, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+               allow_pickle: bool = False):
+    """A causal LM loaded strictly from ``path`` onto ``device`` (dtype: as stored unless given)."""
+    with CheckpointReader(path, allow_pickle=allow_pickle) as reader:
+        floating = [name for name in reader.keys() if reader.dtype(name).is_floating_point]
+        model = build_empty_model(path, device, dtype or reader.dtype(floating[0]), trust_remote_code)
+        with torch.no_grad():
+            for name, target in checkpoint_targets(model, reader).items():
+                target.copy_(reader.get(name, device=device))
+    return model
 
 
 class InMemoryMerger:
@@ -92,16 +147,7 @@ class InMemoryMerger:
         if dtype is None:
             dtype = base.dtype(self.layout.tensor_names[0])
         self.model = build_empty_model(self.base_path, self.device, dtype, trust_remote_code)
-        state = self.model.state_dict(keep_vars=True)
-        missing = [name for name in base.keys() if name not in state]
-        if missing:
-            raise CMAAMError(f"{self.base_path}: checkpoint tensor(s) not in the model built from its config "
-                             f"(first: {missing[0]!r})")
-        self.targets: dict[str, torch.Tensor] = {name: state[name] for name in base.keys()}
-        covered = {tensor.data_ptr() for tensor in self.targets.values()}
-        uncovered = [name for name, tensor in state.items() if tensor.data_ptr() not in covered]
-        if uncovered:
-            raise CMAAMError(f"{self.base_path}: model tensor(s) missing from the checkpoint (first: {uncovered[0]!r})")
+        self.targets: dict[str, torch.Tensor] = checkpoint_targets(self.model, base)
         floating = set(self.layout.tensor_names)
         self.inputs: dict[str, list[torch.Tensor]] = {}
         with torch.no_grad():

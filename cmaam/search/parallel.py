@@ -28,10 +28,10 @@ class SequentialEvaluator:
     def __init__(self, build: FitnessBuilder):
         self.fitness = build()
 
-    def map(self, jobs: Sequence[Job]) -> Iterator[tuple[int, Evaluation]]:
-        """Yield (index, evaluation) for each job as it finishes."""
+    def map(self, jobs: Sequence[Job], items: Sequence[int] | None = None) -> Iterator[tuple[int, Evaluation]]:
+        """Yield (index, evaluation) for each job as it finishes (on ``items`` only, when given)."""
         for index, genome in jobs:
-            yield index, self.fitness(genome)
+            yield index, self.fitness(genome) if items is None else self.fitness(genome, items=items)
 
     def close(self) -> None:
         self.fitness = None
@@ -43,8 +43,8 @@ class _Worker:
     def __init__(self, build: FitnessBuilder):
         self.fitness = build()
 
-    def evaluate(self, genome: list[float]) -> Evaluation:
-        return self.fitness(genome)
+    def evaluate(self, genome: list[float], items: list[int] | None = None) -> Evaluation:
+        return self.fitness(genome) if items is None else self.fitness(genome, items=items)
 
 
 class RayEvaluator:
@@ -65,8 +65,8 @@ class RayEvaluator:
         actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_Worker)
         self.actors = [actor.remote(build) for _ in range(self.workers)]
 
-    def map(self, jobs: Sequence[Job]) -> Iterator[tuple[int, Evaluation]]:
-        """Keep every actor busy; yield (index, evaluation) in completion order."""
+    def map(self, jobs: Sequence[Job], items: Sequence[int] | None = None) -> Iterator[tuple[int, Evaluation]]:
+        """Keep every actor busy; yield (index, evaluation) in completion order (on ``items`` only, when given)."""
         pending: dict = {}
         queue = list(jobs)
         idle = list(self.actors)
@@ -74,7 +74,7 @@ class RayEvaluator:
             while queue and idle:
                 index, genome = queue.pop(0)
                 actor = idle.pop(0)
-                pending[actor.evaluate.remote(list(genome))] = (index, actor)
+                pending[actor.evaluate.remote(list(genome), None if items is None else list(items))] = (index, actor)
             done, _ = self.ray.wait(list(pending), num_returns=1)
             index, actor = pending.pop(done[0])
             idle.append(actor)

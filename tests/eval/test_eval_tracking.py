@@ -28,6 +28,7 @@ def test_local_files_and_redaction(tmp_path, monkeypatch):
         figure, axes = plt.subplots()
         axes.plot([0, 1], [1, 0])
         png = run.save_figure(figure, "curve")
+        assert not plt.fignum_exists(figure.number)  # closed once saved
     folder = tmp_path / "run1"
     saved = yaml.safe_load((folder / "config.yaml").read_text())
     assert saved == {"model": str(tmp_path / "m"), "lr": 0.1, "wandb_api_key": REDACTED, "hf": {"token": REDACTED},

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +249,33 @@ def test_command_flags_override_the_config(tmp_path):
     info = json.loads((output / "data" / "synthetic_ko" / "dataset_info.json").read_text())
     assert info["config"]["seed"] == 5  # the step received the overridden seed
     assert json.loads((output / "data" / "synthetic_en" / "dataset_info.json").read_text())["config"]["seed"] == 6
+
+
+def test_optional_evolve_and_dtm_steps_add_one_point_each_per_arm(finished, tmp_path):
+    config, _, _ = finished
+    root = tmp_path / "experiment"
+    shutil.copytree(config.output_dir, root)  # the finished experiment, extended in a copy
+    extended = load_experiment_config(path=reduced_config(tmp_path), overrides=[
+        f"output_dir={root}", "evolve.preset=tiny_vlm",
+        "evolve.overrides=[generations=2, population=2, fitness.limit=4, fitness.retention_limit=4, "
+        "fitness.max_new_tokens=4, fitness.batch_size=4]",
+        "dtm.parts=2", "dtm.category_field=task"])
+    pipeline = Pipeline(extended, echo=False)
+    pipeline.run()
+    assert [item.split(":")[0] for item in pipeline.ran] == ["evolve"] * 2 + ["dtm"] * 2 + ["evaluate"] * 4 + \
+        ["compare"] * 2
+    for arm in (root, root / "variants" / "vision"):
+        state = json.loads((arm / "search" / "alphas" / "state.json").read_text())
+        assert state["done"] and len(state["generations"]) == 2
+        search = yaml.safe_load((arm / "search" / "alphas" / "config.yaml").read_text())
+        assert search["models"][1]["path"] == str(arm / "models" / "finetuned" / "merged")  # this arm's pair
+        assert json.loads((arm / "dtm" / "parts" / "parts.json").read_text())["split"] == "category"
+        with open(arm / "comparison" / "comparison.csv", newline="") as handle:
+            rows = {row["model"]: row for row in csv.DictReader(handle)}
+        assert (rows["evolved_alphas"]["role"], rows["evolved_alphas"]["family"]) == ("evolved", "evolved")
+        assert (rows["dtm_soup"]["role"], rows["dtm_soup"]["family"]) == ("dtm", "dtm")
+        assert sorted(rows) == sorted([*MODELS, "evolved_alphas", "dtm_soup"])
+    # each arm's DTM trains its sub-models with that arm's settings (the variant also tunes the vision tower)
+    for arm, vision in ((root, False), (root / "variants" / "vision", True)):
+        run = yaml.safe_load((arm / "dtm" / "results" / "dtm-part_0" / "config.yaml").read_text())
+        assert run["train_vision"] is vision

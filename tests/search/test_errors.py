@@ -97,7 +97,7 @@ def test_set_and_flags_are_validated_with_the_config(config, tmp_path, capsys):
     stderr = run_evolve(config, tmp_path, capsys, "--set", "models.1.name=language")
     assert "config.yaml: models: model names must be unique, got ['language', 'language']" in stderr
     stderr = run_evolve(config, tmp_path, capsys, "--set", "fitness.type=magic")
-    assert "config.yaml: fitness.type: unknown 'magic' (choose mgsm, synthetic)" in stderr
+    assert "config.yaml: fitness.type: unknown 'magic' (choose mgsm, vqa, synthetic)" in stderr
 
 
 def test_flags_and_set_override_the_config_values():
