@@ -79,7 +79,7 @@ def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas
                                                             max_shard_size=max_shard_size, overwrite=overwrite,
                                                             inputs=[source, target])) for output in outputs]
             consumers = [ModelOutput(writer, functools.partial(interpolate, alpha=value, interp=interp),
-                                     label=f" (alpha {value:g})",
+                                     label=f" (alpha {value:g})", row_local=interp == "linear",
                                      before_commit=functools.partial(_write_settings, settings={
                                          "source": str(source), "target": str(target), "interp": interp,
                                          "alpha": value}))

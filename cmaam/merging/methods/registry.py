@@ -45,6 +45,8 @@ class MergeMethod:
 
     ``tensors`` are the contributing models' tensors (the base excluded when ``requires_base``);
     per-model parameters arrive as lists aligned with ``tensors``, global ones as scalars.
+    ``row_local``: elementwise, so applying it to row blocks gives exactly the rows of the whole result
+    (large tensors are then merged in row blocks within the memory budget).
     """
 
     name: str
@@ -53,6 +55,7 @@ class MergeMethod:
     requires_base: bool = False
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    row_local: bool = False
 
     def parameter(self, name: str) -> Parameter:
         for parameter in self.parameters:
@@ -81,12 +84,14 @@ METHODS: dict[str, MergeMethod] = {}
 
 
 def register(name: str, parameters: Sequence[Parameter] = (), requires_base: bool = False,
-             aliases: Sequence[str] = ()) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
-    """Decorator: register a pure tensor function as merge method ``name``."""
+             aliases: Sequence[str] = (), row_local: bool = False
+             ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    """Decorator: register a pure tensor function as merge method ``name`` (``row_local``: elementwise)."""
 
     def decorate(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         doc = (function.__doc__ or "").strip().splitlines()
-        method = MergeMethod(name, function, tuple(parameters), requires_base, doc[0] if doc else "", tuple(aliases))
+        method = MergeMethod(name, function, tuple(parameters), requires_base, doc[0] if doc else "", tuple(aliases),
+                             row_local)
         for key in (name, *aliases):
             METHODS[key] = method
         return function
