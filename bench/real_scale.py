@@ -145,7 +145,13 @@ def _is_language_linear(name: str) -> bool:
 
 
 def build_pair(folder: Path, shape: VLShape, seed: int = SEED) -> tuple[Path, Path]:
-    """Write ``target`` and ``source`` under ``folder`` (bfloat16), row block by row block."""
+    """Write ``target`` and ``source`` under ``folder`` (bfloat16), row block by row block.
+
+    A pair already there (from ``--keep``) is reused: each model is written atomically, so it is complete.
+    """
+    if (folder / "target" / "config.json").exists() and (folder / "source" / "config.json").exists():
+        print(f"reusing the pair in {folder}", flush=True)
+        return folder / "target", folder / "source"
     import torch
     from tqdm import tqdm
 
