@@ -14,15 +14,18 @@ throughput >= 1.5x mergekit's, peak RSS <= 0.5x; cmaam linear within 1.3x the I/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from benchtools import folder_bytes, io_floor, measure, warm, weight_files
 from cmaam.testing.tiny import TinySize
 
+__all__ = ["add_common_arguments", "folder_bytes", "run_sides", "synthetic_inputs", "work_folder"]  # moe_build
 METHOD_YAML = {
     "linear": """merge_method: linear
 models:
@@ -121,23 +124,59 @@ def build_models(folder: Path, size_gb: float, dtype_name: str, seed: int = 0) -
     return paths
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--size-gb, --dtype, --repeats, --workdir, --keep: shared by the benches that build synthetic models."""
     parser.add_argument("--size-gb", type=float, default=1.0, help="size of each synthetic model (default: 1)")
-    parser.add_argument("--methods", nargs="+", default=["linear", "ties"], choices=sorted(METHOD_YAML))
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--repeats", type=int, default=1, help="runs per side; the fastest is reported")
     parser.add_argument("--workdir", default=None, help="where models are built (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+
+
+def synthetic_inputs(workdir: Path, size_gb: float, dtype_name: str) -> dict[str, Path]:
+    """base, ft1, ft2 under ``workdir/models`` (built unless already there)."""
+    models = workdir / "models"
+    if (models / "ft2").exists():
+        return {name: models / name for name in ("base", "ft1", "ft2")}
+    return build_models(models, size_gb, dtype_name)
+
+
+@contextlib.contextmanager
+def work_folder(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
+    """``--workdir`` (kept), else a temporary folder removed at the end unless ``--keep``."""
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield workdir
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_sides(sides: dict[str, list[str]], paths: dict[str, Path], workdir: Path, repeats: int) -> dict[str, dict]:
+    """Run each side's command ``repeats`` times (output ``workdir/out_SIDE`` removed first, inputs' page cache
+    warm): the fastest run's figures, with the highest peak RSS of the runs."""
+    results = {}
+    for side, command in sides.items():
+        runs = []
+        for _ in range(repeats):
+            shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
+            warm(weight_files(paths.values()))
+            runs.append(measure(command))
+        results[side] = min(runs, key=lambda r: r["seconds"])
+        results[side]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--methods", nargs="+", default=["linear", "ties"], choices=sorted(METHOD_YAML))
     args = parser.parse_args()
 
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cmaam_bench_"))
-    workdir.mkdir(parents=True, exist_ok=True)
     mergekit_cli = shutil.which("mergekit-yaml") or str(Path(sys.executable).parent / "mergekit-yaml")
-    try:
-        paths = build_models(workdir / "models", args.size_gb, args.dtype) \
-            if not (workdir / "models" / "ft2").exists() \
-            else {n: workdir / "models" / n for n in ("base", "ft1", "ft2")}
+    with work_folder(args, "cmaam_bench_") as workdir:
+        paths = synthetic_inputs(workdir, args.size_gb, args.dtype)
         model_gb = folder_bytes(paths["base"]) / 1e9
         rows = []
         for method in args.methods:
@@ -148,18 +187,9 @@ def main() -> None:
                           "--no-progress", "--overwrite"],
                 "mergekit": [mergekit_cli, str(config), str(workdir / "out_mergekit"), "--quiet"],
             }
-            results = {}
-            for side, command in sides.items():
-                runs = []
-                for _ in range(args.repeats):
-                    shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
-                    warm(weight_files(paths.values()))
-                    runs.append(measure(command))
-                results[side] = min(runs, key=lambda r: r["seconds"])
-                results[side]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-            rows.append((method, results))
-        shutil.rmtree(workdir / "out_cmaam", ignore_errors=True)
-        shutil.rmtree(workdir / "out_mergekit", ignore_errors=True)
+            rows.append((method, run_sides(sides, paths, workdir, args.repeats)))
+        for side in ("cmaam", "mergekit"):
+            shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
         floors = []
         for _ in range(args.repeats):
             warm(weight_files(paths.values()))
@@ -185,9 +215,6 @@ def main() -> None:
             print(f"io floor ratio: linear {cmaam['linear'] / floor['seconds']:.2f}")
         if "linear" in cmaam and "ties" in cmaam:
             print(f"ties/linear: {cmaam['ties'] / cmaam['linear']:.2f}")
-    finally:
-        if not args.keep and args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

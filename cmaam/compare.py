@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from cmaam.pipeline.compare import compare_runs, to_markdown
+from cmaam.pipeline.compare import compare_runs, report_markdown
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -17,14 +17,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--english", default="en", help="metric prefix of the retention set (default en)")
     parser.add_argument("--base", help="run name of the base model (else the run whose config role is base)")
     parser.add_argument("--finetuned", help="run name of the fine-tuned model")
-    parser.add_argument("--output", help="folder for comparison.md/.csv/.png (default: beside the first run)")
+    parser.add_argument("--output", help="folder for comparison.md/.csv/.png and frontier.csv/.png "
+                                         "(default: beside the first run)")
     args = parser.parse_args(argv)
     if not args.runs and not args.wandb_project:
         parser.error("give result folders or --wandb-project")
     comparison, paths = compare_runs(args.runs, args.output, args.wandb_project, args.metric, args.korean,
                                      args.english, args.base, args.finetuned)
-    print(to_markdown(comparison))
-    print(f"wrote {paths['markdown']}, {paths['csv']}, {paths['plot']}")
+    print(report_markdown(comparison))
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
     return 0
 
 

@@ -36,9 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "(English VQA folder); e.g. --set data.korean_source=/data/korean_vqa_raw "
                          "--set data.english=/data/en_vqa")
     steps = args.steps.split(",") if args.steps else None
-    table = Pipeline(config).run(steps) / "comparison.md"
-    if (steps is None or "compare" in steps) and table.is_file():
-        print(table.read_text(encoding="utf-8"))
+    pipeline = Pipeline(config)
+    pipeline.run(steps)
+    if steps is None or "compare" in steps:
+        tables = pipeline.tables()
+        for name, table in tables:
+            if len(tables) > 1:
+                print(f"## Fine-tune: {name}\n")
+            print(table.read_text(encoding="utf-8"))
     return 0
 
 

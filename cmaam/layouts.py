@@ -14,9 +14,9 @@ from cmaam.core.options import READ, add_execution_options
 def describe(model: str, model_type: str | None = None, rules_file: str | None = None,
              strategy: str = "layerwise", show_names: bool = False, allow_pickle: bool = False) -> str:
     """A text report: tensors and parameters per component, the alpha groups of ``strategy``, bridge outputs."""
-    from cmaam.io import CheckpointReader
+    from cmaam.io.adapters import open_model
 
-    reader = CheckpointReader(model, allow_pickle=allow_pickle)
+    reader = open_model(model, allow_pickle=allow_pickle)
     layout = get_layout(model_type, None if model_type or rules_file else reader.config, rules_file)
     names = reader.keys()
     infos = layout.classify_all(names)

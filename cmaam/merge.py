@@ -18,10 +18,14 @@ from cmaam.core.options import MERGE, ExecutionOptions, add_execution_options
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by merge and sweep: source/target, interpolation, and the execution options."""
-    parser.add_argument("--source", required=True, help="model folder holding the knowledge to inject (S)")
+    parser.add_argument("--source", required=True,
+                        help="model (or peft LoRA adapter) folder holding the knowledge to inject (S)")
     parser.add_argument("--target", required=True,
                         help="model folder whose architecture, config and tokenizer are kept (T)")
     parser.add_argument("--interp", default="linear", choices=INTERPOLATIONS, help="linear or slerp (t = alpha)")
+    parser.add_argument("--map", default="auto", metavar="auto|FILE.yaml",
+                        help="pairs of models of different types: auto (from the two layouts: a text LLM onto a "
+                             "VLM's language model, LLaVA-OneVision onto Qwen2-VL) or a YAML mapping file")
     add_execution_options(parser, MERGE)
 
 
@@ -40,7 +44,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-sensitivity", action="store_true", help="ablation: v_g = 0")
     parser.add_argument("--analyze", action="store_true", help="also write OUTPUT/analysis/ (report + heatmaps)")
     parser.add_argument("--alphas-only", action="store_true", help="write only the analysis and alphas to OUTPUT")
+    adapt = parser.add_argument_group("adaptive coefficients from unlabeled inputs (start: the CMAAM alphas)")
+    adapt.add_argument("--adapt", choices=("adamerging", "adamms"), default=None,
+                       help="adamerging: learn one alpha per group by entropy minimisation; adamms: rescale the "
+                            "alphas along a grid of mean alphas and pick the point where answers change least")
+    adapt.add_argument("--adapt-data", default=None, metavar="FILE",
+                       help="unlabeled inputs: a VQA JSONL (answers ignored), a JSONL of {prompt}, or a .txt")
+    adapt.add_argument("--adapt-held-out", default=None, metavar="FILE",
+                       help="AdaMerging: inputs never trained on, whose entropy before/after is reported")
+    adapt.add_argument("--adapt-limit", type=int, default=None, help="use the first N inputs of each file")
+    adapt.add_argument("--adapt-init", type=float, default=None,
+                       help="AdaMerging: start every group at this alpha (default: the CMAAM alphas)")
+    adapt.add_argument("--adapt-steps", type=int, default=100, help="AdaMerging: optimizer steps (default 100)")
+    adapt.add_argument("--adapt-lr", type=float, default=1e-3, help="AdaMerging: Adam learning rate (default 1e-3)")
+    adapt.add_argument("--adapt-batch-size", type=int, default=16, help="inputs per step / per generation batch")
+    adapt.add_argument("--adapt-answer-tokens", type=int, default=1,
+                       help="AdaMerging: entropy over the first N tokens of the greedy answer (default 1)")
+    adapt.add_argument("--adapt-grid", default=None, metavar="A,B,...",
+                       help="AdaMMS: mean alphas to try (default 0,0.1,...,1)")
+    adapt.add_argument("--adapt-max-new-tokens", type=int, default=16, help="AdaMMS: answer length")
+    add_execution_options(parser, ("seed", "trust_remote_code"),
+                          help={"seed": "AdaMerging: seed of the batch order (default: 0)",
+                                "trust_remote_code": "--adapt: run the model folder's own Python code to load it"})
     return parser
+
+
+def adapt_options(args: argparse.Namespace):
+    """The AdaptOptions of the --adapt flags (None without --adapt); --adapt-* without --adapt is an error."""
+    from cmaam.core.errors import CMAAMError
+
+    given = [name for name in ("adapt_data", "adapt_held_out", "adapt_init", "adapt_grid", "adapt_limit")
+             if getattr(args, name) is not None]
+    if args.adapt is None:
+        if given:
+            raise CMAAMError(f"--{given[0].replace('_', '-')} needs --adapt adamerging|adamms")
+        return None
+    if args.adapt_data is None:
+        raise CMAAMError(f"--adapt {args.adapt} needs --adapt-data FILE (unlabeled inputs)")
+    from cmaam.search.adapt import AdaptOptions
+    from cmaam.search.adamms import DEFAULT_GRID
+    from cmaam.merging.sweep import parse_alphas
+
+    try:
+        grid = tuple(parse_alphas(args.adapt_grid)) if args.adapt_grid else DEFAULT_GRID
+    except CMAAMError as error:
+        raise CMAAMError(str(error).replace("--alphas", "--adapt-grid", 1)) from None
+    return AdaptOptions(method=args.adapt, data=args.adapt_data, held_out=args.adapt_held_out, limit=args.adapt_limit,
+                        init=args.adapt_init, steps=args.adapt_steps, lr=args.adapt_lr,
+                        batch_size=args.adapt_batch_size, answer_tokens=args.adapt_answer_tokens,
+                        grid=grid, max_new_tokens=args.adapt_max_new_tokens)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,9 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     alphas = AlphaConfig(strategy=args.strategy, base_alpha=args.base_alpha, alpha_min=args.alpha_min,
                          alpha_max=args.alpha_max, score_weights=parse_score_weights(args.score_weights),
                          preserve_mean=args.preserve_mean, use_sensitivity=not args.no_sensitivity)
-    merge_vlm(args.source, args.target, args.output, alphas, ExecutionOptions.from_args(args), interp=args.interp,
+    execution = ExecutionOptions.from_args(args)
+    settings = adapt_options(args)
+    adapter = None
+    if settings is not None:
+        from cmaam.search.adapt import make_adapter
+
+        adapter = make_adapter(settings, args.source, args.target, execution)
+    merge_vlm(args.source, args.target, args.output, alphas, execution, interp=args.interp,
               model_type=args.model_type, rules_file=args.rules_file, analyze=args.analyze,
-              alphas_only=args.alphas_only)
+              alphas_only=args.alphas_only, map_spec=args.map, adapt=adapter)
     return 0
 
 

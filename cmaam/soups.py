@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Uniform model soup (equal-weight average).")
     parser.add_argument("output", help="output model folder")
     parser.add_argument("models", nargs="+",
-                        help="model folders (same architecture); the first gives config and tokenizer")
+                        help="model or peft LoRA adapter folders (same architecture); the first gives config and "
+                             "tokenizer")
     add_execution_options(parser, MERGE)
     return parser
 

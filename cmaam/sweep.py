@@ -21,8 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from cmaam.alignment.mapping import layout_mapper
+
     outputs = sweep(args.source, args.target, args.output_dir, args.alphas, ExecutionOptions.from_args(args),
-                    interp=args.interp)
+                    interp=args.interp, mapper=layout_mapper(args.map))
     for output in outputs:
         print(f"wrote {output}")
     return 0

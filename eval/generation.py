@@ -108,16 +108,21 @@ def is_vision_config(config: dict) -> bool:
     return "vision_config" in config or "vision_tower" in config or "mm_vision_tower" in config
 
 
-def check_model_folder(path: str | Path, allow_pickle: bool = False) -> dict:
+def check_model_folder(path: str | Path, allow_pickle: bool = False, adapter_base: str | Path | None = None) -> dict:
     """The config.json of a model folder whose weight files are readable (pickles only with ``allow_pickle``).
 
-    Reads no tensor data, so bad inputs fail before a model is built.
+    A peft LoRA adapter folder gives its base's config once the adapter is checked against the base (names and
+    shapes). Reads no tensor data, so bad inputs fail before a model is built.
     """
     from cmaam.io import load_config
+    from cmaam.io.adapters import is_adapter_folder, open_model
 
     path = Path(path)
     if not path.is_dir():
         raise CMAAMError(f"{path}: model folder not found")
+    if is_adapter_folder(path):
+        with open_model(path, allow_pickle, adapter_base) as reader:
+            path = reader.reference_folder
     config = load_config(path)
     check_weight_files(path, allow_pickle)
     return config
@@ -135,14 +140,17 @@ class HFGenerator:
 
     def __init__(self, model_path: str | Path, device: str = "auto", dtype: Any = None,
                  batch_size: int = 8, max_new_tokens: int = 64, trust_remote_code: bool = False,
-                 allow_pickle: bool = False, progress: bool = True):
+                 allow_pickle: bool = False, progress: bool = True, adapter_base: str | Path | None = None):
         import torch
 
         from cmaam.io import parse_dtype
+        from cmaam.io.adapters import apply_adapter, is_adapter_folder, open_model
         from cmaam.merging.executor import resolve_device
 
-        path = Path(model_path)
-        config = check_model_folder(path, allow_pickle)
+        adapter = Path(model_path) if is_adapter_folder(model_path) else None
+        config = check_model_folder(model_path, allow_pickle, adapter_base)
+        reader = open_model(adapter, allow_pickle, adapter_base) if adapter is not None else None
+        path = reader.reference_folder if reader is not None else Path(model_path)
         device = resolve_device(device)
         torch_dtype: Any = parse_dtype(dtype) if dtype not in (None, "auto") else None
         if torch_dtype is None:
@@ -166,8 +174,11 @@ class HFGenerator:
         model = load_pretrained_strict(model_class, path, progress=progress, dtype=torch_dtype, device_map=device,
                                        trust_remote_code=trust_remote_code,
                                        use_safetensors=None if allow_pickle else True)
+        if reader is not None:  # the adapted weights, W + scale * B @ A, as every merge reads them
+            with reader:
+                apply_adapter(model, reader)
         self._setup(model, tokenizer_or_processor, batch_size, max_new_tokens, progress)
-        self.model_path = path
+        self.model_path = adapter or path
 
     @classmethod
     def from_model(cls, model, tokenizer_or_processor, batch_size: int = 8, max_new_tokens: int = 64,
@@ -203,6 +214,12 @@ class HFGenerator:
             return templater.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as error:  # jinja raises its own exception types (e.g. TemplateError)
             raise CMAAMError(f"the chat template rejected the prompt ({error})") from None
+
+    def encode(self, requests: Sequence[GenerationRequest]):
+        """The model inputs (left-padded batch encoding) of ``requests``, as ``generate`` builds them."""
+        requests = list(requests)
+        _check_text_only(requests, self.vision)
+        return self._encode([self.render(request) for request in requests], requests)
 
     def _encode(self, prompts: list[str], requests: list[GenerationRequest]):
         has_template = getattr(self.processor or self.tokenizer, "chat_template", None) is not None
@@ -257,8 +274,8 @@ class VLLMGenerator:
 
     def __init__(self, model_path: str | Path, device: str = "auto", dtype: str | None = None, batch_size: int = 8,
                  max_new_tokens: int = 64, trust_remote_code: bool = False, allow_pickle: bool = False,
-                 progress: bool = True, **engine_options: Any):
-        path = Path(model_path)
+                 progress: bool = True, adapter_base: str | Path | None = None, **engine_options: Any):
+        path = Path(model_path)  # adapter folders are refused by load_generator (adapter_base is unused)
         config = check_model_folder(path, allow_pickle)
         from vllm import LLM
 
@@ -302,12 +319,18 @@ def vllm_available() -> bool:
 
 
 def load_generator(model_path: str | Path, backend: str = "auto", **options: Any):
-    """A generator for a model folder: 'hf', 'vllm', or 'auto' (vLLM when installed with a GPU, else HF)."""
+    """A generator for a model (or peft LoRA adapter) folder: 'hf', 'vllm', or 'auto' (vLLM when installed with a
+    GPU, else HF; adapters always HF)."""
     if backend not in BACKENDS:
         raise CMAAMError(f"unknown generation backend {backend!r} (choose {', '.join(BACKENDS)})")
     if backend == "vllm" and not vllm_available():
         raise CMAAMError("backend 'vllm' needs the vllm package and a CUDA GPU; use --backend hf")
-    if backend == "vllm" or (backend == "auto" and vllm_available()):
+    from cmaam.io.adapters import is_adapter_folder
+
+    if backend == "vllm" and is_adapter_folder(model_path):
+        raise CMAAMError(f"{model_path}: a peft adapter folder; the vllm backend needs a merged model "
+                         "(use --backend hf)")
+    if backend == "vllm" or (backend == "auto" and vllm_available() and not is_adapter_folder(model_path)):
         return VLLMGenerator(model_path, **options)
     return HFGenerator(model_path, **options)
 

@@ -16,13 +16,13 @@ from cmaam.io.tracking import WANDB_MODES, default_wandb_mode
 from eval.generation import BACKENDS
 
 
-EXECUTION = ("device", "dtype", "trust_remote_code", "allow_pickle", "overwrite", "progress")
+EXECUTION = ("device", "dtype", "trust_remote_code", "allow_pickle", "adapter_base", "overwrite", "progress")
 
 
 def add_generator_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     """--model, --backend, --batch-size, --max-new-tokens (device, dtype and trust come with ``add_run_options``)."""
     group = parser.add_argument_group("model and generation")
-    group.add_argument("--model", required=True, help="Hugging Face model folder")
+    group.add_argument("--model", required=True, help="Hugging Face model folder or peft LoRA adapter folder")
     group.add_argument("--backend", default="auto", help=f"{' | '.join(BACKENDS)} (auto: vLLM if installed with a GPU)")
     group.add_argument("--batch-size", type=int, default=8)
     group.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
@@ -30,7 +30,7 @@ def add_generator_options(parser: argparse.ArgumentParser, max_new_tokens: int) 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """--output-dir, --run-name, --wandb-mode, --wandb-project, and the execution options (device, dtype,
-    --trust-remote-code, --allow-pickle, --overwrite, --no-progress)."""
+    --trust-remote-code, --allow-pickle, --adapter-base, --overwrite, --no-progress)."""
     group = parser.add_argument_group("results")
     group.add_argument("--output-dir", default="results", help="root folder; the run writes OUTPUT_DIR/RUN_NAME/")
     group.add_argument("--run-name", default=None, help="run folder name (default: derived from task and model)")
@@ -48,7 +48,7 @@ def generator_options(args: argparse.Namespace) -> dict[str, Any]:
     options = ExecutionOptions.from_args(args)
     return dict(backend=args.backend, device=options.device, dtype=options.dtype, batch_size=args.batch_size,
                 max_new_tokens=args.max_new_tokens, trust_remote_code=options.trust_remote_code,
-                allow_pickle=options.allow_pickle, progress=options.progress)
+                allow_pickle=options.allow_pickle, progress=options.progress, adapter_base=options.adapter_base)
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:

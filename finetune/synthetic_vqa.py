@@ -229,6 +229,11 @@ class SyntheticConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     tasks: tuple[str, ...] = field(default_factory=lambda: tuple(TASKS))
+    # A bilingual training set: this share of the train questions (of ``extra_tasks``, default all) is
+    # worded in ``extra_lang``; val and test stay in ``lang``. The demo's base learns some Korean so.
+    extra_lang: str | None = None
+    extra_share: float = 0.0
+    extra_tasks: tuple[str, ...] | None = None
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -246,6 +251,23 @@ class SyntheticConfig:
                 raise CMAAMError(f"--{name.replace('_', '-')} must be in [0, 1)")
         if self.val_fraction + self.test_fraction >= 1:
             raise CMAAMError("--val-fraction + --test-fraction must be below 1")
+        if not 0 <= self.extra_share <= 1:
+            raise CMAAMError(f"--extra-share must be in [0, 1], got {self.extra_share}")
+        if self.extra_share > 0 and self.extra_lang not in LANGUAGES:
+            raise CMAAMError(f"--extra-share needs --extra-lang ({', '.join(LANGUAGES)})")
+        if self.extra_lang is not None and self.extra_lang == self.lang:
+            raise CMAAMError(f"--extra-lang {self.extra_lang} is already --lang")
+        unknown = [task for task in self.extra_tasks or () if task not in self.tasks]
+        if unknown:
+            raise CMAAMError(f"--extra-tasks {unknown} are not among --tasks ({', '.join(self.tasks)})")
+
+    def sample_language(self, index: int, task: str, split: str) -> str:
+        """The language of sample ``index``: ``extra_lang`` for a seeded share of the train questions."""
+        if (not self.extra_lang or split != "train" or self.extra_share <= 0
+                or (self.extra_tasks is not None and task not in self.extra_tasks)):
+            return self.lang
+        return self.extra_lang if random.Random(f"extra:{self.seed}:{index}").random() < self.extra_share \
+            else self.lang
 
 
 def answer_options(task: str, lang: str) -> list[str]:
@@ -298,7 +320,8 @@ def generate(config: SyntheticConfig, progress: bool = True) -> Path:
     with atomic_directory(config.output, config.overwrite, inputs=()) as folder:
         (folder / "images").mkdir()
         for index in tqdm(range(config.n), desc=f"rendering synthetic {config.lang} VQA", disable=not progress):
-            record, image = make_sample(index, tasks[index], config.lang, config.seed, config.image_size)
+            language = config.sample_language(index, tasks[index], splits[index])
+            record, image = make_sample(index, tasks[index], language, config.seed, config.image_size)
             (folder / record["image"]).write_bytes(png_bytes(image))
             rows[splits[index]].append(record)
         for split in SPLITS:
@@ -306,7 +329,7 @@ def generate(config: SyntheticConfig, progress: bool = True) -> Path:
         table = count_table(rows)
         atomic_write_text(folder / "counts.md", table.markdown)
         atomic_write_json(folder / "counts.json", table.data)
-        chance = {split: _chance(rows[split], config.lang) for split in SPLITS}
+        chance = {split: _chance(rows[split]) for split in SPLITS}
         options = {task: answer_options(task, config.lang) for task in config.tasks}
         info = {"generator": "finetune.synthetic_vqa", "config": {**asdict(config), "output": None},
                 "answer_options": options, "chance_accuracy": chance}
@@ -314,11 +337,11 @@ def generate(config: SyntheticConfig, progress: bool = True) -> Path:
     return Path(config.output)
 
 
-def _chance(rows: list[dict], lang: str) -> float | None:
+def _chance(rows: list[dict]) -> float | None:
     """Expected exact-match accuracy of guessing uniformly among each task's answers."""
     if not rows:
         return None
-    return sum(1 / len(answer_options(row["task"], lang)) for row in rows) / len(rows)
+    return sum(1 / len(answer_options(row["task"], row["lang"])) for row in rows) / len(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-fraction", type=float, default=0.1)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
                         help="visual tasks to include (default: all)")
+    parser.add_argument("--extra-lang", default=None, choices=LANGUAGES,
+                        help="word a share of the train questions in this language (a bilingual training set)")
+    parser.add_argument("--extra-share", type=float, default=0.0, help="that share, in [0, 1] (default 0)")
+    parser.add_argument("--extra-tasks", nargs="+", default=None, choices=list(TASKS),
+                        help="only these tasks get the extra language (default: all)")
     add_execution_options(parser, DATA, help={"seed": "scenes, wording and split seed (default: 0)"})
     return parser
 
@@ -341,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = generate(SyntheticConfig(output=args.output, n=args.n, lang=args.lang, seed=options.seed,
                                       image_size=args.image_size, val_fraction=args.val_fraction,
                                       test_fraction=args.test_fraction, tasks=tuple(args.tasks),
+                                      extra_lang=args.extra_lang, extra_share=args.extra_share,
+                                      extra_tasks=tuple(args.extra_tasks) if args.extra_tasks else None,
                                       overwrite=options.overwrite), progress=options.progress)
     print((output / "counts.md").read_text(encoding="utf-8"), end="")
     return 0

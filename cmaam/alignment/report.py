@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmaam.alignment.alphas import AlphaPlan, alignment
-from cmaam.io.atomic import atomic_write_json, atomic_write_text, atomic_write_yaml
+from cmaam.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_write_yaml
 from cmaam.alignment.scores.analyzer import SCORE_NAMES, Analysis, aggregate
 
 REPORT_VERSION = 1
@@ -27,21 +27,26 @@ def component_summary(analysis: Analysis, plan: AlphaPlan) -> dict[str, dict]:
     summary = {}
     for component, group in aggregate(analysis.tensors.values(), lambda score: score.component).items():
         members = [s for s in analysis.tensors.values() if s.component == component]
+        weighted = [s for s in members if s.changed] or members  # mean over the tensors a merge changes
         values = [alphas[s.name] for s in members]
         summary[component] = _rounded(dict(
-            vars(group), alignment=alignment({n: group.score(n) for n in SCORE_NAMES}, plan.config.score_weights),
-            mean_alpha=sum(alphas[s.name] * s.numel for s in members) / group.numel,
+            vars(group), changed=group.changed,
+            alignment=alignment({n: group.score(n) for n in SCORE_NAMES}, plan.config.score_weights),
+            mean_alpha=sum(alphas[s.name] * s.numel for s in weighted) / sum(s.numel for s in weighted),
             min_alpha=min(values), max_alpha=max(values)))
     return summary
 
 
-def build_report(analysis: Analysis, plan: AlphaPlan, settings: dict) -> dict:
-    """Everything computed, as plain JSON data (rounded to 8 significant digits; same inputs -> same bytes)."""
+def build_report(analysis: Analysis, plan: AlphaPlan, settings: dict, mapping: dict | None = None) -> dict:
+    """Everything computed, as plain JSON data (rounded to 8 significant digits; same inputs -> same bytes).
+
+    ``mapping`` (a ``TensorMapping.summary()``) is added for models of different types.
+    """
     alphas = plan.tensor_alphas
     tensors = {name: _rounded(dict(score.to_dict(), group=plan.tensor_group[name], alpha=alphas[name]))
                for name, score in analysis.tensors.items()}
     values = list(alphas.values()) or [0.0]
-    return {
+    report = {
         "version": REPORT_VERSION,
         "settings": dict(settings, strategy=plan.config.strategy, base_alpha=plan.config.base_alpha,
                          alpha_min=plan.config.alpha_min, alpha_max=plan.config.alpha_max,
@@ -61,6 +66,9 @@ def build_report(analysis: Analysis, plan: AlphaPlan, settings: dict) -> dict:
         "only_in_source": analysis.only_in_source,
         "not_floating": analysis.not_floating,
     }
+    if mapping is not None:
+        report["mapping"] = mapping
+    return report
 
 
 def alphas_document(report: dict) -> dict:
@@ -72,6 +80,8 @@ def alphas_document(report: dict) -> dict:
         "tensors": {name: tensor["alpha"] for name, tensor in report["tensors"].items()},
         "kept_from_target": report["only_in_target"] + report["not_floating"],
         "skipped_only_in_source": report["only_in_source"],
+        **({"mapping": {key: value for key, value in report["mapping"].items() if not key.endswith("_names")}}
+           if "mapping" in report else {}),
     }
 
 
@@ -101,7 +111,7 @@ def summary_table(report: dict) -> str:
                         rows)
 
 
-def markdown_report(report: dict, figures: list[str]) -> str:
+def markdown_report(report: dict, figures: list[str], sections: list[str] = ()) -> str:
     """report.md: settings, summary, per-component and per-group tables, unmatched names, figures."""
     settings = report["settings"]
     lines = ["# CMAAM merge analysis", "",
@@ -118,6 +128,7 @@ def markdown_report(report: dict, figures: list[str]) -> str:
                        ("not_floating", "Not floating point (copied from the target)")):
         if report[key]:
             lines += [f"## {title}: {len(report[key])}", ""] + [f"- `{name}`" for name in report[key]] + [""]
+    lines += list(sections)
     lines += ["## Heatmaps", ""] + [f"![{name}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
 
@@ -180,17 +191,23 @@ def save_heatmaps(report: dict, metrics: tuple[str, ...], path: Path) -> bool:
     return True
 
 
-def write_analysis(folder: str | Path, report: dict) -> list[Path]:
-    """Write report.json, the heatmap PNGs (alpha; the scores) and report.md into ``folder``."""
+def write_analysis(folder: str | Path, report: dict, sections: list[str] = (),
+                   extra_figures: dict[str, bytes] | None = None) -> list[Path]:
+    """Write report.json, the heatmap PNGs (alpha; the scores) and report.md into ``folder``.
+
+    ``sections`` (Markdown) and ``extra_figures`` (name -> PNG bytes), e.g. an adaptive search's, are added.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = [atomic_write_json(folder / "report.json", report)]
+    for name, data in (extra_figures or {}).items():
+        written.append(atomic_write_bytes(folder / name, data))
     figures = []
     for name, metrics in HEATMAPS.items():
         if save_heatmaps(report, metrics, folder / name):
             figures.append(name)
             written.append(folder / name)
-    written.append(atomic_write_text(folder / "report.md", markdown_report(report, figures)))
+    written.append(atomic_write_text(folder / "report.md", markdown_report(report, figures, sections)))
     return written
 
 

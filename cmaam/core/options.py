@@ -52,6 +52,7 @@ class ExecutionOptions:
     max_memory: str | int = DEFAULT_MAX_MEMORY  # working memory for tensors: larger ones stream in row blocks
     overwrite: bool = False  # replace an existing output
     allow_pickle: bool = False  # read pickled .bin/.pt checkpoints (torch.load weights_only=True)
+    adapter_base: str | None = None  # base model of peft LoRA adapter inputs (default: their adapter_config.json's)
     allow_nonfinite: bool = False  # merge even if a tensor holds NaN or Inf
     trust_remote_code: bool = False  # run a model folder's own Python code
     seed: int = 0  # seed of every random choice (data, initialisation, dare masks, search)
@@ -96,6 +97,8 @@ _FLAGS: dict[str, tuple[str, dict[str, Any], str]] = {
     "overwrite": ("--overwrite", {"action": "store_true"}, "replace an existing output"),
     "allow_pickle": ("--allow-pickle", {"action": "store_true"},
                      "read pickled .bin/.pt checkpoints (torch.load with weights_only=True)"),
+    "adapter_base": ("--adapter-base", {"metavar": "BASE"},
+                     "base model of peft LoRA adapter folders given as models (default: their adapter_config.json's)"),
     "allow_nonfinite": ("--allow-nonfinite", {"action": "store_true"}, "go on even if a tensor holds NaN or Inf"),
     "trust_remote_code": ("--trust-remote-code", {"action": "store_true"}, "run the model folder's own Python code"),
     "seed": ("--seed", {"type": int, "metavar": "N"}, "seed of every random choice (default: 0)"),
@@ -103,8 +106,9 @@ _FLAGS: dict[str, tuple[str, dict[str, Any], str]] = {
 }
 ALL = tuple(_FLAGS)
 # The usual sets: a merge (read, compute, write a model) and reading a model only.
-MERGE = ("device", "dtype", "max_shard_size", "max_memory", "overwrite", "allow_pickle", "allow_nonfinite", "progress")
-READ = ("allow_pickle",)
+MERGE = ("device", "dtype", "max_shard_size", "max_memory", "overwrite", "allow_pickle", "adapter_base",
+         "allow_nonfinite", "progress")
+READ = ("allow_pickle", "adapter_base")
 DATA = ("seed", "overwrite", "progress")  # data sets written from a seed
 
 

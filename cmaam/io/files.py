@@ -19,3 +19,16 @@ def read_json(path: str | Path, missing: str | None = None, encoding: str = "utf
         return json.loads(path.read_text(encoding=encoding))
     except json.JSONDecodeError as error:
         raise CMAAMError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def figure_png(figure, dpi: int = 120) -> bytes:
+    """PNG bytes of a matplotlib figure, which is closed; no 'Software' metadata, so the same figure gives the
+    same bytes."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()

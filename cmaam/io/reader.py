@@ -7,7 +7,7 @@ import os
 import struct
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 from safetensors import safe_open
@@ -40,7 +40,27 @@ def load_config(path: str | Path) -> dict:
     return read_json(Path(path) / "config.json")
 
 
-class CheckpointReader:
+class TensorNames:
+    """The name side of the reader protocol (keys, ``in``, ``len``, iteration) over ``self._location``: tensor name
+    -> where its data is (a file, or for a view the name of the tensor behind it)."""
+
+    _location: Mapping[str, object]
+
+    def keys(self) -> list[str]:
+        """Tensor names in order."""
+        return list(self._location)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._location
+
+    def __len__(self) -> int:
+        return len(self._location)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._location)
+
+
+class CheckpointReader(TensorNames):
     """Tensor names, shapes and dtypes of a model folder, with tensors loaded on demand.
 
     Safetensors files are memory-mapped through ``safe_open``; pickled ``.bin`` checkpoints are
@@ -145,22 +165,14 @@ class CheckpointReader:
         return list(dict.fromkeys(self._location.values()))
 
     @property
+    def reference_folder(self) -> Path:
+        """The folder whose config, tokenizer and processor files describe this model (an adapter's base)."""
+        return self.path
+
+    @property
     def model_type(self) -> str | None:
         """The ``model_type`` of config.json, or None."""
         return self.config.get("model_type")
-
-    def keys(self) -> list[str]:
-        """Tensor names in file order."""
-        return list(self._location)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._location
-
-    def __len__(self) -> int:
-        return len(self._location)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._location)
 
     def _file(self, name: str) -> Path:
         try:
@@ -198,6 +210,11 @@ class CheckpointReader:
         if dtype is not None or str(device) != "cpu":
             tensor = tensor.to(device=device, dtype=dtype)
         return tensor
+
+    def reads_rows(self, name: str) -> bool:
+        """Whether ``get_rows`` gives rows of what ``get`` returns (a view or an adapter that computes a
+        tensor says no: the executor then reads it whole)."""
+        return True
 
     def get_rows(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows [start, stop) of a tensor's first dimension (all of it by default), as stored, on the CPU.

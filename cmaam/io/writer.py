@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -62,15 +63,16 @@ class _Slot:
     shard: int
     offset: int  # absolute offset in the shard file
     spec: TensorSpec
-    rows_written: int = 0  # rows of the first dimension written so far (a 0-d tensor counts as one row)
+    filled: int = 0  # elements written so far (by add, add_rows or add_part)
+    touched: bool = False
 
     @property
-    def rows(self) -> int:
-        return self.spec.shape[0] if self.spec.shape else 1
+    def numel(self) -> int:
+        return math.prod(self.spec.shape)
 
     @property
     def written(self) -> bool:
-        return self.rows_written >= self.rows
+        return self.touched and self.filled >= self.numel
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -107,8 +109,10 @@ class CheckpointWriter:
         overwrite: bool = False,
         copy_reference_files: bool = True,
         inputs: Iterable[str | Path] = (),
+        basename: str = "model",
     ):
         self.output = Path(output)
+        self.basename = basename  # weight files: <basename>.safetensors (peft adapters: adapter_model)
         self.inputs = [*inputs, *([reference] if reference is not None else [])]
         self.specs = list(specs)
         self.reference = Path(reference) if reference is not None else None
@@ -167,8 +171,8 @@ class CheckpointWriter:
             size += spec.nbytes
         count = len(shards)
         self._shard_names = (
-            ["model.safetensors"] if count == 1
-            else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+            [f"{self.basename}.safetensors"] if count == 1
+            else [f"{self.basename}-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
         )
         for index, (shard, name) in enumerate(zip(shards, self._shard_names)):
             header: dict = {"__metadata__": {"format": "pt"}}
@@ -214,7 +218,7 @@ class CheckpointWriter:
                 not 0 <= start <= start + tensor.shape[0] <= shape[0]:
             raise CMAAMError(f"tensor {name!r}: rows {start}:{start + (tensor.shape[0] if tensor.dim() else 0)} "
                              f"of shape {tuple(tensor.shape)} do not fit the planned {shape}")
-        self._write(slot, start, tensor)
+        self._write(slot, start * math.prod(shape[1:]), tensor)
 
     def _slot(self, name: str) -> _Slot:
         slot = self._slots.get(name)
@@ -222,14 +226,27 @@ class CheckpointWriter:
             raise CMAAMError(f"tensor {name!r} was not planned for this output")
         return slot
 
-    def _write(self, slot: _Slot, start: int, tensor: torch.Tensor) -> None:
+    def add_part(self, name: str, tensor: torch.Tensor, offset: int) -> None:
+        """Write ``tensor`` (cast to the planned dtype) into planned tensor ``name`` from flat element ``offset``.
+
+        Lets a tensor too large to assemble in memory (an MoE layer's experts stacked) be written piece by
+        piece; the tensor counts as written once its pieces have covered every element.
+        """
+        slot = self._slot(name)
+        if offset < 0 or offset + tensor.numel() > slot.numel:
+            raise CMAAMError(f"tensor {name!r}: part of {tensor.numel()} elements at {offset} exceeds its {slot.numel}")
+        self._write(slot, offset, tensor)
+
+    def _write(self, slot: _Slot, element: int, tensor: torch.Tensor) -> None:
+        """Write ``tensor``'s elements from flat element ``element`` of the slot (positioned writes: no seek)."""
         data = tensor.detach().to(device="cpu", dtype=slot.spec.dtype).contiguous().reshape(-1)
-        offset = slot.offset + start * (slot.spec.nbytes // slot.rows if slot.rows else 0)
+        offset = slot.offset + element * slot.spec.dtype.itemsize
         view = memoryview(data.view(torch.uint8).numpy()) if data.numel() else memoryview(b"")
         descriptor, done = self._files[slot.shard].fileno(), 0
         while done < len(view):
             done += os.pwrite(descriptor, view[done:], offset + done)
-        slot.rows_written += tensor.shape[0] if tensor.dim() else 1
+        slot.filled += data.numel()
+        slot.touched = True
 
     def _finish(self) -> None:
         missing = [name for name, slot in self._slots.items() if not slot.written]
@@ -242,7 +259,7 @@ class CheckpointWriter:
             weight_map = {name: self._shard_names[slot.shard] for name, slot in self._slots.items()}
             total = sum(slot.spec.nbytes for slot in self._slots.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            (self.folder / f"{self.basename}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         if self.config is not None:
             config = json.loads(json.dumps(self.config))
             floating = [s.dtype for s in self.specs if s.dtype.is_floating_point]

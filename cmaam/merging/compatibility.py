@@ -8,6 +8,7 @@ from typing import Sequence
 
 from cmaam.core.errors import CMAAMError
 from cmaam.io import CheckpointReader
+from cmaam.io.adapters import open_model
 
 # Config fields that differ between otherwise identical checkpoints and say nothing about compatibility.
 IGNORED_CONFIG_FIELDS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype"}
@@ -87,11 +88,13 @@ def _flatten(config: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def check_compatibility(paths: Sequence[str | Path], allow_pickle: bool = False) -> CompatibilityReport:
-    """Compare model folders by config and tensor headers (no tensor data is loaded)."""
+def check_compatibility(paths: Sequence[str | Path], allow_pickle: bool = False,
+                        adapter_base: str | Path | None = None) -> CompatibilityReport:
+    """Compare model folders (or peft LoRA adapters, as their adapted models) by config and tensor headers
+    (no tensor data is loaded)."""
     if len(paths) < 2:
         raise CMAAMError("give at least two model folders to compare")
-    readers = [CheckpointReader(path, allow_pickle=allow_pickle) for path in paths]
+    readers = [open_model(path, allow_pickle, adapter_base) for path in paths]
     try:
         return _compare(readers)
     finally:

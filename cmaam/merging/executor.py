@@ -211,7 +211,8 @@ def _row_blocks(readers: Mapping[str, CheckpointReader], job: TensorJob, consume
                 budget: int) -> list[Block | None]:
     """How a job is read: [None] (whole) or its row blocks, each a whole number of compute chunks.
 
-    Row blocks for a job spanning more than one compute chunk that every consumer accepts in blocks;
+    Row blocks for a job spanning more than one compute chunk that every consumer accepts in blocks and every
+    reader can read by rows (``CheckpointReader.reads_rows``; views and adapted tensors are read whole);
     a block's inputs take at most ``budget / BLOCK_SHARE`` bytes as float32 (at least one chunk).
     """
     model, name = job.inputs[0]
@@ -219,6 +220,8 @@ def _row_blocks(readers: Mapping[str, CheckpointReader], job: TensorJob, consume
     if not shape or len(row_chunks(shape)) < 2:
         return [None]
     if not all(getattr(consumer, "accepts_blocks", lambda job: False)(job) for consumer in consumers):
+        return [None]
+    if not all(getattr(readers[model], "reads_rows", lambda name: False)(name) for model, name in job.inputs):
         return [None]
     step = chunk_rows(shape)
     row_bytes = max(1, math.prod(shape[1:]) * 4 * len(job.inputs))

@@ -98,8 +98,6 @@ def _check_keys(data: Mapping, allowed: Iterable[str], where: str) -> None:
 def _model_reference(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise CMAAMError(f"{where}: 'model' must be a path to a model folder, got {value!r}")
-    if "+" in value and not Path(value).exists():
-        raise CMAAMError(f"{where}: LoRA references (model+adapter) are not supported: {value!r}")
     return value
 
 

@@ -207,12 +207,12 @@ class Planner:
         """Plan one output tensor: its inputs (base first when the method needs one) and parameters."""
         base = self._base_of(output_slice, where)
         sources = list(output_slice.sources)
-        if base is not None and self.method.requires_base:
+        if base is not None and self.method.takes_base:
             sources.sort(key=lambda s: s.model != base)
         names = [input_name(s.model) for s in sources]  # filters match these (before tied-weight fallback)
         inputs = [(s.model, self._resolve_name(s.model, name)) for s, name in zip(sources, names)]
         contributors = [(s, name) for s, name in zip(sources, names)
-                        if not (self.method.requires_base and s.model == base)]
+                        if not (self.method.takes_base and s.model == base)]
         parameters: dict[str, Any] = {}
         for parameter in self.method.parameters:
             yaml_name = self.names.get(parameter.name)
@@ -236,7 +236,7 @@ class Planner:
         self.method.validate(parameters)
         plain_copy = self.method.name == "passthrough" and "scale" not in parameters and self.cast is None
         merge = None if plain_copy else functools.partial(
-            merge_tensors, method=self.method, base_index=0 if (base is not None and self.method.requires_base)
+            merge_tensors, method=self.method, base_index=0 if (base is not None and self.method.takes_base)
             else None, parameters=parameters, cast=self.cast)
         self.jobs.append(TensorJob(output_name, inputs, merge, row_local=merge is None or self.method.row_local))
 

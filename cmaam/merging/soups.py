@@ -20,6 +20,7 @@ from tqdm import tqdm
 from cmaam.core.errors import CMAAMError
 from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, parse_dtype
+from cmaam.io.adapters import open_model
 from cmaam.io.atomic import (
     atomic_write_json,
     check_output_free,
@@ -58,12 +59,14 @@ class GreedySoupResult:
 
 
 @contextlib.contextmanager
-def open_ingredients(models: Sequence[str | Path], allow_pickle: bool = False) -> Iterator[dict[str, CheckpointReader]]:
-    """Open every ingredient lazily and check they hold the same tensor names (shapes are checked by the engine)."""
+def open_ingredients(models: Sequence[str | Path], allow_pickle: bool = False, adapter_base: str | Path | None = None
+                     ) -> Iterator[dict[str, CheckpointReader]]:
+    """Open every ingredient (model or peft LoRA adapter folder) lazily and check they hold the same tensor names
+    (shapes are checked by the engine)."""
     if not models:
         raise CMAAMError("a soup needs at least one model")
     with contextlib.ExitStack() as stack:
-        readers = {str(i): stack.enter_context(CheckpointReader(path, allow_pickle=allow_pickle))
+        readers = {str(i): stack.enter_context(open_model(path, allow_pickle, adapter_base))
                    for i, path in enumerate(models)}
         names = set(readers["0"].keys())
         for reader in list(readers.values())[1:]:
@@ -87,8 +90,8 @@ def _write_soup(readers: dict[str, CheckpointReader], ids: Sequence[str], output
     merge = _average(len(ids))
     first = readers[ids[0]]
     jobs = [TensorJob(name, [(model, name) for model in ids], merge) for name in first.keys()]
-    return run_merge(readers, jobs, output, options, reference=first.path, description=f"soup of {len(ids)}",
-                     before_commit=before_commit)
+    return run_merge(readers, jobs, output, options, reference=first.reference_folder,
+                     description=f"soup of {len(ids)}", before_commit=before_commit)
 
 
 def uniform_soup(models: Sequence[str | Path], output: str | Path, options: ExecutionOptions | None = None) -> Path:
@@ -99,7 +102,7 @@ def uniform_soup(models: Sequence[str | Path], output: str | Path, options: Exec
     options = options or ExecutionOptions()
     parse_dtype(options.dtype)  # an unknown dtype fails before any work
     with claim_output(output, inputs=models, overwrite=options.overwrite), \
-            open_ingredients(models, options.allow_pickle) as readers:
+            open_ingredients(models, options.allow_pickle, options.adapter_base) as readers:
         return _write_soup(readers, list(readers), output, options)
 
 
@@ -129,7 +132,7 @@ def greedy_soup(models: Sequence[str | Path], score_fn: Callable[[Path], float],
     output = Path(output)
     # the output is checked and locked before any work
     with claim_output(output, inputs=models, overwrite=overwrite) as real, \
-            open_ingredients(models, options.allow_pickle) as readers:
+            open_ingredients(models, options.allow_pickle, options.adapter_base) as readers:
         paths = {model: str(models[int(model)]) for model in readers}
         own = {model: _score(score_fn, Path(paths[model])) for model in readers}
         ranked = sorted(readers, key=lambda model: -own[model])  # stable: ties keep input order

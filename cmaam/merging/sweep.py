@@ -7,14 +7,16 @@ import functools
 import logging
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 
 from cmaam.core.errors import CMAAMError
 from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, CheckpointWriter, parse_dtype
+from cmaam.io.adapters import open_model
 from cmaam.io.atomic import atomic_write_yaml, claim_outputs
 from cmaam.merging.executor import ModelOutput, execute, plan_specs, resolve_device
+from cmaam.merging.mapped import KeepTargetRows
 from cmaam.merging.pairs import ALPHAS_FILE, check_interp, check_pair, interpolate, pair_jobs, report_unmatched
 
 logger = logging.getLogger(__name__)
@@ -49,11 +51,15 @@ def _write_settings(folder: Path, settings: dict) -> None:
 
 
 def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas: str | Sequence[float],
-          options: ExecutionOptions | None = None, *, interp: str = "linear") -> list[Path]:
+          options: ExecutionOptions | None = None, *, interp: str = "linear",
+          mapper: Callable[[CheckpointReader, CheckpointReader], CheckpointReader] | None = None) -> list[Path]:
     """Write (1 - a) * T + a * S (or slerp) for every alpha a, reading each input tensor once for all of them.
 
     ``options``: device, output dtype, overwrite, pickles, NaN/Inf check, shard size, progress. Each
-    output is its own atomic writer; tensors only in the target (or not floating) are copied.
+    output is its own atomic writer; tensors only in the target (or not floating) are copied. S or T may be a
+    peft LoRA adapter folder. ``mapper(source, target)`` may return the source seen in the target's layout
+    (``cmaam.alignment.mapping.layout_mapper``: models of different types); the target's own vocabulary rows are
+    then kept exactly.
     """
     options = options or ExecutionOptions()
     overwrite, allow_pickle, max_shard_size = options.overwrite, options.allow_pickle, options.max_shard_size
@@ -64,26 +70,30 @@ def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas
     outputs = [sweep_output(output_dir, value) for value in values]
     # Every output is checked and locked before any work; a failure removes the folders this run created.
     with claim_outputs(outputs, inputs=[source, target], overwrite=overwrite):
-        source_reader = CheckpointReader(source, allow_pickle=allow_pickle)
-        target_reader = CheckpointReader(target, allow_pickle=allow_pickle)
+        source_reader = open_model(source, allow_pickle, options.adapter_base)
+        target_reader = open_model(target, allow_pickle, options.adapter_base)
+        if mapper is not None:
+            source_reader = mapper(source_reader, target_reader)
         readers = {"target": target_reader, "source": source_reader}
         common = check_pair(source_reader, target_reader)
         floating = [name for name in common if target_reader.dtype(name).is_floating_point]
         report_unmatched([n for n in target_reader.keys() if n not in source_reader],
+                         getattr(source_reader, "source_only", None) or
                          [n for n in source_reader.keys() if n not in target_reader],
                          [n for n in common if n not in set(floating)], ALPHAS_FILE)
         jobs = pair_jobs(target_reader, dict.fromkeys(floating, 0.0), interp)  # each output merges at its alpha
         specs = plan_specs(readers, jobs, dtype)
         with contextlib.ExitStack() as stack:
-            writers = [stack.enter_context(CheckpointWriter(output, specs, reference=target,
+            writers = [stack.enter_context(CheckpointWriter(output, specs, reference=target_reader.reference_folder,
                                                             max_shard_size=max_shard_size, overwrite=overwrite,
-                                                            inputs=[source, target])) for output in outputs]
-            consumers = [ModelOutput(writer, functools.partial(interpolate, alpha=value, interp=interp),
-                                     label=f" (alpha {value:g})", row_local=interp == "linear",
-                                     before_commit=functools.partial(_write_settings, settings={
-                                         "source": str(source), "target": str(target), "interp": interp,
-                                         "alpha": value}))
-                         for writer, value in zip(writers, values)]
+                                                            inputs=[source, target, *target_reader.files,
+                                                                    *source_reader.files]))
+                       for output in outputs]
+            consumers = [KeepTargetRows(ModelOutput(
+                writer, functools.partial(interpolate, alpha=value, interp=interp), label=f" (alpha {value:g})",
+                row_local=interp == "linear", before_commit=functools.partial(_write_settings, settings={
+                    "source": str(source), "target": str(target), "interp": interp, "alpha": value})),
+                readers, "target") for writer, value in zip(writers, values)]
             execute(readers, jobs, consumers, options, description=f"sweeping {len(values)} alphas")
     for output in outputs:
         logger.info("wrote %s", output)

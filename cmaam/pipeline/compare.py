@@ -18,7 +18,7 @@ from cmaam.io.atomic import (
     atomic_write_bytes,
     atomic_write_text,
 )
-from cmaam.io.files import read_json, read_yaml
+from cmaam.io.files import figure_png, read_json, read_yaml
 
 ROLES = ("base", "finetuned", "cmaam", "baseline", "other")
 
@@ -44,6 +44,19 @@ class Comparison:
     english: str
     rows: list[dict]
     columns: list[str]
+
+    @property
+    def families(self) -> dict[str, str]:
+        """Model name -> method family (config ``family``, role, or the name without its numeric parameter)."""
+        from cmaam.pipeline.frontier import family_of
+
+        return {record.name: family_of(record.name, record.role, record.config) for record in self.records}
+
+    def frontier(self):
+        """The Korean-vs-retention frontier of these runs (cmaam.pipeline.frontier)."""
+        from cmaam.pipeline.frontier import frontier
+
+        return frontier(self.rows, f"{self.korean}/{self.metric}", self.families)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -151,13 +164,20 @@ def compare(records: Sequence[RunRecord], metric: str = "exact_match", korean: s
     if not any(ko_key in r.metrics or en_key in r.metrics for r in records):
         keys = sorted({k for r in records for k in r.metrics})[:12]
         raise CMAAMError(f"no run has {ko_key!r} or {en_key!r} (metrics seen: {', '.join(keys)})")
-    columns = ["model", "role", ko_key, en_key] + [f"{korean}/{c}" for c in categories]
+    columns = ["model", "role", "family", ko_key, en_key] + [f"{korean}/{c}" for c in categories]
     columns += ["ko_gain_vs_base", "ko_vs_finetuned", "en_retention_vs_base", "en_retention_vs_finetuned"]
     rows = []
     order = {role: index for index, role in enumerate(ROLES)}
-    for record in sorted(records, key=lambda r: (order.get(r.role, 9), r.name)):
+    from cmaam.pipeline.frontier import family_of, parameter_of
+
+    def sort_key(record: RunRecord):
+        family = family_of(record.name, record.role, record.config)
+        return order.get(record.role, 9), family, parameter_of(record.name, record.config), record.name
+
+    for record in sorted(records, key=sort_key):
         ko, en = record.metrics.get(ko_key), record.metrics.get(en_key)
-        row = {"model": record.name, "role": record.role, ko_key: ko, en_key: en}
+        row = {"model": record.name, "family": family_of(record.name, record.role, record.config), "role": record.role,
+               ko_key: ko, en_key: en}
         for category in categories:
             row[f"{korean}/{category}"] = record.metrics.get(f"{korean}/category/{category}/{metric}")
         row["ko_gain_vs_base"] = _difference(ko, base_record.metrics.get(ko_key) if base_record else None)
@@ -187,7 +207,7 @@ def to_markdown(comparison: Comparison) -> str:
 def to_csv(comparison: Comparison) -> str:
     """The comparison as CSV (empty cells where a figure is missing)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=comparison.columns, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=comparison.columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in comparison.rows:
         writer.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)) for k, v in row.items()})
@@ -230,19 +250,30 @@ def plot(comparison: Comparison):
     return figure
 
 
-def write_comparison(comparison: Comparison, output: str | Path) -> dict[str, Path]:
-    """Write comparison.md, comparison.csv and comparison.png to ``output`` (each atomically)."""
-    output = Path(output)
-    figure = plot(comparison)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    import matplotlib.pyplot as plt
+OUTPUT_FILES = ("comparison.md", "comparison.csv", "comparison.png", "frontier.csv", "frontier.png")
 
-    plt.close(figure)
+
+def report_markdown(comparison: Comparison) -> str:
+    """comparison.md: the table, then the frontier's per-family summary."""
+    from cmaam.pipeline import frontier
+
+    return (to_markdown(comparison) + "\n## Frontier: Korean accuracy vs English retention\n\n"
+            + frontier.to_markdown(comparison.frontier()))
+
+
+def write_comparison(comparison: Comparison, output: str | Path) -> dict[str, Path]:
+    """Write comparison.md/.csv/.png and frontier.csv/.png to ``output`` (each atomically)."""
+    from cmaam.pipeline import frontier
+
+    output = Path(output)
+    result = comparison.frontier()
+    label = f"{comparison.korean} {comparison.metric}"
     return {
-        "markdown": atomic_write_text(output / "comparison.md", to_markdown(comparison)),
+        "markdown": atomic_write_text(output / "comparison.md", report_markdown(comparison)),
         "csv": atomic_write_text(output / "comparison.csv", to_csv(comparison)),
-        "plot": atomic_write_bytes(output / "comparison.png", buffer.getvalue()),
+        "plot": atomic_write_bytes(output / "comparison.png", figure_png(plot(comparison))),
+        "frontier_csv": atomic_write_text(output / "frontier.csv", frontier.to_csv(result)),
+        "frontier_plot": atomic_write_bytes(output / "frontier.png", figure_png(frontier.figure(result, label))),
     }
 
 
@@ -269,7 +300,7 @@ def compare_runs(runs: Sequence[str | Path], output: str | Path | None = None, w
     output = Path(output) if output else (Path(runs[0]) if runs else Path("comparison"))
     if runs and (output / "metrics.json").exists():
         output = output.parent / "comparison"
-    files = [output / name for name in ("comparison.md", "comparison.csv", "comparison.png")]
+    files = [output / name for name in OUTPUT_FILES]
     sources = [record.source for record in comparison.records if record.source and Path(record.source).exists()]
     check_no_overlap(files, sources)
     with output_lock(output):

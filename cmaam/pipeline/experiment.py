@@ -37,6 +37,7 @@ from cmaam.core.config import (
 from cmaam.core.errors import CMAAMError, first_line
 from cmaam.core.options import ExecutionOptions
 from cmaam.core.presets import preset_path
+from cmaam.pipeline.families import AdaptRun, ModelSpec, TaskVectorMethod
 from finetune.lora_vqa import TrainingSettings
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class DataConfig:
     english: str | None = None  # a VQA folder (test.jsonl) for English retention; None = synthetic
     synthetic_samples: int = setting(600, check=at_least(1))  # per language, when synthetic
     image_size: int = setting(56, check=at_least(28))
+    # Synthetic English only: this share of its train questions is asked and answered in Korean, so the
+    # base knows some Korean (the demo's world; 0 = an English-only base).
+    english_korean_share: float = setting(0.0, check=between(0, 1))
 
 
 @dataclass
@@ -88,7 +92,16 @@ class MergeStepConfig:
     interp: str = setting("linear", check=one_of(INTERPOLATIONS))
     model_type: str | None = None  # layout (default: config.json's model_type)
     rules_file: str | None = None  # YAML component rules for an architecture without a built-in layout
-    baseline_alphas: list[float] = setting(default_factory=lambda: [0.3, 0.5, 0.7], check=each(between(0, 1)))
+    baseline_alphas: list[float] = setting(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)],
+                                           check=each(between(0, 1)))  # the linear family (0: base, 1: fine-tune)
+    # CMAAM with --preserve-mean at these mean alphas, one curve per strategy (basic would repeat linear)
+    preserve_mean_alphas: list[float] = setting(default_factory=list, check=each(between(0, 1)))
+    preserve_mean_strategies: list[str] = setting(default_factory=lambda: ["component", "layerwise", "full"],
+                                                  check=one_of(STRATEGIES))
+    # task-vector families through the mergekit runner (task_arithmetic, ties, dare_linear, ...)
+    task_vector_methods: list[TaskVectorMethod] = field(default_factory=list)
+    # label-free adaptive merges (AdaMerging, AdaMMS), from the CMAAM plan of their strategy at base_alpha
+    adapt: list[AdaptRun] = field(default_factory=list)
 
     def alphas(self, strategy: str):
         """The ``AlphaConfig`` of one strategy's merge."""
@@ -99,6 +112,11 @@ class MergeStepConfig:
                            preserve_mean=self.preserve_mean, use_sensitivity=self.use_sensitivity)
 
     def validate(self) -> None:
+        names = [method.name for method in self.task_vector_methods] + [run.name for run in self.adapt]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise InvalidValue("task_vector_methods", f"two families named {repeated[0]!r} (set family: to tell them "
+                                                      "apart)")
         if self.alpha_min > self.alpha_max:
             raise InvalidValue("alpha_min", f"{self.alpha_min} is above alpha_max {self.alpha_max}")
         from cmaam.alignment.alphas import parse_score_weights
@@ -135,6 +153,9 @@ class ExperimentConfig:
     # The Korean LoRA fine-tune.
     finetune: TrainingSettings = field(default_factory=lambda: TrainingSettings(
         epochs=3.0, batch_size=8, grad_accum=1, lora_rank=16, lora_alpha=32, lr=2e-3))
+    # Further fine-tunes of the same base on the same data (e.g. one that also trains the vision tower):
+    # name -> settings. Each is merged, evaluated and compared like the first, under variants/<name>/.
+    finetune_variants: dict[str, TrainingSettings] = field(default_factory=dict)
     merge: MergeStepConfig = field(default_factory=MergeStepConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
@@ -148,6 +169,10 @@ class ExperimentConfig:
             self.options.validate()
         except CMAAMError as error:
             raise InvalidValue("device", str(error)) from None
+        bad = [name for name in self.finetune_variants if not name.replace("_", "").replace("-", "").isalnum()]
+        if bad:
+            raise InvalidValue("finetune_variants", f"{bad[0]!r}: a variant name is a folder name (letters, digits, "
+                                                    "- and _)")
 
 
 def experiment_preset(preset: str) -> Path:
@@ -209,6 +234,42 @@ def step_output(log: Path) -> Iterator[None]:
                 os.close(copy)
 
 
+@dataclass
+class Arm:
+    """One fine-tune of the base and everything compared through it: its models, results and comparison.
+
+    The first fine-tune (config ``finetune``) lives at the experiment's root, each of ``finetune_variants``
+    under ``variants/<name>/``; the data and the base are shared.
+    """
+
+    name: str
+    settings: TrainingSettings
+    root: Path
+
+    @property
+    def finetuned_model(self) -> Path:
+        return self.root / "models" / "finetuned" / "merged"
+
+    @property
+    def models_folder(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def comparison(self) -> Path:
+        return self.root / "comparison"
+
+    def label(self, text: str) -> str:
+        """A log label naming the arm when it is a variant."""
+        return text if self.name == FIRST_ARM else f"{self.name}: {text}"
+
+
+FIRST_ARM = "finetuned"
+
+
 class Pipeline:
     """Runs the steps of one experiment; every path lives under ``config.output_dir``."""
 
@@ -231,6 +292,13 @@ class Pipeline:
         return Path(self.config.data.english) if self.config.data.english else self.root / "data" / "synthetic_en"
 
     @property
+    def unlabeled(self) -> dict[str, Path]:
+        """The unlabeled inputs of the adaptive merges: ``adapt`` (the val splits, answers dropped) and
+        ``held_out`` (the test splits, never adapted on; AdaMerging reports their entropy)."""
+        folder = self.root / "data" / "unlabeled"
+        return {"adapt": folder / "val.jsonl", "held_out": folder / "test.jsonl"}
+
+    @property
     def base_model(self) -> Path:
         if self.config.base_model.path:
             from cmaam.io.locate import local_model_path
@@ -240,15 +308,37 @@ class Pipeline:
 
     @property
     def finetuned_model(self) -> Path:
-        return self.root / "models" / "finetuned" / "merged"
+        return self.arms()[0].finetuned_model
 
-    def models(self) -> list[tuple[str, str, Path]]:
-        """(name, role, path) of every model the experiment evaluates."""
-        models = [("base", "base", self.base_model), ("finetuned", "finetuned", self.finetuned_model)]
-        models += [(f"cmaam_{s}", "cmaam", self.root / "models" / f"cmaam_{s}") for s in self.config.merge.strategies]
-        models += [(f"linear_{a:g}", "baseline", self.root / "models" / "linear" / f"alpha_{a:g}")
-                   for a in self.config.merge.baseline_alphas]
-        return models
+    def arms(self) -> list[Arm]:
+        """The first fine-tune, then each variant."""
+        arms = [Arm(FIRST_ARM, self.config.finetune, self.root)]
+        arms += [Arm(name, settings, self.root / "variants" / name)
+                 for name, settings in self.config.finetune_variants.items()]
+        return arms
+
+    def models(self, arm: Arm | None = None) -> list[ModelSpec]:
+        """Every model one arm evaluates (the first arm by default), family by family."""
+        arm = arm or self.arms()[0]
+        merge, folder = self.config.merge, arm.models_folder
+        specs = [ModelSpec("base", "base", "base", self.base_model),
+                 ModelSpec("finetuned", "finetuned", "finetuned", arm.finetuned_model)]
+        specs += [ModelSpec(f"cmaam_{s}", "cmaam", "cmaam", folder / f"cmaam_{s}", "cmaam", merge.base_alpha,
+                            {"strategy": s, "base_alpha": merge.base_alpha, "preserve_mean": merge.preserve_mean})
+                  for s in merge.strategies]
+        specs += [ModelSpec(f"cmaam_{s}_pm_{a:g}", "cmaam", f"cmaam_{s}_pm", folder / "preserve_mean" / f"{s}_{a:g}",
+                            "preserve_mean", a, {"strategy": s, "base_alpha": a, "preserve_mean": True})
+                  for s in merge.preserve_mean_strategies for a in merge.preserve_mean_alphas]
+        specs += [ModelSpec(run.name, "cmaam", run.method, folder / run.name, "adapt", None,
+                            {"method": run.method, "strategy": run.strategy, "base_alpha": merge.base_alpha,
+                             "preserve_mean": merge.preserve_mean})
+                  for run in merge.adapt]
+        specs += [ModelSpec(f"linear_{a:g}", "baseline", "linear", folder / "linear" / f"alpha_{a:g}", "linear", a,
+                            {"alpha": a}) for a in merge.baseline_alphas]
+        specs += [ModelSpec(f"{method.name}_{w:g}", "baseline", method.name, folder / method.name / f"lambda_{w:g}",
+                            "task_vector", w, {"method": method.method, "lambda": w, "density": method.density})
+                  for method in merge.task_vector_methods for w in method.weights]
+        return specs
 
     # -- running -----------------------------------------------------------------------------
     def _say(self, message: str) -> None:
@@ -296,7 +386,7 @@ class Pipeline:
 
     # -- steps -------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Korean data (corpus or synthetic) and the English retention set."""
+        """Korean data (corpus or synthetic), the English retention set, and the adaptive merges' inputs."""
         from finetune.data_prep import PrepConfig, prepare
         from finetune.synthetic_vqa import SyntheticConfig, generate
 
@@ -314,10 +404,26 @@ class Pipeline:
             if not (self.english_data / "test.jsonl").exists():
                 raise CMAAMError(f"{self.english_data}: no test.jsonl for the English retention set")
         else:
-            self._item("prepare", "synthetic English VQA", (self.english_data / "test.jsonl").exists(),
+            share = data.english_korean_share
+            self._item("prepare", "synthetic English VQA" + (f" ({share:g} of train in Korean)" if share else ""),
+                       (self.english_data / "test.jsonl").exists(),
                        lambda: generate(SyntheticConfig(output=str(self.english_data), n=data.synthetic_samples,
-                                                        lang="en", seed=seed + 1, image_size=data.image_size),
+                                                        lang="en", seed=seed + 1, image_size=data.image_size,
+                                                        extra_lang="ko" if share else None, extra_share=share),
                                         progress=False))
+        if self.config.merge.adapt:
+            self._item("prepare", "unlabeled inputs (val: adapt, test: held out)",
+                       all(path.exists() for path in self.unlabeled.values()), self._write_unlabeled)
+
+    def _write_unlabeled(self) -> None:
+        from cmaam.pipeline.families import write_unlabeled
+
+        for name, split in (("adapt", "val"), ("held_out", "test")):
+            # a split that is missing or empty adds nothing (an empty result fails at the adaptive merge)
+            sets = {lang: folder / f"{split}.jsonl" for lang, folder in (("ko", self.korean_data),
+                                                                          ("en", self.english_data))}
+            write_unlabeled({lang: path for lang, path in sets.items() if path.is_file() and path.stat().st_size},
+                            self.unlabeled[name])
 
     def _train(self, settings: TrainingSettings, model: Path, data: Path, output: Path, run: str):
         """Train with ``settings``: resumed from its checkpoints when ``output`` exists (an interrupted run)."""
@@ -347,54 +453,91 @@ class Pipeline:
                    self._train(training, initial, self.english_data, self.root / "models" / "base", "base-training"))
 
     def finetune(self) -> None:
-        """LoRA fine-tune of the base on the Korean training split."""
-        self._item("finetune", "LoRA on Korean", self.finetuned_model.exists(),
-                   self._train(self.config.finetune, self.base_model, self.korean_data,
-                               self.root / "models" / "finetuned", "finetuned-training"))
+        """Each fine-tune of the base on the Korean training split."""
+        for arm in self.arms():
+            run = "finetuned-training" if arm.name == FIRST_ARM else f"{arm.name}-training"
+            self._item("finetune", arm.label("LoRA on Korean"), arm.finetuned_model.exists(),
+                       self._train(arm.settings, self.base_model, self.korean_data, arm.finetuned_model.parent, run))
 
     def merge(self) -> None:
-        """One CMAAM merge per strategy, with its analysis."""
+        """Per arm: one CMAAM merge per strategy (with its analysis), the --preserve-mean curves and the
+        adaptive merges (which start from the CMAAM plan of their strategy)."""
         from cmaam.alignment.merge import merge_vlm
 
         merge = self.config.merge
-        for strategy in merge.strategies:
-            output = self.root / "models" / f"cmaam_{strategy}"
-            self._item("merge", f"CMAAM {strategy}", output.exists(),
-                       lambda strategy=strategy, output=output: merge_vlm(
-                           self.finetuned_model, self.base_model, output, merge.alphas(strategy), self.config.options,
-                           interp=merge.interp, model_type=merge.model_type, rules_file=merge.rules_file,
-                           analyze=True))
+        runs = {run.name: run for run in merge.adapt}
+        for arm in self.arms():
+            for spec in self.models(arm):
+                if spec.kind not in ("cmaam", "preserve_mean", "adapt"):
+                    continue
+                alphas = dataclasses.replace(merge.alphas(spec.settings["strategy"]),
+                                             base_alpha=spec.settings["base_alpha"],
+                                             preserve_mean=spec.settings["preserve_mean"])
+                run = runs.get(spec.name) if spec.kind == "adapt" else None
+                self._item("merge", arm.label(spec.name), spec.path.exists(),
+                           lambda arm=arm, spec=spec, alphas=alphas, run=run: merge_vlm(
+                               arm.finetuned_model, self.base_model, spec.path, alphas, self.config.options,
+                               interp=merge.interp, model_type=merge.model_type, rules_file=merge.rules_file,
+                               analyze=True, adapt=self._adapter(arm, run) if run else None))
+
+    def _adapter(self, arm: Arm, run: AdaptRun):
+        """The adapter of one adaptive run on one arm (inputs: the unlabeled val splits; held out: test)."""
+        from cmaam.search.adapt import make_adapter
+
+        options = run.options(self.unlabeled["adapt"], self.unlabeled["held_out"])
+        return make_adapter(options, arm.finetuned_model, self.base_model, self.config.options)
 
     def baselines(self) -> None:
-        """Linear merges at the configured alphas (one sweep, inputs read once)."""
+        """Per arm: the linear family (one sweep, inputs read once) and the task-vector families."""
+        from cmaam.merging.config_merge import merge_from_config
+        from cmaam.merging.mergekit_config import parse_merge_config
         from cmaam.merging.sweep import sweep, sweep_output
 
-        folder = self.root / "models" / "linear"
-        missing = [a for a in self.config.merge.baseline_alphas if not sweep_output(folder, a).exists()]
-        label = "linear " + "/".join(f"{a:g}" for a in self.config.merge.baseline_alphas)
-        self._item("baselines", label, not missing,
-                   lambda: sweep(self.finetuned_model, self.base_model, folder, missing, self.config.options))
+        for arm in self.arms():
+            folder = arm.models_folder / "linear"
+            alphas = self.config.merge.baseline_alphas
+            missing = [a for a in alphas if not sweep_output(folder, a).exists()]
+            if alphas:
+                self._item("baselines", arm.label("linear " + "/".join(f"{a:g}" for a in alphas)), not missing,
+                           lambda folder=folder, missing=missing, arm=arm: sweep(
+                               arm.finetuned_model, self.base_model, folder, missing, self.config.options))
+            for method in self.config.merge.task_vector_methods:
+                for weight in method.weights:
+                    output = arm.models_folder / method.name / f"lambda_{weight:g}"
+                    config = method.config(self.base_model, arm.finetuned_model, weight)
+                    self._item("baselines", arm.label(f"{method.name} lambda {weight:g}"), output.exists(),
+                               lambda config=config, output=output: merge_from_config(
+                                   parse_merge_config(config, yaml_text(config)), output, self.config.options))
 
     def evaluate(self) -> None:
-        """Every model on the Korean test split and the English retention set."""
+        """Every model of every arm on the Korean test split and the English retention set."""
         evaluation = self.config.evaluation
-        for name, role, path in self.models():
-            done = (self.root / "results" / name / "metrics.json").exists()
-            self._item("evaluate", name, done, lambda name=name, role=role, path=path: evaluate_model(
-                path, name, role, self.korean_data / "test.jsonl", self.english_data / "test.jsonl",
-                self.root / "results", limit=evaluation.limit, batch_size=evaluation.batch_size,
-                max_new_tokens=evaluation.max_new_tokens, device=self.config.device,
-                wandb_mode=self.config.wandb_mode, wandb_project=self.config.wandb_project, group=self.config.name))
+        for arm in self.arms():
+            for spec in self.models(arm):
+                done = (arm.results / spec.name / "metrics.json").exists()
+                self._item("evaluate", arm.label(spec.name), done, lambda spec=spec, arm=arm: evaluate_model(
+                    spec.path, spec.name, spec.role, self.korean_data / "test.jsonl",
+                    self.english_data / "test.jsonl", arm.results, limit=evaluation.limit,
+                    batch_size=evaluation.batch_size, max_new_tokens=evaluation.max_new_tokens,
+                    device=self.config.device, wandb_mode=self.config.wandb_mode,
+                    wandb_project=self.config.wandb_project, group=self.config.name,
+                    details={"family": spec.family, "parameter": spec.parameter, "arm": arm.name, **spec.settings}))
 
     def compare(self) -> None:
-        """The comparison table (Markdown, CSV) and plot of every evaluated model."""
-        from cmaam.pipeline.compare import compare_runs, to_markdown
+        """Per arm: the comparison table (Markdown, CSV), its plot and the frontier (CSV, plot)."""
+        from cmaam.pipeline.compare import compare_runs, report_markdown
 
-        def work() -> None:
-            comparison, _ = compare_runs([self.root / "results"], self.root / "comparison")
-            print(to_markdown(comparison))
+        for arm in self.arms():
+            def work(arm: Arm = arm) -> None:
+                comparison, _ = compare_runs([arm.results], arm.comparison)
+                print(report_markdown(comparison))
 
-        self._run("compare", "comparison table", work)
+            self._run("compare", arm.label("comparison table and frontier"), work)
+
+    def tables(self) -> list[tuple[str, Path]]:
+        """(arm name, comparison.md) of every arm whose comparison exists."""
+        return [(arm.name, arm.comparison / "comparison.md") for arm in self.arms()
+                if (arm.comparison / "comparison.md").is_file()]
 
     def inputs(self) -> list[str | Path | None]:
         """What the experiment reads from outside its folder: the Korean corpus, the English set, the base model."""
@@ -402,7 +545,7 @@ class Pipeline:
         return [data.korean_source, data.english, self.base_model if base else None]
 
     def run(self, steps: Sequence[str] | None = None) -> Path:
-        """Run the steps in order (all by default); returns the comparison folder.
+        """Run the steps in order (all by default); returns the (first arm's) comparison folder.
 
         The experiment folder is locked for the whole run and may not overlap its inputs. The process's torch
         settings and environment are put back at the end (``cmaam.core.reproducible.preserved``).
@@ -426,11 +569,21 @@ class Pipeline:
         return self.root / "comparison"
 
 
+def yaml_text(data: dict) -> str:
+    """YAML text of a mergekit config (saved as mergekit_config.yml beside the merged weights)."""
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def evaluate_model(model: str | Path, name: str, role: str, korean: str | Path, english: str | Path,
                    results_root: str | Path, limit: int | None = None, batch_size: int = 16,
                    max_new_tokens: int = 16, device: str = "auto", wandb_mode: str = "offline",
-                   wandb_project: str = "cmaam", group: str | None = None) -> dict[str, float]:
-    """Evaluate one model on both sets into results_root/<name>/ (metrics prefixed 'ko/' and 'en/')."""
+                   wandb_project: str = "cmaam", group: str | None = None,
+                   details: dict | None = None) -> dict[str, float]:
+    """Evaluate one model on both sets into results_root/<name>/ (metrics prefixed 'ko/' and 'en/').
+
+    ``details`` (family, parameter, how the model was made) are recorded in the run's config.yaml."""
     from cmaam.io.tracking import start_run
     from eval.generation import load_generator
     from eval.vqa import evaluate_vqa, load_vqa_jsonl
@@ -439,7 +592,7 @@ def evaluate_model(model: str | Path, name: str, role: str, korean: str | Path, 
     generator = load_generator(str(model), backend="hf", device=device, batch_size=batch_size,
                                max_new_tokens=max_new_tokens)
     config = {"model": str(model), "model_name": name, "role": role, "korean": str(korean),
-              "english": str(english), "limit": limit, "max_new_tokens": max_new_tokens}
+              "english": str(english), "limit": limit, "max_new_tokens": max_new_tokens, **(details or {})}
     metrics: dict[str, float] = {}
     # metrics.json is written last (atomically): its presence marks a finished evaluation.
     with start_run(name, config, root=results_root, wandb_mode=wandb_mode, project=wandb_project,

@@ -18,9 +18,10 @@ SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|image_pad|>", "<|video_pad|>", "<image>", "<video>", "<pad>",
 ]
-CAUSAL_LM_TYPES = ("llama", "mistral", "qwen2")
-VLM_TYPES = ("qwen2_vl", "llava", "llava_onevision")
-_IMAGE_PLACEHOLDER = {"qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image>",
+CAUSAL_LM_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+VLM_TYPES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_onevision")
+_IMAGE_PLACEHOLDER = {"qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+                      "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image>",
                       "llava_onevision": "<image>"}
 
 
@@ -102,12 +103,13 @@ def _text_config(model_type: str, size: TinySize, tokenizer) -> dict:
         num_key_value_heads=size.num_key_value_heads, max_position_embeddings=2048,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
         tie_word_embeddings=False,
+        **({"head_dim": size.hidden_size // size.num_attention_heads} if model_type == "qwen3" else {}),
     )
 
 
 def build_tiny_causal_lm(output: str | Path, model_type: str = "llama", seed: int = 0,
                          size: TinySize | None = None, dtype: torch.dtype = torch.float32) -> Path:
-    """Save a random causal LM (llama, mistral or qwen2) with a byte-level tokenizer to ``output``."""
+    """Save a random causal LM (llama, mistral, qwen2 or qwen3) with a byte-level tokenizer to ``output``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if model_type not in CAUSAL_LM_TYPES:
@@ -131,15 +133,20 @@ def _vlm_config(model_type: str, size: TinySize, tokenizer):
 
     text = _text_config(model_type, size, tokenizer)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    if model_type == "qwen2_vl":
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):
         half = size.hidden_size // size.num_attention_heads // 2
         section = [half - 2 * (half // 4), half // 4, half // 4]
         text["rope_scaling"] = {"type": "mrope", "rope_type": "default", "mrope_section": section}
+        patches = dict(depth=size.vision_layers, num_heads=size.vision_heads, patch_size=14, spatial_merge_size=2,
+                       temporal_patch_size=2, in_channels=3)
+        if model_type == "qwen2_vl":
+            vision = dict(patches, embed_dim=size.vision_hidden_size, hidden_size=size.hidden_size, mlp_ratio=2)
+        else:  # Qwen2.5-VL: gated MLP blocks, window attention with the last block full
+            vision = dict(patches, hidden_size=size.vision_hidden_size, intermediate_size=2 * size.vision_hidden_size,
+                          out_hidden_size=size.hidden_size, window_size=56,
+                          fullatt_block_indexes=[size.vision_layers - 1])
         return AutoConfig.for_model(
-            "qwen2_vl", text_config=dict(text, model_type="qwen2_vl_text"),
-            vision_config=dict(depth=size.vision_layers, embed_dim=size.vision_hidden_size,
-                               hidden_size=size.hidden_size, num_heads=size.vision_heads, mlp_ratio=2,
-                               patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+            model_type, text_config=dict(text, model_type=f"{model_type}_text"), vision_config=vision,
             image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
             vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
             tie_word_embeddings=False,
@@ -168,7 +175,7 @@ def build_processor(model_type: str = "qwen2_vl"):
     """The processor (image processor + byte-level tokenizer + chat template) for a tiny VLM."""
     tokenizer = build_tokenizer(_IMAGE_PLACEHOLDER.get(model_type, "<image>"))
     template = chat_template(_IMAGE_PLACEHOLDER.get(model_type, "<image>"))
-    if model_type == "qwen2_vl":
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):  # one image path (Qwen2.5-VL adds only video timing)
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
             Qwen2VLImageProcessorPil,
         )
@@ -192,7 +199,7 @@ def build_processor(model_type: str = "qwen2_vl"):
 
 def build_tiny_vlm(output: str | Path, model_type: str = "qwen2_vl", seed: int = 0, size: TinySize | None = None,
                    dtype: torch.dtype = torch.float32, with_processor: bool = True) -> Path:
-    """Save a random VLM (qwen2_vl, llava, llava_onevision) and, where supported, its processor."""
+    """Save a random VLM (qwen2_vl, qwen2_5_vl, llava, llava_onevision) and, where supported, its processor."""
     from transformers import AutoModelForImageTextToText
 
     size = size or TinySize()
@@ -249,3 +256,72 @@ def perturb_model(source: str | Path, output: str | Path, scale: float = 0.02, s
             tensor = (tensor.float() + noise).to(tensor.dtype)
         tensors[name] = tensor
     return write_state_dict(output, tensors, reference=source)
+
+
+def build_tiny_adapter(base: str | Path, output: str | Path, target_modules: list[str] | str,
+                       seed: int = 0, modules_to_save: list[str] | None = None, scale: float = 0.05,
+                       **lora_options) -> Path:
+    """Save a peft LoRA adapter of ``base`` with seeded random A and B (and perturbed modules_to_save copies).
+
+    Stands in for a LoRA fine-tune in tests; ``lora_options`` go to ``peft.LoraConfig`` (r, lora_alpha,
+    use_rslora, rank_pattern, fan_in_fan_out, ...).
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(base)
+    model_class = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    model = model_class.from_pretrained(base, dtype=torch.float32)
+    options = {"r": 4, "lora_alpha": 8, **lora_options}
+    peft_model = get_peft_model(model, LoraConfig(target_modules=target_modules, modules_to_save=modules_to_save,
+                                                  init_lora_weights=False, **options))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                spread = parameter.std().item() if parameter.numel() > 1 else 1.0
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale * (spread or 1.0))
+    with load_errors(output, action="write"):
+        peft_model.save_pretrained(output)
+    return Path(output)
+
+
+def retokenize_model(source: str | Path, output: str | Path, drop: list[str], add: list[str],
+                     seed: int = 0) -> Path:
+    """Copy a tiny causal LM under another tokenizer: ``drop`` tokens removed, ``add`` tokens added, every BPE id
+    shuffled (seeded), special tokens numbered after them. Embedding and lm_head rows move with their tokens; the
+    added tokens get seeded random rows. Stands in for a model of the same family with another vocabulary.
+    """
+    import json
+
+    from cmaam.io import CheckpointReader, write_state_dict
+
+    reader = CheckpointReader(source)
+    tokenizer = json.loads((Path(source) / "tokenizer.json").read_text(encoding="utf-8"))
+    old_ids = {**tokenizer["model"]["vocab"], **{t["content"]: t["id"] for t in tokenizer["added_tokens"]}}
+    vocab = [token for token in tokenizer["model"]["vocab"] if token not in drop] + list(add)
+    order = torch.randperm(len(vocab), generator=torch.Generator().manual_seed(seed)).tolist()
+    tokenizer["model"]["vocab"] = {token: order[index] for index, token in enumerate(vocab)}
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["content"] not in drop]
+    for offset, entry in enumerate(tokenizer["added_tokens"]):
+        entry["id"] = len(vocab) + offset
+    new_ids = {**tokenizer["model"]["vocab"], **{t["content"]: t["id"] for t in tokenizer["added_tokens"]}}
+    generator = torch.Generator().manual_seed(seed + 1)
+    tensors = {}
+    for name in reader.keys():
+        tensor = reader.get(name)
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            rows = torch.randn(len(new_ids), tensor.shape[1], generator=generator).to(tensor.dtype) * tensor.std()
+            for token, new_id in new_ids.items():
+                if token in old_ids:
+                    rows[new_id] = tensor[old_ids[token]]
+            tensor = rows
+        tensors[name] = tensor
+    config = {**reader.config, "vocab_size": len(new_ids)}
+    special = {t["content"]: t["id"] for t in tokenizer["added_tokens"]}
+    for key, token in (("eos_token_id", "<|im_end|>"), ("pad_token_id", "<pad>")):
+        if token in special:
+            config[key] = special[token]
+    write_state_dict(output, tensors, reference=source, config=config)
+    (Path(output) / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    return Path(output)

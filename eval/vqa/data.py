@@ -34,14 +34,14 @@ def _text(record: dict, key: str, where: str, required: bool = True) -> str | No
     return str(value)
 
 
-def _item(record: dict, folder: Path, where: str, number: int, check_images: bool) -> VQAItem:
+def _item(record: dict, folder: Path, where: str, number: int, check_images: bool, labelled: bool = True) -> VQAItem:
     question = _text(record, "question", where)
-    answers = record.get("answers")
+    answers = record.get("answers") if labelled else None
     if answers is not None:
         if not isinstance(answers, list) or not answers or not all(isinstance(a, (str, int, float)) for a in answers):
             raise CMAAMError(f"{where}: field 'answers' must be a non-empty list of strings")
         answers = tuple(str(a) for a in answers)
-    answer = _text(record, "answer", where, required=answers is None)
+    answer = _text(record, "answer", where, required=answers is None) if labelled else ""
     if answer is None:
         answer = max(answers, key=answers.count)
     image = record.get("image")
@@ -65,11 +65,13 @@ def _item(record: dict, folder: Path, where: str, number: int, check_images: boo
                    line=number)
 
 
-def load_vqa_jsonl(path: str | Path, limit: int | None = None, check_images: bool = True) -> list[VQAItem]:
+def load_vqa_jsonl(path: str | Path, limit: int | None = None, check_images: bool = True,
+                   labelled: bool = True) -> list[VQAItem]:
     """Read VQA items; any bad line is a one-line error naming ``file:line``. Ids must be unique.
 
     With ``check_images`` every image is opened and decoded, so an unreadable image stops the run before a model
-    is loaded or a result written.
+    is loaded or a result written. ``labelled=False`` reads unlabeled questions: answers are ignored (may be
+    absent) and every item's ``answer`` is "".
     """
     path = Path(path)
     if limit is not None and limit < 1:
@@ -78,7 +80,7 @@ def load_vqa_jsonl(path: str | Path, limit: int | None = None, check_images: boo
     seen: dict[str, int] = {}
     for number, record in read_jsonl(path):
         where = f"{path}:{number}"
-        item = _item(record, path.parent, where, number, check_images)
+        item = _item(record, path.parent, where, number, check_images, labelled)
         if item.id in seen:
             raise CMAAMError(f"{where}: duplicate id {item.id!r} (first on line {seen[item.id]})")
         seen[item.id] = number

@@ -39,7 +39,8 @@ def run_vqa(model: str | Path, data: str | Path, limit: int | None = None, outpu
     run_name = run_name or default_run_name(f"vqa-{Path(data).parent.name or 'data'}", model)
     check_run_free(output_dir, run_name, overwrite, wandb_mode)
     options = dict(generator_options or {})
-    vision = is_vision_config(check_model_folder(model, options.get("allow_pickle", False)))
+    vision = is_vision_config(check_model_folder(model, options.get("allow_pickle", False),
+                                                 options.get("adapter_base")))
     images_dropped = check_images_usable(items, data, model, vision, text_only)
     max_new_tokens = options.pop("max_new_tokens", 32)
     generator = load_generator(model, max_new_tokens=max_new_tokens, **options)

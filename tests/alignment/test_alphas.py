@@ -141,3 +141,42 @@ def test_weights_override_and_no_sensitivity_give_base_alpha(analysis):
 def test_bad_alpha_config(analysis, kwargs):
     with pytest.raises(CMAAMError):
         compute_alphas(analysis, AlphaConfig(**kwargs))
+
+
+def unchanged(name, component, stack, layer, numel):
+    """A tensor the fine-tune left bit-identical: r = 0, PDA = GFS = 1."""
+    return TensorScore(name, ParamInfo(component, stack, layer), numel, 1.0, 1.0, None, 0.0, changed=False)
+
+
+def test_unchanged_tensors_do_not_enter_a_groups_alignment_or_variance():
+    changed = [tensor("a", "language_model", "language", 0, 100, 0.5, 0.8, 0.1),
+               tensor("b", "language_model", "language", 0, 300, 0.7, 0.6, 0.3)]
+    frozen = [unchanged("c", "language_model", "language", 0, 1000), unchanged("d", "vision_encoder", "vision", 0, 600)]
+    plan = compute_alphas(Analysis("t", {i.name: i for i in changed + frozen}), AlphaConfig("basic", base_alpha=0.5))
+    group = plan.groups["model"]
+    assert group.alpha == pytest.approx(expected_alpha(changed, 0.5), rel=1e-12)
+    assert group.variance == pytest.approx(sensitivity_variance([0.1, 0.3], [100, 300]), rel=1e-12)
+    assert (group.scores.numel, group.scores.changed_numel, group.scores.unchanged_tensors) == (2000, 400, 2)
+    # counting the frozen tensors (the old definition) would have pulled the alpha far down
+    assert expected_alpha(changed + frozen, 0.5) < 0.5 * group.alpha
+
+
+def test_a_group_the_finetune_left_unchanged_keeps_base_alpha_and_no_budget():
+    items = [tensor("l.a", "language_model", "language", 0, 100, 0.5, 0.8, 0.1),
+             tensor("l.b", "language_model", "language", 0, 300, 0.7, 0.6, 0.3),
+             unchanged("v.a", "vision_encoder", "vision", 0, 5000)]
+    analysis = Analysis("t", {i.name: i for i in items})
+    plan = compute_alphas(analysis, AlphaConfig("component", base_alpha=0.4))
+    vision, language = plan.groups["vision_encoder"], plan.groups["language_model"]
+    assert not vision.scores.changed and vision.scores.pda is None and vision.alignment == 1.0
+    assert vision.alpha == 0.4 and vision.to_dict()["changed"] is False
+    assert plan.mean_alpha == pytest.approx(language.alpha, rel=1e-12)  # 5000 no-op elements carry no weight
+    preserved = compute_alphas(analysis, AlphaConfig("component", base_alpha=0.4, preserve_mean=True))
+    assert preserved.groups["language_model"].alpha == pytest.approx(0.4, rel=1e-12)
+    assert preserved.groups["vision_encoder"].alpha == 0.4 and preserved.mean_alpha == pytest.approx(0.4, rel=1e-12)
+
+
+def test_identical_models_give_base_alpha_everywhere():
+    items = [unchanged("a", "language_model", "language", 0, 10), unchanged("b", "vision_encoder", "vision", 0, 20)]
+    plan = compute_alphas(Analysis("t", {i.name: i for i in items}), AlphaConfig("full", base_alpha=0.3))
+    assert {g.alpha for g in plan.groups.values()} == {0.3} and plan.mean_alpha == pytest.approx(0.3)

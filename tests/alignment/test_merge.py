@@ -204,3 +204,32 @@ def test_the_merge_command_prints_the_notes_on_stderr(qwen_pair, variants, tmp_p
                      "note: 1 tensor(s) only in the source were skipped: model.extra_adapter.weight "
                      "(listed in alphas.yaml)"]
     assert "| component" in out and "note:" not in out
+
+
+def test_a_language_model_only_finetune_gets_one_alpha_whatever_the_grouping(tiny_qwen2vl, tmp_path):
+    """Vision, bridge and embeddings untouched: basic, component and full give the language model the same
+    alpha level, and the untouched groups (no-ops at any alpha) keep base_alpha and are marked unchanged."""
+    from cmaam.alignment.scores.sensitivity import sensitivity_variance
+    from cmaam.testing.tiny import perturb_model
+
+    source = perturb_model(tiny_qwen2vl, tmp_path / "lm_only", 0.05, seed=1, only="model.layers.")
+    plans = {strategy: merge_vlm(source, tiny_qwen2vl, tmp_path / strategy, AlphaConfig(strategy, base_alpha=0.5),
+                                 QUIET, alphas_only=True, print_summary=False)
+             for strategy in ("basic", "component", "full")}
+    basic, component, full = (plans[s].plan for s in ("basic", "component", "full"))
+    tensors = plans["basic"].analysis.tensors
+    changed = [t for t in tensors.values() if t.changed]
+    assert changed and all(t.component == "language_model" for t in changed)
+    assert not any(t.changed for t in tensors.values() if t.component != "language_model")
+    assert basic.groups["model"].variance == pytest.approx(
+        sensitivity_variance([t.sensitivity for t in changed], [t.numel for t in changed]), rel=1e-12)
+    assert basic.groups["model"].alpha == component.groups["language_model"].alpha  # same tensors, same scores
+    language = [g.alpha for k, g in full.groups.items() if k.startswith("language_model.")]
+    assert max(abs(a - basic.groups["model"].alpha) for a in language) < 0.01
+    assert full.mean_alpha == pytest.approx(basic.mean_alpha, abs=0.01)
+    for key, group in full.groups.items():
+        if not key.startswith("language_model."):
+            assert not group.scores.changed and group.alpha == 0.5
+    report = json.loads((tmp_path / "full" / "report.json").read_text())
+    assert report["groups"]["vision_encoder.0"]["changed"] is False
+    assert report["tensors"]["visual.blocks.0.attn.qkv.weight"]["changed"] is False

@@ -69,7 +69,8 @@ def test_report_fields(report):
     assert bridge["cmbc"] == 0.5 and report["groups"]["language_model"]["alpha"] == 0.5
     assert report["tensors"]["visual.blocks.1.attn.qkv.weight"] == {
         "component": "vision_encoder", "stack": "vision", "layer": 1, "numel": 100, "pda": 0.5, "gfs": 0.4,
-        "cmbc": None, "sensitivity": 0.3, "group": "vision_encoder", "alpha": pytest.approx(VISION_ALPHA)}
+        "cmbc": None, "sensitivity": 0.3, "changed": True, "group": "vision_encoder",
+        "alpha": pytest.approx(VISION_ALPHA)}
     # rounded to 8 significant digits: the same inputs give the same bytes
     assert report["summary"]["mean_alpha"] == float(f"{MEAN_ALPHA:.8g}")
 

@@ -31,17 +31,21 @@ def test_chunked_scores_equal_the_whole_tensor_functions(shape, step):
     target = torch.randn(shape, generator=generator)
     source = target + 0.3 * torch.randn(shape, generator=generator) + 0.05
     expected = (pda(source, target), gfs(source, target), relative_change(source, target))
-    result = chunked(PairScoreAccumulator(shape), [source, target], step)
-    assert result == pytest.approx(expected, rel=1e-5)
+    *result, changed = chunked(PairScoreAccumulator(shape), [source, target], step)
+    assert result == pytest.approx(expected, rel=1e-5) and changed
     assert 0 < result[0] < 1 and 0 < result[1] < 1 and result[2] > 0.1  # not a degenerate pair
 
 
 def test_identical_and_zero_pairs_score_as_the_whole_functions():
     tensor = torch.randn(50, 8)
-    assert chunked(PairScoreAccumulator((50, 8)), [tensor, tensor], 9) == pytest.approx((1.0, 1.0, 0.0), abs=1e-6)
+    assert chunked(PairScoreAccumulator((50, 8)), [tensor, tensor], 9) == pytest.approx((1.0, 1.0, 0.0, False),
+                                                                                        abs=1e-6)
     zeros = torch.zeros(50, 8)
     assert chunked(PairScoreAccumulator((50, 8)), [zeros, zeros], 9) == \
-        pytest.approx((pda(zeros, zeros), gfs(zeros, zeros), relative_change(zeros, zeros)))
+        pytest.approx((pda(zeros, zeros), gfs(zeros, zeros), relative_change(zeros, zeros), False))
+    last_row = tensor.clone()
+    last_row[-1, -1] += 1  # one entry in the last chunk: changed
+    assert chunked(PairScoreAccumulator((50, 8)), [last_row, tensor], 9)[3]
 
 
 def test_chunks_out_of_order_or_missing_are_refused():
@@ -80,6 +84,7 @@ def test_pair_analysis_from_chunks_does_not_depend_on_the_budget(tiny_qwen2vl_pa
     assert small.capture_term == whole.capture_term
     for name, score in whole.tensors.items():
         other = small.tensors[name]
+        assert other.changed == score.changed
         for field in ("pda", "gfs", "sensitivity", "cmbc"):
             expected, value = getattr(score, field), getattr(other, field)
             assert (value is None) == (expected is None), (name, field)

@@ -13,14 +13,13 @@ from cmaam.core.options import ALL, ExecutionOptions, add_execution_options
 
 DEFAULTS = ExecutionOptions()
 FLAGS = {"device": "--device", "dtype": "--dtype", "max_shard_size": "--max-shard-size", "max_memory": "--max-memory",
-         "overwrite": "--overwrite",
-         "allow_pickle": "--allow-pickle", "allow_nonfinite": "--allow-nonfinite",
+         "overwrite": "--overwrite", "allow_pickle": "--allow-pickle", "allow_nonfinite": "--allow-nonfinite",
          "trust_remote_code": "--trust-remote-code", "seed": "--seed", "progress": "--no-progress"}
 # command -> (the arguments it requires, the execution options it offers)
 COMMANDS = {
     "cmaam.merge": (["--source", "s", "--target", "t", "--output", "o"],
                     {"device", "dtype", "max_shard_size", "max_memory", "overwrite", "allow_pickle", "allow_nonfinite",
-                     "progress"}),
+                     "progress", "seed", "trust_remote_code"}),  # seed, trust_remote_code: for --adapt
     "cmaam.sweep": (["--source", "s", "--target", "t", "--alphas", "0.5", "--output-dir", "o"],
                     {"device", "dtype", "max_shard_size", "max_memory", "overwrite", "allow_pickle", "allow_nonfinite",
                      "progress"}),

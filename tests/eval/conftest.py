@@ -29,28 +29,6 @@ def vqa_folder(tmp_path):
     return path
 
 
-@pytest.fixture
-def cli_error(capfd):
-    """Run a CLI main expecting a user error: exit code 2, stderr exactly one 'error: ...' line and no traceback.
-
-    Returns the error line. stderr is captured at the file-descriptor level, so library output counts too.
-    """
-    from cmaam.core.cli import run_cli
-
-    def run(main, argv):
-        capfd.readouterr()
-        with pytest.raises(SystemExit) as exit_info:
-            run_cli(main, argv)
-        err = capfd.readouterr().err
-        assert exit_info.value.code == 2, err
-        assert "Traceback" not in err
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), err
-        return lines[0]
-
-    return run
-
-
 @pytest.fixture(scope="session")
 def broken_models(tiny_llama, tmp_path_factory):
     """Copies of the tiny Llama broken in one way each (name -> folder), and a tied-embeddings variant that is fine.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,35 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: --image-size must be at least 28 pixels, got 8\n"
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_extra_language_words_a_seeded_share_of_the_train_split_only(pair, tmp_path):
+    mixed = generate(SyntheticConfig(output=str(tmp_path / "mixed"), n=600, lang="en", seed=3, extra_lang="ko",
+                                     extra_share=0.25), progress=False)
+    plain = generate(SyntheticConfig(output=str(tmp_path / "plain"), n=600, lang="en", seed=3), progress=False)
+    rows = {split: [json.loads(line) for line in (mixed / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+            for split in ("train", "val", "test")}
+    korean = [row for row in rows["train"] if row["lang"] == "ko"]
+    assert 0.18 < len(korean) / len(rows["train"]) < 0.32  # a seeded 25 % share
+    assert all(row["lang"] == "en" for split in ("val", "test") for row in rows[split])
+    for row in korean:  # same scene, Korean wording and answer
+        assert row["answer"] in answer_options(row["task"], "ko") and row["id"].startswith("synthetic-ko-")
+    assert _digest(mixed / "images") == _digest(plain / "images")
+    assert (mixed / "test.jsonl").read_bytes() == (plain / "test.jsonl").read_bytes()
+    only = generate(SyntheticConfig(output=str(tmp_path / "only"), n=600, lang="en", seed=3, extra_lang="ko",
+                                    extra_share=1.0, extra_tasks=("colour",)), progress=False)
+    train = [json.loads(line) for line in (only / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {row["task"] for row in train if row["lang"] == "ko"} == {"colour"}
+    assert all(row["lang"] == "ko" for row in train if row["task"] == "colour")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"extra_share": 0.2}, "--extra-share needs --extra-lang"),
+    ({"extra_lang": "en"}, "--extra-lang en is already --lang"),
+    ({"extra_lang": "ko", "extra_share": 1.5}, "--extra-share must be in [0, 1]"),
+    ({"extra_lang": "ko", "extra_share": 0.1, "tasks": ("colour",), "extra_tasks": ("digit",)}, "--extra-tasks"),
+])
+def test_bad_extra_language_settings(tmp_path, changes, message):
+    with pytest.raises(CMAAMError, match=re.escape(message)):
+        generate(SyntheticConfig(output=str(tmp_path / "x"), n=10, lang="en", **changes), progress=False)
+    assert not (tmp_path / "x").exists()

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from reliability.harness import tree_state
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """Every entry under ``folder``: file -> sha256, folder -> 'dir', link -> 'link:<target>'."""
-    entries = {}
-    for path in sorted(folder.rglob("*")):
-        key = str(path.relative_to(folder))
-        if path.is_symlink():
-            entries[key] = f"link:{os.readlink(path)}"
-        elif path.is_dir():
-            entries[key] = "dir"
-        else:
-            entries[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return entries
+    """Every entry under ``folder``: file -> sha256, folder -> 'dir', link -> 'link -> <target>' (the
+    reliability harness's ``tree_state``, one checker of "nothing changed" for both suites)."""
+    return tree_state(folder)
 
 
 def python(*args, env: dict | None = None, cwd: Path = ROOT, timeout: float = 180, **options):

@@ -7,6 +7,10 @@ import string
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,3 +49,36 @@ def run_cli_many(commands: list[tuple[str, ...]], parallel: int = 3, timeout: fl
         stdout, stderr = process.communicate(timeout=timeout)
         results[index] = subprocess.CompletedProcess(commands[index], process.returncode, stdout, stderr)
     return results
+
+
+def random_models(shape: tuple[int, ...], count: int, seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(base, models): a seeded random float32 base and ``count`` models 0.1 away from it."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=generator)
+    return base, [base + 0.1 * torch.randn(shape, generator=generator) for _ in range(count)]
+
+
+def run_mergekit(config_path: Path, output: Path) -> None:
+    """mergekit's own ``run_merge`` on a YAML file (CPU, no model card)."""
+    import yaml
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    config = MergeConfiguration.model_validate(yaml.safe_load(config_path.read_text()))
+    run_merge(config, str(output), MergeOptions(quiet=True, write_model_card=False))
+
+
+def max_differences(ours: Path, theirs: Path) -> dict[str, float]:
+    """Max abs difference per tensor of two model folders holding the same tensor names and dtypes."""
+    from cmaam.io import CheckpointReader
+
+    a, b = CheckpointReader(ours), CheckpointReader(theirs)
+    assert sorted(a.keys()) == sorted(b.keys())
+    differences = {}
+    for name in a.keys():
+        assert a.dtype(name) == b.dtype(name), name
+        differences[name] = (a.get(name).double() - b.get(name).double()).abs().max().item()
+    return differences

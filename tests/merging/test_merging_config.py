@@ -44,7 +44,6 @@ def test_filters_and_precedence():
     ({"merge_method": "slerp", "slices": [{"sources": [{"model": "a", "layer_range": [0, 2]},
                                                       {"model": "b", "layer_range": [0, 3]}]}]},
      "same number of layers"),
-    ({"merge_method": "linear", "models": [{"model": "a+lora"}]}, "LoRA references"),
     ({"merge_method": "linear", "models": [{"model": "a"}], "tokenizer_source": "base"}, "needs a base_model"),
 ])
 def test_config_errors(document, message):

@@ -57,10 +57,12 @@ def test_table_numbers_csv_and_plot(tmp_path, capsys):
     assert float(rows["base"]["ko_gain_vs_base"]) == 0.0 and float(rows["base"]["en_retention_vs_base"]) == 1.0
     markdown = (tmp_path / "comparison" / "comparison.md").read_text()
     assert markdown in printed
-    assert "| cmaam_full | cmaam | 0.500 | 0.600 | 0.500 | - | 0.400 | -0.100 | 0.750 | 1.500 |" in markdown
-    assert markdown.splitlines()[0] == ("| model | role | ko/exact_match | en/exact_match | ko/general | "
+    assert "| cmaam_full | cmaam | cmaam_full | 0.500 | 0.600 | 0.500 | - | 0.400 | -0.100 | 0.750 | 1.500 |" \
+        in markdown
+    assert markdown.splitlines()[0] == ("| model | role | family | ko/exact_match | en/exact_match | ko/general | "
                                         "ko/math_problem | ko_gain_vs_base | ko_vs_finetuned | "
                                         "en_retention_vs_base | en_retention_vs_finetuned |")
+    assert rows["linear_0.5"]["family"] == "linear" and full["family"] == "cmaam_full"
     with Image.open(tmp_path / "comparison" / "comparison.png") as image:
         assert image.format == "PNG" and image.size == (1128, 540)  # (1.1 x 4 models + 5) x 4.5 inches at 120 dpi
 
@@ -93,7 +95,7 @@ def test_wandb_offline_runs_of_the_project_only(tmp_path):
                                                            "_wandb": {"value": {}}}))
     records = read_wandb_offline([tmp_path], "mine")
     assert [(r.name, r.metrics) for r in records] == [("soup", {"ko/exact_match": 0.25})]
-    assert "| soup | other | 0.250 | - |" in to_markdown(compare(records))
+    assert "| soup | other | soup | 0.250 | - |" in to_markdown(compare(records))
 
 
 @pytest.mark.parametrize("call, message", [

@@ -21,7 +21,13 @@ from cmaam.pipeline.experiment import Pipeline, load_experiment_config
 from eval.vqa.metrics import exact_match
 
 MODELS = ["base", "finetuned", "cmaam_basic", "cmaam_layerwise", "cmaam_component", "cmaam_full",
-          "linear_0.3", "linear_0.5", "linear_0.7"]
+          "cmaam_full_pm_0.5", "adamerging_full", "adamms_basic", "linear_0.3", "linear_0.5", "linear_0.7", "ties_1"]
+# the reduced demo: every family once, tiny sizes
+REDUCED_MERGE = {
+    "baseline_alphas": [0.3, 0.5, 0.7], "preserve_mean_alphas": [0.5], "preserve_mean_strategies": ["full"],
+    "task_vector_methods": [{"method": "ties", "density": 0.5, "weights": [1.0]}],
+    "adapt": [{"method": "adamerging", "strategy": "full", "steps": 2, "batch_size": 2},
+              {"method": "adamms", "strategy": "basic", "grid": [0.0, 0.5, 1.0], "max_new_tokens": 2}]}
 
 
 def reduced_config(tmp_path: Path) -> Path:
@@ -30,9 +36,11 @@ def reduced_config(tmp_path: Path) -> Path:
     values["name"] = "demo-test"
     values["output_dir"] = str(tmp_path / "experiment")
     values["wandb_mode"] = "disabled"
-    values["data"] = {"synthetic_samples": 40, "image_size": 56}
+    values["data"] = {"synthetic_samples": 40, "image_size": 56, "english_korean_share": 0.2}
     values["base_model"]["training"] = {"max_steps": 2, "batch_size": 4, "lr": 1e-3}
     values["finetune"] = {"max_steps": 2, "batch_size": 4, "lora_rank": 4, "lora_alpha": 8}
+    values["finetune_variants"] = {"vision": dict(values["finetune"], train_vision=True)}
+    values["merge"].update(REDUCED_MERGE)
     values["evaluation"] = {"limit": 4, "batch_size": 4, "max_new_tokens": 4}
     path = tmp_path / "reduced.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -65,7 +73,8 @@ def test_every_artefact_exists(finished):
         assert (root / "data/synthetic_ko" / f"{split}.jsonl").stat().st_size > 0
         assert (root / "data/synthetic_en" / f"{split}.jsonl").stat().st_size > 0
     pipeline = Pipeline(config, echo=False)
-    for name, _, path in pipeline.models():
+    for spec in pipeline.models():
+        name, path = spec.name, spec.path
         assert (Path(path) / "config.json").exists(), name
         metrics = json.loads((root / "results" / name / "metrics.json").read_text())
         assert metrics["ko/count"] == 4 and metrics["en/count"] == 4
@@ -109,12 +118,43 @@ def test_compare_table_lists_every_model(finished):
 
 def test_rerun_resumes_without_redoing_finished_steps(finished):
     config, first, second = finished
-    assert [item.split(":")[0] for item in first.ran] == ["prepare", "prepare", "base", "base"]
+    assert [item.split(":")[0] for item in first.ran] == ["prepare", "prepare", "prepare", "base", "base"]
     assert set(second.skipped) == set(first.ran)  # the second run redid none of the first run's work
     assert not any(item.split(":")[0] in ("prepare", "base") for item in second.ran)
     third = Pipeline(config, echo=False)
     third.run()
-    assert third.ran == ["compare:comparison table"]  # everything else already complete
+    # everything else already complete
+    assert third.ran == ["compare:comparison table and frontier", "compare:vision: comparison table and frontier"]
+
+
+def test_the_variant_arm_and_the_families(finished):
+    """The second fine-tune has its own models, results and comparison; every family reaches the frontier."""
+    config, _, _ = finished
+    root = Path(config.output_dir)
+    variant = root / "variants" / "vision"
+    first = json.loads((root / "models/finetuned/merged/config.json").read_text())
+    assert (variant / "models/finetuned/merged/model.safetensors").read_bytes() != \
+        (root / "models/finetuned/merged/model.safetensors").read_bytes() and first
+    for arm in (root, variant):
+        # two training steps leave the base at 0 English, so no retention and an empty frontier: its header only
+        assert (arm / "comparison" / "frontier.csv").read_text().startswith("family,models,hypervolume,on_front,")
+        assert (arm / "comparison" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+        families = {yaml.safe_load((arm / "results" / name / "config.yaml").read_text())["family"] for name in MODELS}
+        assert families == {"base", "finetuned", "cmaam", "cmaam_full_pm", "adamerging", "adamms", "linear", "ties"}
+        run = yaml.safe_load((arm / "results" / "ties_1" / "config.yaml").read_text())
+        assert run["family"] == "ties" and run["parameter"] == 1.0 and run["method"] == "ties"
+        assert (arm / "models/ties/lambda_1/mergekit_config.yml").is_file()
+        for name in ("adamerging_full", "adamms_basic"):
+            report = json.loads((arm / "models" / name / "analysis" / "report.json").read_text())
+            assert report["adaptation"]["method"] == name.split("_")[0]
+        held_out = json.loads((arm / "models/adamerging_full/analysis/report.json").read_text())
+        assert set(held_out["adaptation"]["entropy"]) == {"adapt", "held_out"}
+    unlabeled = [json.loads(line) for line in (root / "data/unlabeled/val.jsonl").read_text().splitlines()]
+    assert unlabeled and all("answer" not in row for row in unlabeled)
+    assert {row["id"].split("/")[0] for row in unlabeled} == {"ko", "en"}
+    assert all((root / "data/unlabeled" / row["image"]).is_file() for row in unlabeled)
+    english = [json.loads(line) for line in (root / "data/synthetic_en/train.jsonl").read_text().splitlines()]
+    assert {row["lang"] for row in english} == {"en", "ko"}  # the base learns some Korean
 
 
 def test_bad_config_values_are_one_line_errors(tmp_path):

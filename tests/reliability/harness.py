@@ -21,6 +21,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -142,27 +143,24 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
 
 
+def entry_state(path: Path) -> str:
+    """One entry: 'link -> target' for a link (not followed), 'dir' for a folder, else the file's sha256."""
+    if path.is_symlink():
+        return f"link -> {os.readlink(path)}"
+    if path.is_dir():
+        return "dir"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def tree_state(path: Path) -> object:
     """sha256 of a file, or {relative path: sha256 / 'dir' / 'link -> target'} of a folder; None if absent."""
     path = Path(path)
-    if path.is_symlink():
-        return f"link -> {os.readlink(path)}"
+    if path.is_symlink() or path.is_file():
+        return entry_state(path)
     if not path.exists():
         return None
-    if path.is_file():
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    state = {}
-    for root, folders, files in os.walk(path):
-        for name in folders + files:
-            item = Path(root) / name
-            key = str(item.relative_to(path))
-            if item.is_symlink():
-                state[key] = f"link -> {os.readlink(item)}"
-            elif item.is_dir():
-                state[key] = "dir"
-            else:
-                state[key] = hashlib.sha256(item.read_bytes()).hexdigest()
-    return state
+    return {str(Path(root, name).relative_to(path)): entry_state(Path(root, name))
+            for root, folders, files in os.walk(path) for name in folders + files}
 
 
 def _anchor(output: Path) -> Path:
@@ -406,6 +404,11 @@ class Registry:
             self.builders[case_id] = (cli, fault, builder)
             return builder
         return register
+
+    def add_rows(self, cli: str, rows: Iterable[tuple], builder: Callable[..., dict]) -> None:
+        """One case per row ``(id, fault, *values)``, built by ``builder(*values, workspace, folder)``."""
+        for case_id, fault, *values in rows:
+            self.add(case_id, cli, fault)(partial(builder, *values))
 
     def ids(self) -> list[str]:
         return list(self.builders)

@@ -19,8 +19,8 @@ from typing import Iterable, Sequence
 BEGIN = "<!-- reliability-table:begin -->"
 END = "<!-- reliability-table:end -->"
 CLI_ORDER = ("cmaam.merge", "cmaam.mergekit", "cmaam.sweep", "cmaam.soups", "cmaam.check", "cmaam.layouts",
-             "cmaam.tiny", "cmaam.compare", "cmaam.monitor", "cmaam.evolve", "cmaam.experiment", "eval.mgsm",
-             "eval.vqa", "finetune.synthetic_vqa", "finetune.lora_vqa", "finetune.data_prep",
+             "cmaam.extract_lora", "cmaam.tiny", "cmaam.compare", "cmaam.monitor", "cmaam.evolve", "cmaam.experiment",
+             "eval.mgsm", "eval.vqa", "finetune.synthetic_vqa", "finetune.lora_vqa", "finetune.data_prep",
              "scripts/prepare_korean_vqa_data.py")
 MESSAGE_WIDTH = 160
 PROBLEMS_WIDTH = 400

@@ -20,11 +20,38 @@ def _(ws, folder):
                 fragments=[str(missing)])
 
 
-@CASES.add("merge-no-weights", CLI, "source folder holds config.json but no weights")
-def _(ws, folder):
-    source = ws.without_weights(ws.qwen_ft, folder / "source")
+def faulty_source(method: str, fragment: str | tuple[str, ...], ws, folder):
+    """The fine-tune with one fault (``ws.method``) as --source: the error line must name ``fragment``."""
+    source = getattr(ws, method)(ws.qwen_ft, folder / "source")
     return dict(command=merge(source, ws.qwen, folder / "out"), inputs=[source, ws.qwen], outputs=[folder / "out"],
-                fragments=[("weights", "safetensors")])
+                fragments=[fragment])
+
+
+# (case id, fault, Workspace method breaking the source, what the error line names)
+CASES.add_rows(CLI, [
+    ("merge-no-weights", "source folder holds config.json but no weights", "without_weights",
+     ("weights", "safetensors")),
+    ("merge-truncated-shard", "source model.safetensors cut in half", "truncated", "model.safetensors"),
+    ("merge-nan-weights", "a NaN in a source tensor", "with_nan", "nan"),
+    ("merge-shape-mismatch", "one source tensor has another shape", "reshaped", "shape"),
+    ("merge-pickle-refused", "pickled source weights without --allow-pickle", "pickled", "pickle"),
+], faulty_source)
+
+
+def output_over_target(target_at: str, output_at: str, ws, folder):
+    """A copy of the target at ``folder/target_at`` and --output ``folder/output_at`` overlapping it, --overwrite."""
+    target, output = ws.copy(ws.qwen, folder / target_at), folder / output_at
+    return dict(command=merge(ws.qwen_ft, target, output, "--overwrite"), inputs=[target, ws.qwen_ft],
+                outputs=[output])
+
+
+# (case id, fault, target folder, output folder): the output overlaps an input, refused before anything is written
+CASES.add_rows(CLI, [
+    ("merge-output-is-target", "--output equal to --target, with --overwrite", "target", "target"),
+    ("merge-output-inside-target", "--output inside --target, with --overwrite", "target", "target/merged"),
+    ("merge-output-contains-target", "--output is a folder holding --target, with --overwrite", "models/target",
+     "models"),
+], output_over_target)
 
 
 @CASES.add("merge-bad-config-json", CLI, "target config.json is malformed JSON")
@@ -32,27 +59,6 @@ def _(ws, folder):
     target = ws.with_config(ws.qwen, folder / "target", '{"model_type": "qwen2_vl", ')
     return dict(command=merge(ws.qwen_ft, target, folder / "out"), inputs=[target, ws.qwen_ft],
                 outputs=[folder / "out"], fragments=["config.json"])
-
-
-@CASES.add("merge-truncated-shard", CLI, "source model.safetensors cut in half")
-def _(ws, folder):
-    source = ws.truncated(ws.qwen_ft, folder / "source")
-    return dict(command=merge(source, ws.qwen, folder / "out"), inputs=[source, ws.qwen], outputs=[folder / "out"],
-                fragments=["model.safetensors"])
-
-
-@CASES.add("merge-nan-weights", CLI, "a NaN in a source tensor")
-def _(ws, folder):
-    source = ws.with_nan(ws.qwen_ft, folder / "source")
-    return dict(command=merge(source, ws.qwen, folder / "out"), inputs=[source, ws.qwen], outputs=[folder / "out"],
-                fragments=["nan"])
-
-
-@CASES.add("merge-shape-mismatch", CLI, "one source tensor has another shape")
-def _(ws, folder):
-    source = ws.reshaped(ws.qwen_ft, folder / "source")
-    return dict(command=merge(source, ws.qwen, folder / "out"), inputs=[source, ws.qwen], outputs=[folder / "out"],
-                fragments=["shape"])
 
 
 @CASES.add("merge-unknown-model-type", CLI, "config.json names an unknown model_type")
@@ -67,13 +73,6 @@ def _(ws, folder):
 def _(ws, folder):
     return dict(command=merge(ws.qwen_ft, ws.qwen, folder / "out", "--base-alpha", "1.5"),
                 inputs=[ws.qwen_ft, ws.qwen], outputs=[folder / "out"], fragments=["alpha"])
-
-
-@CASES.add("merge-pickle-refused", CLI, "pickled source weights without --allow-pickle")
-def _(ws, folder):
-    source = ws.pickled(ws.qwen_ft, folder / "source")
-    return dict(command=merge(source, ws.qwen, folder / "out"), inputs=[source, ws.qwen], outputs=[folder / "out"],
-                fragments=["pickle"])
 
 
 @CASES.add("merge-malicious-pickle-refused", CLI, "a code-running pickle, no --allow-pickle")
@@ -119,27 +118,6 @@ def _(ws, folder):
     source = ws.indexed(ws.qwen_ft, folder / "source", weight_map, keep_weights=True)
     return dict(command=merge(source, ws.qwen, folder / "out"), inputs=[source, ws.qwen], outputs=[folder / "out"],
                 fragments=["index"])
-
-
-@CASES.add("merge-output-is-target", CLI, "--output equal to --target, with --overwrite")
-def _(ws, folder):
-    target = ws.copy(ws.qwen, folder / "target")
-    return dict(command=merge(ws.qwen_ft, target, target, "--overwrite"), inputs=[target, ws.qwen_ft],
-                outputs=[target])
-
-
-@CASES.add("merge-output-inside-target", CLI, "--output inside --target, with --overwrite")
-def _(ws, folder):
-    target = ws.copy(ws.qwen, folder / "target")
-    return dict(command=merge(ws.qwen_ft, target, target / "merged", "--overwrite"), inputs=[target, ws.qwen_ft],
-                outputs=[target / "merged"])
-
-
-@CASES.add("merge-output-contains-target", CLI, "--output is a folder holding --target, with --overwrite")
-def _(ws, folder):
-    target = ws.copy(ws.qwen, folder / "models" / "target")
-    return dict(command=merge(ws.qwen_ft, target, folder / "models", "--overwrite"), inputs=[target, ws.qwen_ft],
-                outputs=[folder / "models"])
 
 
 @CASES.add("merge-output-exists", CLI, "--output already exists, no --overwrite")

@@ -39,29 +39,24 @@ def _(ws, folder):
                 fragments=["yaml"])
 
 
-@CASES.add("mergekit-unknown-method", CLI, "merge_method: frobnicate")
-def _(ws, folder):
-    config = config_file(folder, linear_yaml(ws.llama, ws.llama_ft).replace("linear", "frobnicate"))
+def refused_config(yaml_text, fragments: list[str], ws, folder):
+    """A config over the base and the fine-tune, ``yaml_text(base, model)``, that the merge must refuse."""
+    config = config_file(folder, yaml_text(ws.llama, ws.llama_ft))
     return dict(command=mergekit(config, folder / "out"), inputs=[config.parent, ws.llama, ws.llama_ft],
-                outputs=[folder / "out"], fragments=["frobnicate"])
+                outputs=[folder / "out"], fragments=fragments)
 
 
-@CASES.add("mergekit-density-above-one", CLI, "ties with density 1.5")
-def _(ws, folder):
-    text = (f"merge_method: ties\nbase_model: {ws.llama}\nmodels:\n  - model: {ws.llama_ft}\n"
-            f"    parameters: {{weight: 1.0, density: 1.5}}\ndtype: float32\n")
-    config = config_file(folder, text)
-    return dict(command=mergekit(config, folder / "out"), inputs=[config.parent, ws.llama, ws.llama_ft],
-                outputs=[folder / "out"], fragments=["density", "1.5"])
-
-
-@CASES.add("mergekit-negative-t", CLI, "slerp with t = -0.2")
-def _(ws, folder):
-    text = (f"merge_method: slerp\nbase_model: {ws.llama}\nmodels:\n  - model: {ws.llama}\n  - model: {ws.llama_ft}\n"
-            f"parameters:\n  t: -0.2\ndtype: float32\n")
-    config = config_file(folder, text)
-    return dict(command=mergekit(config, folder / "out"), inputs=[config.parent, ws.llama, ws.llama_ft],
-                outputs=[folder / "out"], fragments=["-0.2"])
+# (case id, fault, the YAML text from (base, model), what the error line names)
+CASES.add_rows(CLI, [
+    ("mergekit-unknown-method", "merge_method: frobnicate",
+     lambda base, model: linear_yaml(base, model).replace("linear", "frobnicate"), ["frobnicate"]),
+    ("mergekit-density-above-one", "ties with density 1.5",
+     lambda base, model: (f"merge_method: ties\nbase_model: {base}\nmodels:\n  - model: {model}\n"
+                          f"    parameters: {{weight: 1.0, density: 1.5}}\ndtype: float32\n"), ["density", "1.5"]),
+    ("mergekit-negative-t", "slerp with t = -0.2",
+     lambda base, model: (f"merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {model}\n"
+                          f"parameters:\n  t: -0.2\ndtype: float32\n"), ["-0.2"]),
+], refused_config)
 
 
 @CASES.add("mergekit-missing-model", CLI, "a model path in the YAML does not exist")
@@ -72,44 +67,36 @@ def _(ws, folder):
                 outputs=[folder / "out"], fragments=["gone"])
 
 
-@CASES.add("mergekit-missing-tensor", CLI, "one model lacks a tensor the others have")
-def _(ws, folder):
-    lacking = ws.without_tensor(ws.llama_ft, folder / "models" / "lacking")
-    config = config_file(folder, linear_yaml(ws.llama, lacking))
-    return dict(command=mergekit(config, folder / "out"), inputs=[config.parent, ws.llama, lacking],
-                outputs=[folder / "out"], fragments=["down_proj"])
+def faulty_model(method: str, name: str, fragment: str, ws, folder):
+    """Linear merge of the base with ``folder/models/name``, the fine-tune with one fault (``ws.method``)."""
+    model = getattr(ws, method)(ws.llama_ft, folder / "models" / name)
+    config = config_file(folder, linear_yaml(ws.llama, model))
+    return dict(command=mergekit(config, folder / "out"), inputs=[config.parent, ws.llama, model],
+                outputs=[folder / "out"], fragments=[fragment])
 
 
-@CASES.add("mergekit-shape-mismatch", CLI, "one model's tensor has another shape")
-def _(ws, folder):
-    reshaped = ws.reshaped(ws.llama_ft, folder / "models" / "reshaped")
-    config = config_file(folder, linear_yaml(ws.llama, reshaped))
-    return dict(command=mergekit(config, folder / "out"), inputs=[config.parent, ws.llama, reshaped],
-                outputs=[folder / "out"], fragments=["shape"])
+# (case id, fault, Workspace method breaking the second model, its folder name, what the error line names)
+CASES.add_rows(CLI, [
+    ("mergekit-missing-tensor", "one model lacks a tensor the others have", "without_tensor", "lacking", "down_proj"),
+    ("mergekit-shape-mismatch", "one model's tensor has another shape", "reshaped", "reshaped", "shape"),
+], faulty_model)
 
 
-@CASES.add("mergekit-output-is-source", CLI, "output equal to a source model, with --overwrite")
-def _(ws, folder):
-    source = ws.copy(ws.llama_ft, folder / "models" / "source")
+def output_over_source(output_at: str, ws, folder):
+    """Linear merge with a copy of the fine-tune at ``folder/models/source``; the output ``folder/output_at``
+    overlaps it (--overwrite)."""
+    source, output = ws.copy(ws.llama_ft, folder / "models" / "source"), folder / output_at
     config = config_file(folder, linear_yaml(ws.llama, source))
-    return dict(command=mergekit(config, source, "--overwrite"), inputs=[config.parent, ws.llama, source],
-                outputs=[source])
+    return dict(command=mergekit(config, output, "--overwrite"), inputs=[config.parent, ws.llama, source],
+                outputs=[output])
 
 
-@CASES.add("mergekit-output-inside-source", CLI, "output inside a source model, with --overwrite")
-def _(ws, folder):
-    source = ws.copy(ws.llama_ft, folder / "models" / "source")
-    config = config_file(folder, linear_yaml(ws.llama, source))
-    return dict(command=mergekit(config, source / "merged", "--overwrite"), inputs=[config.parent, ws.llama, source],
-                outputs=[source / "merged"])
-
-
-@CASES.add("mergekit-output-contains-source", CLI, "output is the folder holding a source model, with --overwrite")
-def _(ws, folder):
-    source = ws.copy(ws.llama_ft, folder / "models" / "source")
-    config = config_file(folder, linear_yaml(ws.llama, source))
-    return dict(command=mergekit(config, folder / "models", "--overwrite"), inputs=[config.parent, ws.llama, source],
-                outputs=[folder / "models"])
+# (case id, fault, output folder): the output overlaps a source model, refused before anything is written
+CASES.add_rows(CLI, [
+    ("mergekit-output-is-source", "output equal to a source model, with --overwrite", "models/source"),
+    ("mergekit-output-inside-source", "output inside a source model, with --overwrite", "models/source/merged"),
+    ("mergekit-output-contains-source", "output is the folder holding a source model, with --overwrite", "models"),
+], output_over_source)
 
 
 results, test_mergekit_fault = CASES.tests()

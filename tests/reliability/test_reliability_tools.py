@@ -92,20 +92,19 @@ def _(ws, folder):
     return dict(command=python("cmaam.monitor", folder / "run"), outputs=[folder / "run"], fragments=["run"])
 
 
-@CASES.add("monitor-malformed-state", "cmaam.monitor", "state.json is malformed JSON")
-def _(ws, folder):
+def bad_state(text: str, ws, folder):
+    """A run folder whose state.json holds ``text``: the error line must name state.json."""
     run = folder / "run"
     run.mkdir()
-    (run / "state.json").write_text('{"history": [', encoding="utf-8")
+    (run / "state.json").write_text(text, encoding="utf-8")
     return dict(command=python("cmaam.monitor", run), inputs=[run], fragments=["state.json"])
 
 
-@CASES.add("monitor-state-not-a-mapping", "cmaam.monitor", "state.json holds a list, not a mapping")
-def _(ws, folder):
-    run = folder / "run"
-    run.mkdir()
-    (run / "state.json").write_text("[1, 2, 3]\n", encoding="utf-8")
-    return dict(command=python("cmaam.monitor", run), inputs=[run], fragments=["state.json"])
+# (case id, fault, the text of state.json)
+CASES.add_rows("cmaam.monitor", [
+    ("monitor-malformed-state", "state.json is malformed JSON", '{"history": ['),
+    ("monitor-state-not-a-mapping", "state.json holds a list, not a mapping", "[1, 2, 3]\n"),
+], bad_state)
 
 
 results, test_tool_fault = CASES.tests()

@@ -49,7 +49,8 @@ class GroupAlpha:
 
     def to_dict(self) -> dict:
         data = dict(vars(self.scores))
-        data.update(alignment=self.alignment, variance_used=self.variance, alpha=self.alpha)
+        data.update(changed=self.scores.changed, alignment=self.alignment, variance_used=self.variance,
+                    alpha=self.alpha)
         if self.component_alignment is not None:
             data["component_alignment"] = self.component_alignment
         return data
@@ -71,11 +72,19 @@ class AlphaPlan:
     def tensor_alphas(self) -> dict[str, float]:
         return {name: self.alpha(name) for name in self.tensor_group}
 
+    def weights(self) -> dict[str, int]:
+        """Weight of each group in mean alphas: its changed elements (all its elements when nothing changed)."""
+        changed = {key: group.scores.changed_numel for key, group in self.groups.items()}
+        if any(changed.values()):
+            return changed
+        return {key: group.scores.numel for key, group in self.groups.items()}
+
     @property
     def mean_alpha(self) -> float:
-        """Element-weighted mean alpha over the scored tensors."""
-        total = sum(group.scores.numel for group in self.groups.values())
-        return sum(g.alpha * g.scores.numel for g in self.groups.values()) / total if total else 0.0
+        """Element-weighted mean alpha over the tensors the fine-tune changed (merging the others is a no-op)."""
+        weights = self.weights()
+        total = sum(weights.values())
+        return sum(self.groups[key].alpha * weight for key, weight in weights.items()) / total if total else 0.0
 
 
 def group_key(strategy: str, score: TensorScore) -> str:
@@ -106,10 +115,13 @@ def compute_alphas(analysis: Analysis, config: AlphaConfig) -> AlphaPlan:
         variance = group.sensitivity_variance if config.use_sensitivity else 0.0
         alpha = alpha_value(config.base_alpha, a_group, variance, config.alpha_min, config.alpha_max)
         plan_groups[key] = GroupAlpha(group, a_group, variance, alpha, a_component)
+    plan = AlphaPlan(config, plan_groups, members)
     if config.preserve_mean and plan_groups:
-        keys = list(plan_groups)
-        rescaled = preserve_mean([plan_groups[k].alpha for k in keys], [plan_groups[k].scores.numel for k in keys],
+        # only groups the fine-tune changed share the budget; the others are no-ops at any alpha
+        weights = plan.weights()
+        keys = [key for key, weight in weights.items() if weight > 0]
+        rescaled = preserve_mean([plan_groups[k].alpha for k in keys], [weights[k] for k in keys],
                                  config.base_alpha, config.alpha_min, config.alpha_max)
         for key, value in zip(keys, rescaled):
             plan_groups[key].alpha = value
-    return AlphaPlan(config, plan_groups, members)
+    return plan

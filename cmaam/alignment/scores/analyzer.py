@@ -35,6 +35,7 @@ class TensorScore:
     gfs: float
     cmbc: float | None
     sensitivity: float
+    changed: bool = True  # False: S and T are bit-identical, so merging this tensor is a no-op at any alpha
 
     @property
     def component(self) -> str:
@@ -44,20 +45,31 @@ class TensorScore:
         """The report.json entry: where the tensor sits, then its element count and scores."""
         return {"component": self.info.component, "stack": self.info.stack, "layer": self.info.layer,
                 "numel": self.numel, "pda": self.pda, "gfs": self.gfs, "cmbc": self.cmbc,
-                "sensitivity": self.sensitivity}
+                "sensitivity": self.sensitivity, "changed": self.changed}
 
 
 @dataclass
 class GroupScore:
-    """Element-weighted means of the scores over one group, and its sensitivity variance v_g."""
+    """Element-weighted means of the scores over the *changed* tensors of one group, and its variance v_g.
+
+    Tensors the fine-tune left bit-identical are counted (``tensors``, ``numel``) but do not enter the
+    scores, v_g or ``changed_numel`` (the weight of the group in mean alphas): merging them is a no-op.
+    """
 
     numel: int
     tensors: int
-    pda: float
-    gfs: float
+    pda: float | None
+    gfs: float | None
     cmbc: float | None
     sensitivity: float
     sensitivity_variance: float
+    changed_numel: int = 0
+    unchanged_tensors: int = 0
+
+    @property
+    def changed(self) -> bool:
+        """True when at least one tensor of the group differs between S and T."""
+        return self.changed_numel > 0
 
     def score(self, name: str) -> float | None:
         return getattr(self, name)
@@ -88,7 +100,8 @@ def score_tensor_pair(name: str, info: ParamInfo, source: torch.Tensor, target: 
     """All scores of one tensor pair (CMBC only for a bridge output matrix)."""
     bridge_score = cmbc(source, target, embedding_basis) if bridge_output and target.dim() >= 2 else None
     return TensorScore(name=name, info=info, numel=target.numel(), pda=pda(source, target), gfs=gfs(source, target),
-                       cmbc=bridge_score, sensitivity=relative_change(source, target))
+                       cmbc=bridge_score, sensitivity=relative_change(source, target),
+                       changed=not torch.equal(source, target))
 
 
 class PairScorer:
@@ -186,9 +199,9 @@ class PairScorer:
         accumulator = self._pairs[name]
         accumulator.add(block.start, source, target)
         if block.last:
-            pda_score, gfs_score, sensitivity = self._pairs.pop(name).result()
+            pda_score, gfs_score, sensitivity, changed = self._pairs.pop(name).result()
             self._store(TensorScore(name=name, info=self.infos[name], numel=math.prod(shape), pda=pda_score,
-                                    gfs=gfs_score, cmbc=None, sensitivity=sensitivity), shape[0])
+                                    gfs=gfs_score, cmbc=None, sensitivity=sensitivity, changed=changed), shape[0])
 
     def _store(self, score: TensorScore, rows: int) -> None:
         self.analysis.tensors[score.name] = score
@@ -241,19 +254,22 @@ def _weighted_mean(pairs: list[tuple[float, int]]) -> float | None:
 
 
 def aggregate(scores: Iterable[TensorScore], key: Callable[[TensorScore], str]) -> dict[str, GroupScore]:
-    """Group tensors by ``key`` and average each score weighted by element count (first-seen order)."""
+    """Group tensors by ``key``; average each score over the group's changed tensors, weighted by element
+    count (first-seen order). A group with no changed tensor has no scores (None) and v_g = 0."""
     members: dict[str, list[TensorScore]] = {}
     for score in scores:
         members.setdefault(key(score), []).append(score)
     groups = {}
     for group, items in members.items():
-        weights = [item.numel for item in items]
-        mean_r, cv = weighted_mean_and_cv([item.sensitivity for item in items], weights)
+        changed = [item for item in items if item.changed]
+        weights = [item.numel for item in changed]
+        mean_r, cv = weighted_mean_and_cv([item.sensitivity for item in changed], weights)
         groups[group] = GroupScore(
-            numel=sum(weights), tensors=len(items),
-            pda=_weighted_mean([(item.pda, item.numel) for item in items]),
-            gfs=_weighted_mean([(item.gfs, item.numel) for item in items]),
-            cmbc=_weighted_mean([(item.cmbc, item.numel) for item in items if item.cmbc is not None]),
+            numel=sum(item.numel for item in items), tensors=len(items),
+            pda=_weighted_mean([(item.pda, item.numel) for item in changed]),
+            gfs=_weighted_mean([(item.gfs, item.numel) for item in changed]),
+            cmbc=_weighted_mean([(item.cmbc, item.numel) for item in changed if item.cmbc is not None]),
             sensitivity=mean_r, sensitivity_variance=variance_term(cv),
+            changed_numel=sum(weights), unchanged_tensors=len(items) - len(changed),
         )
     return groups

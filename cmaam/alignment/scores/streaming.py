@@ -48,7 +48,8 @@ class _RowOrder:
 
 
 class PairScoreAccumulator:
-    """PDA, GFS and the relative change of one (source, target) tensor pair, fed row chunk by row chunk."""
+    """PDA, GFS, the relative change and whether anything changed, of one (source, target) tensor pair, fed row
+    chunk by row chunk."""
 
     def __init__(self, shape: Sequence[int], device: str | torch.device = "cpu", probes: int = NUM_PROBES,
                  seed: int = PROBE_SEED, quantiles: int = NUM_QUANTILES):
@@ -60,6 +61,7 @@ class PairScoreAccumulator:
         self.absolute_target = 0.0
         self.squares = [0.0, 0.0, 0.0]  # ||S||^2, ||T||^2, ||S - T||^2
         self.dot = 0.0  # S . T (GFS of a 1-D tensor)
+        self.changed = False  # some entry of S differs from T's
         self.matrix = len(self.order.shape) >= 2
         if self.matrix:
             self.probes = gradient_probes(self.order.shape[0], device, probes, seed)
@@ -69,6 +71,7 @@ class PairScoreAccumulator:
     def add(self, start: int, source: torch.Tensor, target: torch.Tensor) -> None:
         """Add rows [start, start + len(source)) of both tensors (the next rows, in order)."""
         rows = self.order.advance(start, target)
+        self.changed = self.changed or not torch.equal(source, target)
         source, target = source.float(), target.float()
         flat_source, flat_target = source.reshape(-1), target.reshape(-1)
         first = (-start * self.order.width) % self.stride  # the strided sample's elements inside this chunk
@@ -85,12 +88,12 @@ class PairScoreAccumulator:
         else:
             self.dot += float(torch.dot(flat_source, flat_target))
 
-    def result(self) -> tuple[float, float, float]:
-        """(pda, gfs, relative change) of the whole pair; every row must have been added."""
+    def result(self) -> tuple[float, float, float, bool]:
+        """(pda, gfs, relative change, changed) of the whole pair; every row must have been added."""
         if not self.order.complete:
             raise ValueError(f"only {self.order.next_row} of {self.order.shape[0]} rows were added")
         if self.numel == 0:
-            return 1.0, 1.0, 0.0
+            return 1.0, 1.0, 0.0, False
         distance = quantile_distance(torch.cat(self.samples[0]), torch.cat(self.samples[1]), self.quantiles)
         pda = pda_value(distance, self.absolute_target / self.numel)
         norm_source, norm_target, norm_difference = (math.sqrt(value) for value in self.squares)
@@ -101,7 +104,8 @@ class PairScoreAccumulator:
         else:
             similarity = similarity_from(torch.tensor([norm_source]), torch.tensor([norm_target]),
                                          torch.tensor([self.dot]))
-        return pda, float(similarity.mean()), relative_change_from(norm_source, norm_target, norm_difference)
+        return (pda, float(similarity.mean()), relative_change_from(norm_source, norm_target, norm_difference),
+                self.changed)
 
 
 class EmbeddingBasisAccumulator:

@@ -43,10 +43,12 @@ class Parameter:
 class MergeMethod:
     """A registered method: ``function(tensors, base, **parameters) -> tensor``.
 
-    ``tensors`` are the contributing models' tensors (the base excluded when ``requires_base``);
+    ``tensors`` are the contributing models' tensors (the base excluded when the method takes one);
     per-model parameters arrive as lists aligned with ``tensors``, global ones as scalars.
     ``row_local``: elementwise, so applying it to row blocks gives exactly the rows of the whole result
     (large tensors are then merged in row blocks within the memory budget).
+    ``optional_base``: the base, when the config names one, is the origin (mergekit's BasePolicy.OPTIONAL,
+    e.g. nuslerp); without one the method works on the models themselves.
     """
 
     name: str
@@ -56,6 +58,12 @@ class MergeMethod:
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
     row_local: bool = False
+    optional_base: bool = False
+
+    @property
+    def takes_base(self) -> bool:
+        """Whether a base model, when given, is passed apart from the contributing models."""
+        return self.requires_base or self.optional_base
 
     def parameter(self, name: str) -> Parameter:
         for parameter in self.parameters:
@@ -84,14 +92,14 @@ METHODS: dict[str, MergeMethod] = {}
 
 
 def register(name: str, parameters: Sequence[Parameter] = (), requires_base: bool = False,
-             aliases: Sequence[str] = (), row_local: bool = False
+             aliases: Sequence[str] = (), row_local: bool = False, optional_base: bool = False
              ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator: register a pure tensor function as merge method ``name`` (``row_local``: elementwise)."""
 
     def decorate(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         doc = (function.__doc__ or "").strip().splitlines()
         method = MergeMethod(name, function, tuple(parameters), requires_base, doc[0] if doc else "", tuple(aliases),
-                             row_local)
+                             row_local, optional_base)
         for key in (name, *aliases):
             METHODS[key] = method
         return function

@@ -28,6 +28,8 @@ def read_names(file_name: str) -> list[str]:
 # tiny models (cmaam.testing.tiny defaults: LLM hidden 64 x 2 layers, vision hidden 32 x 2 layers)
 # qwen2_vl: vision block = qkv, proj, fc1, fc2, norm1, norm2 (weight+bias) = 12, + patch_embed;
 #           merger = ln_q, mlp.0, mlp.2 (weight+bias) = 6; Qwen2 LLM layer = 9 weights + 3 q/k/v biases = 12
+# qwen2_5_vl: vision block = qkv, proj, gate/up/down_proj (weight+bias) + RMS norm1, norm2 = 12, + patch_embed;
+#             merger = ln_q (RMS), mlp.0, mlp.2 (weight+bias) = 5
 # llava: CLIP layer = q, k, v, out, fc1, fc2, layer_norm1, layer_norm2 (weight+bias) = 16,
 #        + class/patch/position embeddings (3) + pre_layrnorm, post_layernorm (4); Llama layer = 9
 # llava_onevision: SigLIP layer = 16, + patch weight/bias, position (3) + post_layernorm (2)
@@ -35,6 +37,7 @@ def read_names(file_name: str) -> list[str]:
 #        projector 4 + image_newline; Qwen2 layer = 12
 TINY = {
     "qwen2_vl": dict(counts=(2 * 12 + 1, 6, 2 * 12, 3), per_layer={"vision": 12, "language": 12}),
+    "qwen2_5_vl": dict(counts=(2 * 12 + 1, 5, 2 * 12, 3), per_layer={"vision": 12, "language": 12}),
     "llava": dict(counts=(2 * 16 + 7, 4, 2 * 9, 3), per_layer={"vision": 16, "language": 9}),
     "llava_onevision": dict(counts=(2 * 16 + 5 + 11, 5, 2 * 12, 3), per_layer={"vision": 16, "language": 12}),
 }
@@ -45,6 +48,7 @@ TINY_NAMES = {  # (bridge output, input embedding) as saved on disk, then as tra
               ("model.multi_modal_projector.linear_2.weight", "model.language_model.embed_tokens.weight")],
 }
 TINY_NAMES["llava_onevision"] = TINY_NAMES["llava"]
+TINY_NAMES["qwen2_5_vl"] = TINY_NAMES["qwen2_vl"]
 
 
 def check_counts(layout, names, counts, per_layer, num_layers):

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader
 from cmaam.merging.config_merge import merge_from_config
-from merging_helpers import write_yaml
+from merging_helpers import max_differences, run_mergekit, write_yaml
 
 mergekit_merge = pytest.importorskip("mergekit.merge", reason="mergekit is a dev dependency")
 
@@ -134,24 +134,6 @@ CASES = [(method, "llama") for method in CONFIGS] + [
 ]
 
 QUIET = ExecutionOptions(device="cpu", progress=False)  # mergekit parity is checked on the CPU
-
-
-def run_mergekit(config_path, output) -> None:
-    from mergekit.config import MergeConfiguration
-    from mergekit.options import MergeOptions
-
-    config = MergeConfiguration.model_validate(yaml.safe_load(config_path.read_text()))
-    mergekit_merge.run_merge(config, str(output), MergeOptions(quiet=True, write_model_card=False))
-
-
-def max_differences(ours, theirs) -> dict[str, float]:
-    a, b = CheckpointReader(ours), CheckpointReader(theirs)
-    assert sorted(a.keys()) == sorted(b.keys())
-    differences = {}
-    for name in a.keys():
-        assert a.dtype(name) == b.dtype(name), name
-        differences[name] = (a.get(name).double() - b.get(name).double()).abs().max().item()
-    return differences
 
 
 @pytest.mark.parametrize("method,model_type", CASES, ids=[f"{m}-{t}" for m, t in CASES])

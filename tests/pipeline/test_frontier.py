@@ -1,0 +1,103 @@
+"""The Korean-vs-retention frontier: Pareto front, hypervolume and best-at-retention on hand-computed points,
+and the files cmaam.compare writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from cmaam.pipeline.frontier import (
+    Point,
+    best_at_retention,
+    family_of,
+    frontier,
+    hypervolume,
+    pareto_front,
+)
+
+
+def P(x, y, model="m", family="f"):
+    return Point(model, family, x, y)
+
+
+def test_hypervolume_of_hand_computed_points():
+    # a staircase: (0.2, 1.0), (0.5, 0.6), (0.8, 0.1) -> 0.2*1.0 + 0.3*0.6 + 0.3*0.1 = 0.41
+    assert hypervolume([P(0.2, 1.0), P(0.5, 0.6), P(0.8, 0.1)]) == pytest.approx(0.41, abs=1e-12)
+    # a dominated point and a duplicate add nothing
+    assert hypervolume([P(0.2, 1.0), P(0.5, 0.6), P(0.8, 0.1), P(0.4, 0.5), P(0.5, 0.6)]) == pytest.approx(0.41)
+    assert hypervolume([P(0.5, 0.5)]) == pytest.approx(0.25)
+    assert hypervolume([P(0.0, 1.0), P(0.7, 0.0)]) == 0.0  # on an axis: no area
+    assert hypervolume([]) == 0.0
+    # retention above 1 (a merge better than the base on English) counts as measured
+    assert hypervolume([P(0.1, 1.2), P(0.3, 0.5)]) == pytest.approx(0.1 * 1.2 + 0.2 * 0.5)
+
+
+def test_pareto_front_and_best_at_retention():
+    points = [P(0.2, 1.0, "a"), P(0.5, 0.6, "b"), P(0.4, 0.5, "c"), P(0.8, 0.1, "d"), P(0.5, 0.95, "e")]
+    assert [p.model for p in pareto_front(points)] == ["a", "e", "d"]
+    assert best_at_retention(points, 0.9).model == "e"
+    assert best_at_retention(points, 0.7).model == "e"
+    assert best_at_retention(points, 0.05).model == "d"
+    assert best_at_retention(points, 1.1) is None
+
+
+def test_families_from_config_role_or_name():
+    assert family_of("linear_0.3", "baseline") == "linear"
+    assert family_of("cmaam_full_0.45", "cmaam") == "cmaam_full"
+    assert family_of("cmaam_full", "cmaam") == "cmaam_full"
+    assert family_of("anything", "cmaam", {"family": "adamerging_full"}) == "adamerging_full"
+    assert family_of("base", "base") == "base" and family_of("ft", "finetuned") == "finetuned"
+
+
+def test_each_family_counts_the_base_and_the_finetuned_model():
+    rows = [{"model": "base", "ko": 0.2, "en_retention_vs_base": 1.0},
+            {"model": "ft", "ko": 0.5, "en_retention_vs_base": 0.1},
+            {"model": "linear_0.5", "ko": 0.4, "en_retention_vs_base": 0.8},
+            {"model": "ties_0.5", "ko": 0.3, "en_retention_vs_base": 0.5},
+            {"model": "broken", "ko": None, "en_retention_vs_base": 0.5}]
+    families = {"base": "base", "ft": "finetuned", "linear_0.5": "linear", "ties_0.5": "ties"}
+    result = frontier(rows, "ko", families)
+    summaries = {s.family: s for s in result.families}
+    assert set(summaries) == {"linear", "ties"}
+    # linear: base (0.2, 1.0), linear (0.4, 0.8), ft (0.5, 0.1): 0.2 + 0.2*0.8 + 0.1*0.1 = 0.37
+    assert summaries["linear"].hypervolume == pytest.approx(0.37)
+    # ties: base, (0.3, 0.5), ft: 0.2*1.0 + 0.1*0.5 + 0.2*0.1 = 0.27 (the two ends alone: 0.2 + 0.3*0.1 = 0.23)
+    assert summaries["ties"].hypervolume == pytest.approx(0.27)
+    assert summaries["linear"].best[0.7].model == "linear_0.5" and summaries["ties"].best[0.7].model == "base"
+    assert [p.model for p in result.front] == ["base", "linear_0.5", "ft"]
+
+
+def run_folder(root, name, role, ko, en, family=None):
+    folder = root / name
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"ko/exact_match": ko, "en/exact_match": en}))
+    config = f"model_name: {name}\nrole: {role}\n" + (f"family: {family}\n" if family else "")
+    (folder / "config.yaml").write_text(config)
+
+
+def test_compare_writes_the_frontier_beside_the_comparison(tmp_path, capsys):
+    from cmaam.compare import main
+
+    runs = tmp_path / "results"
+    runs.mkdir()
+    run_folder(runs, "base", "base", 0.2, 0.5)
+    run_folder(runs, "finetuned", "finetuned", 0.5, 0.05)
+    for alpha, ko, en in ((0.3, 0.3, 0.45), (0.5, 0.4, 0.4), (0.7, 0.45, 0.2)):
+        run_folder(runs, f"linear_{alpha}", "baseline", ko, en)
+    run_folder(runs, "adamerging_full", "cmaam", 0.42, 0.46, family="adamerging")
+    assert main([str(runs), "--output", str(tmp_path / "comparison")]) == 0
+    out = tmp_path / "comparison"
+    with open(out / "frontier.csv") as handle:
+        rows = {row["family"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"linear", "adamerging"}
+    # adamerging: base (0.2, 1.0), (0.42, 0.92), ft (0.5, 0.1) -> 0.2 + 0.22*0.92 + 0.08*0.1
+    assert float(rows["adamerging"]["hypervolume"]) == pytest.approx(0.2 + 0.22 * 0.92 + 0.08 * 0.1, abs=1e-6)
+    assert rows["adamerging"]["model_at_retention_0.9"] == "adamerging_full"
+    assert rows["linear"]["model_at_retention_0.9"] == "linear_0.3"  # retention 0.9 exactly
+    assert rows["linear"]["model_at_retention_0.7"] == "linear_0.5"
+    assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    text = (out / "comparison.md").read_text()
+    assert "## Frontier" in text and "adamerging_full" in text
+    assert "hypervolume" in capsys.readouterr().out
