@@ -149,3 +149,22 @@ def test_sweep_in_row_blocks_equals_whole_tensor_sweep(family, tmp_path, monkeyp
     assert any(stop - start < rows for _, start, stop, rows in reads)
     for alpha in ("alpha_0.3", "alpha_0.7"):
         assert weights(tmp_path / "blocks" / alpha) == weights(tmp_path / "whole" / alpha)
+
+
+def test_adapted_tensors_are_read_whole_and_the_rest_in_blocks(tiny_llama, llama_adapter, tmp_path, monkeypatch,
+                                                                reads):
+    from cmaam.io.adapters import open_model
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"merge_method: linear\nmodels:\n  - model: {llama_adapter}\n    parameters: {{weight: 0.6}}\n"
+                      f"  - model: {tiny_llama}\n    parameters: {{weight: 0.4}}\ndtype: float32\n")
+    merge_from_config(config, tmp_path / "whole", ExecutionOptions(progress=False))
+    monkeypatch.setattr(executor, "COMPUTE_CHUNK_ELEMENTS", SMALL_CHUNK)
+    reads.clear()
+    merge_from_config(config, tmp_path / "blocks", ExecutionOptions(max_memory=SMALL_BUDGET, progress=False))
+    assert weights(tmp_path / "blocks") == weights(tmp_path / "whole")
+    adapter = open_model(llama_adapter)
+    patched = {name for name in adapter.keys() if not adapter.reads_rows(name)}
+    assert patched and all(CheckpointReader(tiny_llama).reads_rows(name) for name in patched)
+    partial = {name for name, start, stop, rows in reads if stop - start < rows}
+    assert partial and not partial & patched
