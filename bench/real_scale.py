@@ -258,13 +258,13 @@ def floor_row(label: str, inputs: list[Path], scratch: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    header = (f"| {'run':<52} | {'seconds':>7} | {'x floor':>7} | {'peak RSS GB':>11} | {'read GB':>7} | "
+    header = (f"| {'run':<58} | {'seconds':>7} | {'x floor':>7} | {'peak RSS GB':>11} | {'read GB':>7} | "
               f"{'written GB':>10} | {'rchar GB':>8} |")
     lines = [header, "|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|"]
     for row in rows:
         floor = row.get("floor")
         ratio = f"{row['seconds'] / floor:.2f}" if floor else ""
-        lines.append(f"| {row['label']:<52} | {row['seconds']:>7.1f} | {ratio:>7} | {row['peak_rss_mb'] / 1024:>11.2f} "
+        lines.append(f"| {row['label']:<58} | {row['seconds']:>7.1f} | {ratio:>7} | {row['peak_rss_mb'] / 1024:>11.2f} "
                      f"| {row.get('read_bytes', 0) / 1e9:>7.2f} | {row.get('write_bytes', 0) / 1e9:>10.2f} "
                      f"| {row.get('rchar', 0) / 1e9:>8.2f} |")
     return "\n".join(lines)

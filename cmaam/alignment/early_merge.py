@@ -10,7 +10,7 @@ on the unit's scores, in target order: the same sums in the same order). The ten
 pass then reads only the rest. Which units are held is planned before the pass, from the job order and
 the tensor sizes, so that the held tensors never exceed ``hold_budget`` bytes at any point of the stream.
 
-What this gives per strategy (docs/merge.md, "Memory and passes"): with ``layerwise`` the layers of
+What this gives per strategy (docs/performance.md, "Two passes"): with ``layerwise`` the layers of
 both stacks (one at a time) are merged in the first pass and only the non-layer groups (token embedding,
 final norm, lm_head, patch embedding, which sit far apart in the stream) wait; with ``full`` a unit is a
 whole component, so only components small enough to hold (the bridge) are merged early and the
