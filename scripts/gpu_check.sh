@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 exec timeout 290 python - <<'PYTHON'
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -91,10 +93,11 @@ def on_both(name: str, produce) -> str:
 
 with tempfile.TemporaryDirectory(prefix="cmaam_gpu_check_") as folder:
     work = Path(folder)
-    vlm_target = build_tiny_vlm(work / "vlm_target", "qwen2_vl", seed=0)
-    vlm_source = perturb_model(vlm_target, work / "vlm_source", scale=0.05, seed=1)
-    base = build_tiny_causal_lm(work / "base", "llama", seed=0)
-    ft1, ft2 = (perturb_model(base, work / f"ft{seed}", scale=0.1, seed=seed) for seed in (1, 2))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # quiet builds
+        vlm_target = build_tiny_vlm(work / "vlm_target", "qwen2_vl", seed=0)
+        vlm_source = perturb_model(vlm_target, work / "vlm_source", scale=0.05, seed=1)
+        base = build_tiny_causal_lm(work / "base", "llama", seed=0)
+        ft1, ft2 = (perturb_model(base, work / f"ft{seed}", scale=0.1, seed=seed) for seed in (1, 2))
     options = lambda device, **more: ExecutionOptions(device=device, progress=False, **more)  # noqa: E731
 
     def merges() -> str:
@@ -154,11 +157,13 @@ with tempfile.TemporaryDirectory(prefix="cmaam_gpu_check_") as folder:
         data = generate(SyntheticConfig(output=str(work / "vqa"), n=32, lang="en"), progress=False)
         if DEVICE.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        result = train(LoraTrainConfig(
-            model=str(vlm_target), data=str(data), output=str(work / "lora"), results_root=str(work / "results"),
-            bf16=DEVICE.startswith("cuda"), max_steps=2, batch_size=4, grad_accum=1, lr=5e-3, lora_rank=8,
-            lora_alpha=16, lora_dropout=0.0, warmup=0, logging_steps=1, save_steps=100, eval_limit=0,
-            wandb_mode="disabled", progress=False))
+        quiet = io.StringIO()  # the trainer's own logs and bars: one line per check is printed here
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            result = train(LoraTrainConfig(
+                model=str(vlm_target), data=str(data), output=str(work / "lora"), results_root=str(work / "results"),
+                bf16=DEVICE.startswith("cuda"), max_steps=2, batch_size=4, grad_accum=1, lr=5e-3, lora_rank=8,
+                lora_alpha=16, lora_dropout=0.0, warmup=0, logging_steps=1, save_steps=100, eval_limit=0,
+                wandb_mode="disabled", progress=False))
         losses = [entry["loss"] for entry in result.loss_history if "loss" in entry]
         assert result.global_step == 2 and losses and all(map(torch.isfinite, torch.tensor(losses))), \
             f"steps {result.global_step}, losses {losses}"
