@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings is not None:
         from cmaam.search.adapt import make_adapter
 
-        adapter = make_adapter(settings, args.source, args.target, execution)
+        adapter = make_adapter(settings, execution)
     merge_vlm(args.source, args.target, args.output, alphas, execution, interp=args.interp,
               model_type=args.model_type, rules_file=args.rules_file, analyze=args.analyze,
               alphas_only=args.alphas_only, map_spec=args.map, adapt=adapter)

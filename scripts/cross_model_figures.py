@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
+import argparse
 import math
-import sys
 import tempfile
 from pathlib import Path
 
@@ -161,7 +161,10 @@ def extraction(work: Path, llama: Path) -> None:
 def main() -> None:
     from cmaam.testing.tiny import build_tiny_causal_lm, build_tiny_vlm
 
-    work = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="cmaam-cross-model-"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work", nargs="?", type=Path, help="folder for the tiny models (default: a new temporary one)")
+    arguments = parser.parse_args()
+    work = arguments.work or Path(tempfile.mkdtemp(prefix="cmaam-cross-model-"))
     work.mkdir(parents=True, exist_ok=True)
     qwen2 = build_tiny_causal_lm(work / "qwen2", "qwen2", seed=5)
     qwen2vl = build_tiny_vlm(work / "qwen2vl", "qwen2_vl", seed=0)

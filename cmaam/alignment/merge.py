@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-
 from cmaam.alignment.alphas import (
     AlphaConfig,
     AlphaPlan,
@@ -31,6 +30,7 @@ from cmaam.core.options import ExecutionOptions, parse_size
 from cmaam.io import parse_dtype
 from cmaam.io.adapters import open_model
 from cmaam.io.atomic import atomic_directory, claim_output
+from cmaam.io.reader import TensorNames
 from cmaam.merging.executor import ModelOutput, execute, open_writer, resolve_device
 from cmaam.merging.mapped import keep_target_parts
 from cmaam.merging.pairs import ALPHAS_FILE, check_interp, pair_jobs, report_unmatched
@@ -54,8 +54,10 @@ class Adaptation:
     figure: bytes | None = None
 
 
-# An adaptive search: (the CMAAM alpha plan, the layout) -> Adaptation. Built by cmaam.search.
-Adapter = Callable[[AlphaPlan, object], Adaptation]
+# An adaptive search: (the CMAAM alpha plan, the layout, the source as the merge reads it, the target reader)
+# -> Adaptation. The source is the mapped view for models of different types (the target's names, vocabulary rows
+# aligned) and W + scale * B @ A for an adapter, so the search's task vectors are the merge's. Built by cmaam.search.
+Adapter = Callable[[AlphaPlan, object, TensorNames, TensorNames], Adaptation]
 ADAPTATION_FIGURE = "adaptation.png"
 
 
@@ -110,7 +112,7 @@ def merge_vlm(source: str | Path, target: str | Path, output: str | Path, alphas
             if mapping is not None:
                 analysis.only_in_source = list(mapping.source_only)
             plan = compute_alphas(analysis, alphas)
-            adaptation = adapt(plan, layout) if adapt is not None else None
+            adaptation = adapt(plan, layout, source_reader, target_reader) if adapt is not None else None
             if adaptation is not None:
                 for group, value in adaptation.alphas.items():
                     plan.groups[group].alpha = float(value)

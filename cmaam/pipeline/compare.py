@@ -253,12 +253,49 @@ def plot(comparison: Comparison):
 OUTPUT_FILES = ("comparison.md", "comparison.csv", "comparison.png", "frontier.csv", "frontier.png")
 
 
+def adaptation_rows(records: Sequence[RunRecord]) -> list[dict]:
+    """The adaptive merges among ``records`` (config ``method`` adamerging/adamms) whose model folder holds
+    ``analysis/report.json``: its ``adaptation`` section (AdaMerging's entropies, AdaMMS's chosen mean alpha)."""
+    from cmaam.pipeline.families import ADAPT_METHODS
+
+    rows = []
+    for record in records:
+        report = Path(str(record.config.get("model", ""))) / "analysis" / "report.json"
+        if record.config.get("method") not in ADAPT_METHODS or not report.is_file():
+            continue
+        section = read_json(report).get("adaptation")
+        if isinstance(section, dict):
+            rows.append({"model": record.name, **section})
+    return rows
+
+
+def adaptation_markdown(rows: Sequence[dict]) -> str:
+    """The adaptive merges as a Markdown table: AdaMerging's mean answer entropy before -> after on the inputs
+    it adapted on and on held-out inputs it never saw; AdaMMS's chosen mean alpha."""
+
+    def entropy(row: dict, name: str) -> str:
+        values = row.get("entropy", {}).get(name)
+        return "-" if not values else f"{values['before']:.4f} -> {values['after']:.4f} ({values['inputs']} inputs)"
+
+    header = ["model", "method", "entropy on adapted inputs", "entropy on held-out inputs", "AdaMMS mean alpha"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        chosen = row.get("chosen_mean_alpha")
+        lines.append(f"| {row['model']} | {row.get('method', '-')} | {entropy(row, 'adapt')} | "
+                     f"{entropy(row, 'held_out')} | {'-' if chosen is None else f'{chosen:g}'} |")
+    return "\n".join(lines) + "\n"
+
+
 def report_markdown(comparison: Comparison) -> str:
-    """comparison.md: the table, then the frontier's per-family summary."""
+    """comparison.md: the table, the frontier's per-family summary and, if any, the adaptive merges."""
     from cmaam.pipeline import frontier
 
-    return (to_markdown(comparison) + "\n## Frontier: Korean accuracy vs English retention\n\n"
+    text = (to_markdown(comparison) + "\n## Frontier: Korean accuracy vs English retention\n\n"
             + frontier.to_markdown(comparison.frontier()))
+    adaptive = adaptation_rows(comparison.records)
+    if adaptive:
+        text += "\n## Adaptive merges (label-free)\n\n" + adaptation_markdown(adaptive)
+    return text
 
 
 def write_comparison(comparison: Comparison, output: str | Path) -> dict[str, Path]:

@@ -478,14 +478,14 @@ class Pipeline:
                            lambda arm=arm, spec=spec, alphas=alphas, run=run: merge_vlm(
                                arm.finetuned_model, self.base_model, spec.path, alphas, self.config.options,
                                interp=merge.interp, model_type=merge.model_type, rules_file=merge.rules_file,
-                               analyze=True, adapt=self._adapter(arm, run) if run else None))
+                               analyze=True, adapt=self._adapter(run) if run else None))
 
-    def _adapter(self, arm: Arm, run: AdaptRun):
-        """The adapter of one adaptive run on one arm (inputs: the unlabeled val splits; held out: test)."""
+    def _adapter(self, run: AdaptRun):
+        """The adapter of one adaptive run (inputs: the unlabeled val splits; held out: test)."""
         from cmaam.search.adapt import make_adapter
 
         options = run.options(self.unlabeled["adapt"], self.unlabeled["held_out"])
-        return make_adapter(options, arm.finetuned_model, self.base_model, self.config.options)
+        return make_adapter(options, self.config.options)
 
     def baselines(self) -> None:
         """Per arm: the linear family (one sweep, inputs read once) and the task-vector families."""

@@ -162,7 +162,8 @@ def to_markdown(result: Frontier) -> str:
 
 
 def figure(result: Frontier, korean_label: str = "ko exact match", title: str = "Korean vs English retention"):
-    """One curve per family (points joined by increasing target accuracy), ends as stars, Pareto front marked."""
+    """One curve per family (points joined by increasing target accuracy), ends as stars, Pareto front marked
+    (its staircase bounds the area the front dominates: down from each point, then across to the next)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +182,7 @@ def figure(result: Frontier, korean_label: str = "ko exact match", title: str = 
             axes.annotate(point.family, (point.korean, point.retention), fontsize=8, xytext=(4, 4),
                           textcoords="offset points")
     front = result.front
-    axes.step([p.korean for p in front], [p.retention for p in front], where="post", color="black", lw=0.8,
+    axes.step([p.korean for p in front], [p.retention for p in front], where="pre", color="black", lw=0.8,
               ls=":", label="Pareto front (all models)")
     axes.scatter([p.korean for p in front], [p.retention for p in front], s=90, facecolors="none",
                  edgecolors="black", zorder=4)

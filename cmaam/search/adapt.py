@@ -15,6 +15,7 @@ from cmaam.alignment.report import format_table
 from cmaam.core.errors import CMAAMError
 from cmaam.core.options import ExecutionOptions
 from cmaam.io.files import figure_png
+from cmaam.io.reader import TensorNames
 from cmaam.search.adamerging import AdaMergingConfig, AdaMergingResult, adamerging
 from cmaam.search.adamms import DEFAULT_GRID, AdaMMSConfig, AdaMMSResult, adamms
 from cmaam.search.adaptive import ADAPT_METHODS, initial_coefficients, load_merge_space, load_unlabeled
@@ -80,14 +81,14 @@ def adamms_markdown(result: AdaMMSResult) -> str:
                       f"![{ADAPTATION_FIGURE}]({ADAPTATION_FIGURE})", ""])
 
 
-def make_adapter(options: AdaptOptions, source: str | Path, target: str | Path,
-                 execution: ExecutionOptions | None = None) -> Adapter:
-    """The adapter for ``merge_vlm(adapt=...)``: loads the pair in float32 on ``execution.device``, runs the
-    method (AdaMerging's batch order seeded by ``execution.seed``) and returns its choice."""
+def make_adapter(options: AdaptOptions, execution: ExecutionOptions | None = None) -> Adapter:
+    """The adapter for ``merge_vlm(adapt=...)``: loads the target in float32 on ``execution.device``, takes the task
+    vectors from the source view the merge reads, runs the method (AdaMerging's batch order seeded by
+    ``execution.seed``) and returns its choice."""
     options.validate()
     execution = execution or ExecutionOptions()
 
-    def adapt(plan: AlphaPlan, layout) -> Adaptation:
+    def adapt(plan: AlphaPlan, layout, source: TensorNames, target: TensorNames) -> Adaptation:
         from cmaam.merging.executor import resolve_device
 
         inputs = load_unlabeled(options.data, options.limit)

@@ -19,6 +19,7 @@ import torch
 from cmaam.alignment.alphas import AlphaPlan, get_strategy
 from cmaam.alignment.layouts import Layout
 from cmaam.core.errors import CMAAMError
+from cmaam.io.reader import TensorNames
 from eval.generation import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -132,47 +133,70 @@ def _model_class(config: dict):
     return AutoModelForImageTextToText if is_vision_config(config) else AutoModelForCausalLM
 
 
-def load_merge_space(source: str | Path, target: str | Path, plan: AlphaPlan, layout: Layout,
-                     device: str = "cpu", dtype: torch.dtype = torch.float32,
-                     trust_remote_code: bool = False) -> MergeSpace:
-    """Load T (the model) and S (only to take tau = S - T), grouped like ``plan``; fails on an unknown group."""
-    from cmaam.io import load_config
+def load_merge_space(source: str | Path | TensorNames, target: str | Path | TensorNames, plan: AlphaPlan,
+                     layout: Layout, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                     trust_remote_code: bool = False, allow_pickle: bool = False) -> MergeSpace:
+    """Load T (the model) and take tau = S - T from ``source``, grouped like ``plan``; fails on an unknown group.
+
+    ``source`` and ``target`` are model or adapter folders, or readers: the source view the merge reads (for
+    models of different types, ``cmaam.alignment.mapping.mapped_source``: the source under the target's names,
+    vocabulary rows aligned; for an adapter, W + scale * B @ A). Source tensors are read one at a time by the
+    target's checkpoint name; target tensors the source has no counterpart for (a VLM's vision tower under a
+    text-LLM source) get no task vector.
+    """
+    from cmaam.io.adapters import AdapterReader, apply_adapter, open_model
+    from cmaam.io.names import NameIndex
     from cmaam.io.processors import load_processor
     from eval.loading import load_errors, load_pretrained_strict
 
-    config = load_config(target)
-    model_class = _model_class(config)
+    source_reader = open_model(source, allow_pickle) if isinstance(source, (str, Path)) else source
+    target_reader = open_model(target, allow_pickle) if isinstance(target, (str, Path)) else target
+    path = target_reader.reference_folder
+    model_class = _model_class(target_reader.config)
     options = dict(progress=False, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
-    model = load_pretrained_strict(model_class, target, **options).to(device).eval()
-    source_model = load_pretrained_strict(model_class, source, **options).to(device)
-    with load_errors(target, "the tokenizer or processor"):
+    model = load_pretrained_strict(model_class, path, **options).to(device).eval()
+    if isinstance(target_reader, AdapterReader):
+        apply_adapter(model, target_reader)
+    with load_errors(path, "the tokenizer or processor"):
         if model_class.__name__ == "AutoModelForImageTextToText":
-            processor = load_processor(target, trust_remote_code=trust_remote_code)
+            processor = load_processor(path, trust_remote_code=trust_remote_code)
         else:
             from transformers import AutoTokenizer
 
-            processor = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
-    names = [name for name, parameter in model.named_parameters() if parameter.is_floating_point()]
-    group_names = parameter_groups(names, layout, plan.config.strategy)
+            processor = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    # transformers renames checkpoint keys on load (Qwen2-VL: model.layers.N -> model.language_model.layers.N)
+    checkpoint = NameIndex(target_reader.keys())
+    stored = {}
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(False)
+        if not parameter.is_floating_point():
+            continue
+        found = checkpoint.find(name)
+        if found is None:
+            raise CMAAMError(f"{path}: model parameter {name!r} has no tensor in the checkpoint")
+        if found in source_reader:  # target-only tensors keep tau = 0
+            stored[name] = found
+    group_names = parameter_groups(list(stored.values()), layout, plan.config.strategy)
     groups = list(plan.groups)
     index = {group: position for position, group in enumerate(groups)}
     unknown = sorted({group for group in group_names.values() if group not in index})
     if unknown:
         raise CMAAMError(f"model parameters fall in group(s) {', '.join(unknown)} that the alpha plan does not have")
-    source_parameters = dict(source_model.named_parameters())
+    parameters = dict(model.named_parameters())
     task_vectors, base, group_of = {}, {}, {}
-    for name, parameter in model.named_parameters():
-        if name not in group_names:
-            continue
-        parameter.requires_grad_(False)
-        difference = source_parameters[name].detach() - parameter.detach()
+    for name, found in stored.items():
+        parameter = parameters[name].detach()
+        tensor = source_reader.get(found, device=device, dtype=parameter.dtype)
+        if tensor.shape != parameter.shape:
+            raise CMAAMError(f"{source_reader.path}: {found} has shape {tuple(tensor.shape)}, the target's is "
+                             f"{tuple(parameter.shape)}")
+        difference = tensor - parameter
         if torch.count_nonzero(difference):
             task_vectors[name] = difference
-            base[name] = parameter.detach().clone()
-            group_of[name] = index[group_names[name]]
-    del source_model, source_parameters
+            base[name] = parameter.clone()
+            group_of[name] = index[group_names[found]]
     if not task_vectors:
-        raise CMAAMError(f"{source} and {target} have identical weights: there is nothing to adapt")
+        raise CMAAMError(f"{source_reader.path} and {path} have identical weights: there is nothing to adapt")
     return MergeSpace(model, processor, groups, task_vectors, group_of, base)
 
 

@@ -101,3 +101,46 @@ def test_compare_writes_the_frontier_beside_the_comparison(tmp_path, capsys):
     text = (out / "comparison.md").read_text()
     assert "## Frontier" in text and "adamerging_full" in text
     assert "hypervolume" in capsys.readouterr().out
+
+
+def test_compare_lists_the_adaptive_merges_with_held_out_entropy(tmp_path, capsys):
+    """An adaptive merge's run names its model folder; the comparison reads the model's report.json and shows
+    AdaMerging's entropy on the inputs it adapted on beside the held-out inputs, and AdaMMS's chosen alpha."""
+    from cmaam.compare import main
+
+    runs = tmp_path / "results"
+    runs.mkdir()
+    run_folder(runs, "base", "base", 0.2, 0.5)
+    run_folder(runs, "finetuned", "finetuned", 0.5, 0.05)
+    sections = {"adamerging_full": {"method": "adamerging", "entropy": {
+                    "adapt": {"before": 0.91234567, "after": 0.41, "inputs": 396},
+                    "held_out": {"before": 0.88, "after": 0.52345678, "inputs": 396}}},
+                "adamms_basic": {"method": "adamms", "chosen_mean_alpha": 0.6},
+                "ties_0.5": None}  # a task-vector baseline: its config names a method too, but no adaptation
+    for name, section in sections.items():
+        model = tmp_path / "models" / name
+        (model / "analysis").mkdir(parents=True)
+        (model / "analysis" / "report.json").write_text(json.dumps({"adaptation": section} if section else {}))
+        run_folder(runs, name, "cmaam", 0.4, 0.4)
+        config = runs / name / "config.yaml"
+        method = section["method"] if section else "ties"
+        config.write_text(config.read_text() + f"model: {model}\nmethod: {method}\n")
+    assert main([str(runs), "--output", str(tmp_path / "comparison")]) == 0
+    text = (tmp_path / "comparison" / "comparison.md").read_text()
+    assert text in capsys.readouterr().out
+    section = text.split("## Adaptive merges (label-free)")[1]
+    assert ("| adamerging_full | adamerging | 0.9123 -> 0.4100 (396 inputs) | 0.8800 -> 0.5235 (396 inputs) | - |"
+            in section)
+    assert "| adamms_basic | adamms | - | - | 0.6 |" in section
+    assert "ties_0.5" not in section
+
+
+def test_compare_without_adaptive_merges_has_no_adaptation_section(tmp_path):
+    from cmaam.compare import main
+
+    runs = tmp_path / "results"
+    runs.mkdir()
+    run_folder(runs, "base", "base", 0.2, 0.5)
+    run_folder(runs, "linear_0.5", "baseline", 0.3, 0.4)
+    assert main([str(runs), "--output", str(tmp_path / "comparison")]) == 0
+    assert "Adaptive merges" not in (tmp_path / "comparison" / "comparison.md").read_text()
