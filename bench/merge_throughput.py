@@ -5,27 +5,27 @@
 Builds three Llama-shaped checkpoints of about ``--size-gb`` each (random weights written with
 CheckpointWriter, no transformers init), then for each method runs each side in a fresh
 subprocess (wall seconds, GB/s = one model's bytes / seconds, peak RSS of the child) and prints
-a table with the ratios. Targets: cmaam throughput >= 1.5x mergekit's, peak RSS <= 0.5x.
+a table with the ratios, and the I/O floor measured in the same run: reading the three inputs once
+and writing one output with fsync, no compute, page cache warm as for the merges. Targets: cmaam
+throughput >= 1.5x mergekit's, peak RSS <= 0.5x; cmaam linear within 1.3x the I/O floor, TIES within
+2x linear. The last lines, for scripts: ``io floor ratio: linear X.XX`` and ``ties/linear: Y.YY``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from benchtools import folder_bytes, io_floor, measure, warm, weight_files
 from cmaam.testing.tiny import TinySize
 
-ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["add_common_arguments", "folder_bytes", "run_sides", "synthetic_inputs", "work_folder"]  # moe_build
 METHOD_YAML = {
     "linear": """merge_method: linear
 models:
@@ -124,40 +124,6 @@ def build_models(folder: Path, size_gb: float, dtype_name: str, seed: int = 0) -
     return paths
 
 
-def measure(command: list[str]) -> dict:
-    """Run ``command`` from a fresh wrapper process so RUSAGE_CHILDREN is this command's alone."""
-    wrapper = [sys.executable, __file__, "--measure", "--", *command]
-    result = subprocess.run(wrapper, capture_output=True, text=True, cwd=ROOT)
-    if result.returncode != 0:
-        raise SystemExit(f"error: {command[0]} failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def _measure_child(command: list[str]) -> None:
-    start = time.perf_counter()
-    child = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seconds = time.perf_counter() - start
-    if child.returncode != 0:
-        sys.stderr.write(child.stderr)
-        raise SystemExit(child.returncode)
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
-                      "cpu_seconds": usage.ru_utime + usage.ru_stime}))
-
-
-def warm_cache(paths) -> None:
-    """Read the inputs once so both sides start from the same (warm) page cache."""
-    for path in paths:
-        for file in Path(path).glob("*.safetensors"):
-            with open(file, "rb") as handle:
-                while handle.read(64 << 20):
-                    pass
-
-
-def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
-
-
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """--size-gb, --dtype, --repeats, --workdir, --keep: shared by the benches that build synthetic models."""
     parser.add_argument("--size-gb", type=float, default=1.0, help="size of each synthetic model (default: 1)")
@@ -195,7 +161,7 @@ def run_sides(sides: dict[str, list[str]], paths: dict[str, Path], workdir: Path
         runs = []
         for _ in range(repeats):
             shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
-            warm_cache(paths.values())
+            warm(weight_files(paths.values()))
             runs.append(measure(command))
         results[side] = min(runs, key=lambda r: r["seconds"])
         results[side]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
@@ -222,6 +188,13 @@ def main() -> None:
                 "mergekit": [mergekit_cli, str(config), str(workdir / "out_mergekit"), "--quiet"],
             }
             rows.append((method, run_sides(sides, paths, workdir, args.repeats)))
+        for side in ("cmaam", "mergekit"):
+            shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
+        floors = []
+        for _ in range(args.repeats):
+            warm(weight_files(paths.values()))
+            floors.append(io_floor(weight_files(paths.values()), folder_bytes(paths["base"]), workdir))
+        floor = min(floors, key=lambda r: r["seconds"])
         print(f"\nmodel size {model_gb:.2f} GB per input ({args.dtype}), 3 inputs, fresh process per side\n")
         header = f"{'method':<8} {'side':<9} {'seconds':>8} {'GB/s':>7} {'peak RSS MB':>12} {'CPU s':>7}"
         print(header)
@@ -234,10 +207,15 @@ def main() -> None:
             memory = results["cmaam"]["peak_rss_mb"] / results["mergekit"]["peak_rss_mb"]
             print(f"{method:<8} {'ratio':<9} throughput x{speed:.2f} (target >= 1.5), "
                   f"peak RSS x{memory:.2f} (target <= 0.5)")
+        print(f"{'io floor':<8} {'':<9} {floor['seconds']:>8.2f} {model_gb / floor['seconds']:>7.3f} "
+              f"{floor['peak_rss_mb']:>12.0f} {floor['cpu_seconds']:>7.2f}   (read the 3 inputs once, write one "
+              "output + fsync)")
+        cmaam = {method: results["cmaam"]["seconds"] for method, results in rows}
+        if "linear" in cmaam:
+            print(f"io floor ratio: linear {cmaam['linear'] / floor['seconds']:.2f}")
+        if "linear" in cmaam and "ties" in cmaam:
+            print(f"ties/linear: {cmaam['ties'] / cmaam['linear']:.2f}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--measure" and sys.argv[2] == "--":
-        _measure_child(sys.argv[3:])
-    else:
-        main()
+    main()

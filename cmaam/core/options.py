@@ -11,12 +11,35 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from cmaam.core.errors import CMAAMError
 
 DTYPES = ("bfloat16", "float16", "float32")
+DEFAULT_MAX_MEMORY = "1GiB"
+
+
+def parse_size(size: str | int) -> int:
+    """'5GB', '500MB', '2GiB', '1e9' or an int -> bytes."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size <= 0:
+            raise CMAAMError(f"size must be positive, got {size!r}")
+        return size
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(I?B?)\s*", str(size).upper())
+    if not match:
+        raise CMAAMError(f"bad size {size!r} (examples: 5GB, 500MB)")
+    try:
+        number = float(match.group(1))
+    except ValueError:
+        raise CMAAMError(f"bad size {size!r} (examples: 5GB, 500MB)") from None
+    base = 1024 if match.group(3) == "IB" else 1000
+    power = " KMGT".index(match.group(2) or " ")
+    value = int(number * base**power)
+    if value <= 0:
+        raise CMAAMError(f"size must be positive, got {size!r}")
+    return value
 
 
 @dataclass
@@ -26,6 +49,7 @@ class ExecutionOptions:
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
     dtype: Any = None  # bfloat16 | float16 | float32 (or a torch dtype); None: as stored
     max_shard_size: str | int = "5GB"  # largest output safetensors shard
+    max_memory: str | int = DEFAULT_MAX_MEMORY  # working memory for tensors: larger ones stream in row blocks
     overwrite: bool = False  # replace an existing output
     allow_pickle: bool = False  # read pickled .bin/.pt checkpoints (torch.load weights_only=True)
     adapter_base: str | None = None  # base model of peft LoRA adapter inputs (default: their adapter_config.json's)
@@ -41,6 +65,10 @@ class ExecutionOptions:
         device = str(self.device)
         if device not in ("auto", "cpu") and not device.startswith(("cuda", "mps")):
             raise CMAAMError(f"unknown device {device!r} (cpu, cuda, cuda:N or auto)")
+        try:
+            parse_size(self.max_memory)
+        except CMAAMError as error:
+            raise CMAAMError(f"--max-memory: {error}") from None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, base: ExecutionOptions | None = None) -> ExecutionOptions:
@@ -62,6 +90,10 @@ _FLAGS: dict[str, tuple[str, dict[str, Any], str]] = {
               "bfloat16, float16 or float32 for the model's floating tensors (default: as stored)"),
     "max_shard_size": ("--max-shard-size", {"metavar": "SIZE"}, "largest output shard, e.g. 5GB or 500MB "
                                                                 "(default: 5GB)"),
+    "max_memory": ("--max-memory", {"metavar": "SIZE"},
+                   "working memory for tensors, e.g. 1GiB or 4GB: tensors larger than a quarter of it are read, "
+                   "scored and merged in row blocks, so peak memory follows it rather than the largest tensor "
+                   f"(default: {DEFAULT_MAX_MEMORY})"),
     "overwrite": ("--overwrite", {"action": "store_true"}, "replace an existing output"),
     "allow_pickle": ("--allow-pickle", {"action": "store_true"},
                      "read pickled .bin/.pt checkpoints (torch.load with weights_only=True)"),
@@ -74,8 +106,8 @@ _FLAGS: dict[str, tuple[str, dict[str, Any], str]] = {
 }
 ALL = tuple(_FLAGS)
 # The usual sets: a merge (read, compute, write a model) and reading a model only.
-MERGE = ("device", "dtype", "max_shard_size", "overwrite", "allow_pickle", "adapter_base", "allow_nonfinite",
-         "progress")
+MERGE = ("device", "dtype", "max_shard_size", "max_memory", "overwrite", "allow_pickle", "adapter_base",
+         "allow_nonfinite", "progress")
 READ = ("allow_pickle", "adapter_base")
 DATA = ("seed", "overwrite", "progress")  # data sets written from a seed
 

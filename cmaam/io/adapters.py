@@ -245,6 +245,10 @@ class AdapterReader(CheckpointReader):
             return (product.T if self.settings.fan_in_fan_out else product) * scale
         return torch.einsum("or,ri...->oi...", b.flatten(1), a) * scale  # convolution: lora_B is a 1x1 kernel
 
+    def reads_rows(self, name: str) -> bool:
+        """Only tensors the adapter leaves alone are rows of the base's file."""
+        return name not in self.patches
+
     def get(self, name: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> torch.Tensor:
         """One tensor of the adapted model: the base's (or the adapter's replacement) plus scale * B @ A.
 

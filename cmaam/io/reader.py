@@ -206,17 +206,40 @@ class CheckpointReader(TensorNames):
 
     def get(self, name: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> torch.Tensor:
         """Load one tensor (optionally moved and cast)."""
-        file = self._file(name)
-        if file in self._handles:
-            tensor = self._read(file, name) if POSITIONED_READS else self._handles[file].get_tensor(name)
-        else:
-            tensor = self._load_pickle(file)[name]
+        tensor = self.get_rows(name)
         if dtype is not None or str(device) != "cpu":
             tensor = tensor.to(device=device, dtype=dtype)
         return tensor
 
-    def _read(self, file: Path, name: str) -> torch.Tensor:
-        """Read one tensor's bytes with positioned reads into fresh memory.
+    def reads_rows(self, name: str) -> bool:
+        """Whether ``get_rows`` gives rows of what ``get`` returns (a view or an adapter that computes a
+        tensor says no: the executor then reads it whole)."""
+        return True
+
+    def get_rows(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows [start, stop) of a tensor's first dimension (all of it by default), as stored, on the CPU.
+
+        One positioned read of just those bytes: a tensor larger than the memory budget is read in row blocks.
+        A 0-d tensor is returned whole.
+        """
+        file = self._file(name)
+        shape = self.shape(name)
+        rows = shape[0] if shape else 1
+        stop = rows if stop is None else stop
+        if not 0 <= start <= stop <= rows:
+            raise CMAAMError(f"{self.path}: rows {start}:{stop} out of range for tensor {name!r} of shape {shape}")
+        whole = start == 0 and stop == rows
+        if file in self._handles:
+            if POSITIONED_READS:
+                return self._read(file, name, start, stop)
+            if whole:
+                return self._handles[file].get_tensor(name)
+            return self._handles[file].get_slice(name)[start:stop]
+        tensor = self._load_pickle(file)[name]
+        return tensor if whole or not shape else tensor[start:stop]
+
+    def _read(self, file: Path, name: str, start: int, stop: int) -> torch.Tensor:
+        """Read rows [start, stop) of one tensor with positioned reads into fresh memory.
 
         Not through the memory map: mapped pages stay resident once touched, so a pass over a model
         would grow the process's RSS to the size of every input file.
@@ -225,16 +248,21 @@ class CheckpointReader(TensorNames):
             handle = open(file, "rb", buffering=0)
             length = struct.unpack("<Q", handle.read(8))[0]
             self._raw[file] = (handle, 8 + length, json.loads(handle.read(length)))
-        handle, start, header = self._raw[file]
+        handle, data_start, header = self._raw[file]
         begin, end = header[name]["data_offsets"]
+        shape = self.shape(name)
+        if shape:
+            row_bytes = (end - begin) // shape[0] if shape[0] else 0
+            begin, end = begin + start * row_bytes, begin + stop * row_bytes
+            shape = (stop - start, *shape[1:])
         buffer = torch.empty(end - begin, dtype=torch.uint8)
         view, done = memoryview(buffer.numpy()), 0
         while done < end - begin:
-            count = os.preadv(handle.fileno(), [view[done:]], start + begin + done)
+            count = os.preadv(handle.fileno(), [view[done:]], data_start + begin + done)
             if count <= 0:
                 raise CMAAMError(f"{file}: truncated data for tensor {name!r}")
             done += count
-        return buffer.view(self.dtype(name)).reshape(self.shape(name))
+        return buffer.view(self.dtype(name)).reshape(shape)
 
     def close(self) -> None:
         """Release file handles."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
+import math
+import os
 import shutil
 import struct
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import torch
 from cmaam.io.atomic import atomic_directory
 from cmaam.io.reader import SAFETENSORS_DTYPES, load_config
 from cmaam.core.errors import CMAAMError
+from cmaam.core.options import parse_size
 
 DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 DTYPE_NAMES = {
@@ -40,22 +42,6 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPE_NAMES[key]
 
 
-def parse_size(size: str | int) -> int:
-    """'5GB', '500MB', '2GiB', '1e9' or an int -> bytes."""
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(I?B?)\s*", str(size).upper())
-    if not match:
-        raise CMAAMError(f"bad size {size!r} (examples: 5GB, 500MB)")
-    number = float(match.group(1))
-    base = 1024 if match.group(3) == "IB" else 1000
-    power = " KMGT".index(match.group(2) or " ")
-    value = int(number * base**power)
-    if value <= 0:
-        raise CMAAMError(f"size must be positive, got {size!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, shape and stored dtype of one output tensor."""
@@ -77,8 +63,16 @@ class _Slot:
     shard: int
     offset: int  # absolute offset in the shard file
     spec: TensorSpec
-    written: bool = False
-    filled: int = 0  # elements written by add_part
+    filled: int = 0  # elements written so far (by add, add_rows or add_part)
+    touched: bool = False
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.spec.shape)
+
+    @property
+    def written(self) -> bool:
+        return self.touched and self.filled >= self.numel
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -198,23 +192,39 @@ class CheckpointWriter:
             file.write(struct.pack("<Q", len(encoded)))
             file.write(encoded)
             file.truncate(start + offset)
+            file.flush()  # tensor data is written with os.pwrite, past the buffered header
             for spec in shard:
                 self._slots[spec.name] = _Slot(index, start + header[spec.name]["data_offsets"][0], spec)
 
     # -- writing -----------------------------------------------------------------------------
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Write one planned tensor (cast to its planned dtype)."""
+        slot = self._slot(name)
+        if tuple(tensor.shape) != slot.spec.shape:
+            raise CMAAMError(f"tensor {name!r}: shape {tuple(tensor.shape)} != planned {slot.spec.shape}")
+        self._write(slot, 0, tensor)
+
+    def add_rows(self, name: str, start: int, tensor: torch.Tensor) -> None:
+        """Write rows [start, start + len(tensor)) of a planned tensor (cast to its planned dtype).
+
+        Row blocks may come in any order; the tensor counts as written once all its rows are.
+        """
+        slot = self._slot(name)
+        shape = slot.spec.shape
+        if not shape:
+            self.add(name, tensor)
+            return
+        if tuple(tensor.shape[1:]) != shape[1:] or tensor.dim() != len(shape) or \
+                not 0 <= start <= start + tensor.shape[0] <= shape[0]:
+            raise CMAAMError(f"tensor {name!r}: rows {start}:{start + (tensor.shape[0] if tensor.dim() else 0)} "
+                             f"of shape {tuple(tensor.shape)} do not fit the planned {shape}")
+        self._write(slot, start * math.prod(shape[1:]), tensor)
+
+    def _slot(self, name: str) -> _Slot:
         slot = self._slots.get(name)
         if slot is None:
             raise CMAAMError(f"tensor {name!r} was not planned for this output")
-        if tuple(tensor.shape) != slot.spec.shape:
-            raise CMAAMError(f"tensor {name!r}: shape {tuple(tensor.shape)} != planned {slot.spec.shape}")
-        data = tensor.detach().to(device="cpu", dtype=slot.spec.dtype).contiguous().reshape(-1)
-        file = self._files[slot.shard]
-        file.seek(slot.offset)
-        if data.numel():
-            file.write(memoryview(data.view(torch.uint8).numpy()))
-        slot.written = True
+        return slot
 
     def add_part(self, name: str, tensor: torch.Tensor, offset: int) -> None:
         """Write ``tensor`` (cast to the planned dtype) into planned tensor ``name`` from flat element ``offset``.
@@ -222,19 +232,21 @@ class CheckpointWriter:
         Lets a tensor too large to assemble in memory (an MoE layer's experts stacked) be written piece by
         piece; the tensor counts as written once its pieces have covered every element.
         """
-        slot = self._slots.get(name)
-        if slot is None:
-            raise CMAAMError(f"tensor {name!r} was not planned for this output")
-        total = slot.spec.nbytes // slot.spec.dtype.itemsize
-        if offset < 0 or offset + tensor.numel() > total:
-            raise CMAAMError(f"tensor {name!r}: part of {tensor.numel()} elements at {offset} exceeds its {total}")
+        slot = self._slot(name)
+        if offset < 0 or offset + tensor.numel() > slot.numel:
+            raise CMAAMError(f"tensor {name!r}: part of {tensor.numel()} elements at {offset} exceeds its {slot.numel}")
+        self._write(slot, offset, tensor)
+
+    def _write(self, slot: _Slot, element: int, tensor: torch.Tensor) -> None:
+        """Write ``tensor``'s elements from flat element ``element`` of the slot (positioned writes: no seek)."""
         data = tensor.detach().to(device="cpu", dtype=slot.spec.dtype).contiguous().reshape(-1)
-        file = self._files[slot.shard]
-        file.seek(slot.offset + offset * slot.spec.dtype.itemsize)
-        if data.numel():
-            file.write(memoryview(data.view(torch.uint8).numpy()))
+        offset = slot.offset + element * slot.spec.dtype.itemsize
+        view = memoryview(data.view(torch.uint8).numpy()) if data.numel() else memoryview(b"")
+        descriptor, done = self._files[slot.shard].fileno(), 0
+        while done < len(view):
+            done += os.pwrite(descriptor, view[done:], offset + done)
         slot.filled += data.numel()
-        slot.written = slot.filled >= total
+        slot.touched = True
 
     def _finish(self) -> None:
         missing = [name for name, slot in self._slots.items() if not slot.written]

@@ -1,40 +1,47 @@
 """The one streaming executor: each input tensor is read once and fed to every consumer of the run.
 
 A run is a stream of ``TensorJob``s (one per output tensor: the inputs it reads and how they combine).
-The executor loads the next job's inputs in a background thread while the current one is consumed
-(prefetch), places and converts them (float32 on the compute device for compute jobs, as stored on the
-CPU for copies), checks them for NaN/Inf, and hands the same tensors to every ``Consumer``: one
-``ModelOutput`` per model written (a merge, a soup, a mergekit config; a sweep has one per alpha), the
-analysis (``cmaam.alignment.scores.analyzer.PairScorer``), checks. The tensors a consumer returns are
-checked and written behind in one writer thread while the next one is computed. Prefetch, device,
-dtype, NaN/Inf checks, progress and write-behind live here and nowhere else.
+The executor loads the next read in a background thread while the current one is consumed (prefetch),
+checks it for NaN/Inf, and hands the same tensors to every ``Consumer``: one ``ModelOutput`` per model
+written (a merge, a soup, a mergekit config; a sweep has one per alpha), the analysis
+(``cmaam.alignment.scores.analyzer.PairScorer``), checks. The tensors a consumer returns are checked and
+written behind in one writer thread while the next ones are computed. Prefetch, device, dtype, NaN/Inf
+checks, row blocks, progress and write-behind live here and nowhere else.
 
-Room left for two extensions. A memory budget: a job larger than the budget would be loaded in row
-blocks (slices of the first dimension, read at their file offsets), with ``consume`` called once per
-block for consumers that declare they accept blocks (a ModelOutput writes the rows at their offset in
-the planned slot; scores that are sums over rows accumulate) and the whole tensor for the others.
-Merging during the analysis pass: a consumer that holds the tensors of one layer-local group until its
-last member is scored, then derives that group's alpha and hands the merged tensors to a ModelOutput
-(only for strategies whose groups never span layers, and without --preserve-mean, which needs them all).
+Memory budget (``ExecutionOptions.max_memory``). A compute job larger than one compute chunk
+(``COMPUTE_CHUNK_ELEMENTS``) whose consumers all accept row blocks (``accepts_blocks``) is read in row
+blocks of at most ``max_memory / BLOCK_SHARE`` bytes (all its inputs, as float32), the next block read
+while the current one is computed; each block is handed to the consumers as compute chunks (row slices
+of about a million elements, converted to float32 one at a time so the work stays in the CPU cache) through
+``consume_block``. A ModelOutput writes each merged chunk at its offset in the planned slot; scores
+accumulate over the chunks. Chunk boundaries depend on the tensor's shape only, never on the budget,
+so everything computed from chunks is the same whatever ``max_memory`` is. Jobs whose merge needs the
+whole tensor (slerp, TIES' global top-k, ...: ``TensorJob.row_local`` False) are loaded whole.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Protocol, Sequence
 
 import torch
 from tqdm import tqdm
 
 from cmaam.core.errors import CMAAMError
-from cmaam.core.options import ExecutionOptions
+from cmaam.core.options import ExecutionOptions, parse_size
 from cmaam.io import CheckpointReader, CheckpointWriter, TensorSpec, parse_dtype
 
 Merge = Callable[[list[torch.Tensor]], torch.Tensor]
+COMPUTE_CHUNK_ELEMENTS = 1 << 20  # elements of one compute chunk (4 MiB as float32: stays in the CPU cache)
+BLOCK_SHARE = 4  # one row block (all inputs of a job, float32) takes at most max_memory / BLOCK_SHARE
+WRITE_QUEUE = 4  # outputs being written behind at most
+WRITE_BEHIND_BYTES = 64 << 20  # ... and their bytes (a larger output waits for the ones before it)
 
 
 @dataclass
@@ -44,7 +51,8 @@ class TensorJob:
     A compute job's inputs reach the consumers as float32 on the compute device; a copy job's as stored,
     on the CPU (its first input is written unchanged). ``compute=None`` means: a compute job when it
     has a ``merge`` and its first input is floating point. ``merge`` receives the inputs in ``inputs``
-    order and returns the output tensor.
+    order and returns the output tensor. ``row_local``: output rows [a, b) depend only on input rows
+    [a, b) (elementwise merges, copies), so a large tensor may be merged in row blocks.
     """
 
     output_name: str
@@ -52,6 +60,35 @@ class TensorJob:
     merge: Merge | None = None
     dtype: torch.dtype | None = None  # output dtype; None = the first input's stored dtype or the run's dtype
     compute: bool | None = None
+    row_local: bool = False
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows [start, stop) of the first dimension of a job's tensors, out of ``rows``."""
+
+    start: int
+    stop: int
+    rows: int
+
+    @property
+    def last(self) -> bool:
+        """The block ending the tensor (consumers finish a tensor's accumulation here)."""
+        return self.stop == self.rows
+
+
+def chunk_rows(shape: Sequence[int]) -> int:
+    """Rows of one compute chunk of a tensor: about COMPUTE_CHUNK_ELEMENTS elements, at least one row."""
+    width = math.prod(shape[1:]) if len(shape) > 1 else 1
+    return max(1, COMPUTE_CHUNK_ELEMENTS // max(1, width))
+
+
+def row_chunks(shape: Sequence[int], start: int = 0, stop: int | None = None) -> list[Block]:
+    """The compute chunks of rows [start, stop) of a tensor (start on a chunk boundary); fixed by the shape alone."""
+    rows = shape[0] if len(shape) else 1
+    stop = rows if stop is None else stop
+    step = chunk_rows(shape)
+    return [Block(row, min(row + step, stop), rows) for row in range(start, stop, step)]
 
 
 @dataclass
@@ -64,10 +101,16 @@ class TensorOutput:
 
 
 class Consumer(Protocol):
-    """Anything fed by the executor. It must not modify the tensors in place: other consumers get them too."""
+    """Anything fed by the executor. It must not modify the tensors in place: other consumers get them too.
 
-    def consume(self, job: TensorJob, tensors: list[torch.Tensor]) -> TensorOutput | None:
-        """Use one job's inputs; return a tensor to write (checked and written behind) or None."""
+    A consumer that can work on row blocks also has ``accepts_blocks(job) -> bool`` and
+    ``consume_block(job, block, tensors)``, called once per compute chunk, in row order, for the jobs
+    it accepts (when every consumer of the run accepts them); otherwise it gets whole tensors.
+    ``consume`` and ``consume_block`` may return one TensorOutput, several (an iterable) or None.
+    """
+
+    def consume(self, job: TensorJob, tensors: list[torch.Tensor]) -> TensorOutput | Iterable[TensorOutput] | None:
+        """Use one job's inputs; return tensors to write (checked and written behind) or None."""
 
     def finish(self) -> None:
         """Called once after the last job (e.g. to add files beside the weights)."""
@@ -77,18 +120,32 @@ class ModelOutput:
     """Consumer writing one model: each compute job's merge (or ``merge``, e.g. one alpha of a sweep).
 
     ``label`` ends the NaN/Inf error of a merged tensor (e.g. " (alpha 0.3)"); ``before_commit`` may
-    add files to the writer's temporary folder after the last tensor.
+    add files to the writer's temporary folder after the last tensor. ``row_local`` tells whether
+    ``merge`` works row by row (default: each job's own ``row_local``).
     """
 
     def __init__(self, writer: CheckpointWriter, merge: Merge | None = None, label: str = "",
-                 before_commit: Callable[[Path], None] | None = None):
+                 before_commit: Callable[[Path], None] | None = None, row_local: bool | None = None):
         self.writer = writer
         self.merge = merge
         self.label = label
         self.before_commit = before_commit
+        self.row_local = row_local
+
+    def accepts_blocks(self, job: TensorJob) -> bool:
+        if not job.compute:
+            return True
+        if self.merge is not None and self.row_local is not None:
+            return self.row_local
+        return self.merge is None and job.row_local
 
     def consume(self, job: TensorJob, tensors: list[torch.Tensor]) -> TensorOutput:
-        write = functools.partial(self.writer.add, job.output_name)
+        return self._output(job, tensors, functools.partial(self.writer.add, job.output_name))
+
+    def consume_block(self, job: TensorJob, block: Block, tensors: list[torch.Tensor]) -> TensorOutput:
+        return self._output(job, tensors, functools.partial(self.writer.add_rows, job.output_name, block.start))
+
+    def _output(self, job: TensorJob, tensors: list[torch.Tensor], write: Callable) -> TensorOutput:
         if not job.compute:
             return TensorOutput(tensors[0], write)
         merge = self.merge or job.merge
@@ -104,10 +161,14 @@ class ModelOutput:
 def check_finite(tensor: torch.Tensor, where: str) -> None:
     """Raise CMAAMError if a floating tensor holds NaN or Inf.
 
-    Fast path: a finite sum proves every element finite (NaN and Inf propagate through a sum); only
-    a non-finite sum (possibly an overflow of large finite values) pays for the exact, ~40x slower check.
+    Fast path: a finite sum proves every element finite (NaN and Inf propagate through a sum; 16-bit
+    tensors are summed in float32); only a non-finite sum (possibly an overflow of large finite values)
+    pays for the exact, ~40x slower check.
     """
-    if not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum())):
+    if not tensor.is_floating_point():
+        return
+    total = tensor.sum(dtype=torch.float32) if tensor.element_size() < 4 else tensor.sum()
+    if bool(torch.isfinite(total)):
         return
     if not bool(torch.isfinite(tensor).all()):
         raise CMAAMError(f"{where}: contains NaN or Inf (pass --allow-nonfinite to merge anyway)")
@@ -146,55 +207,132 @@ def _resolved(readers: Mapping[str, CheckpointReader], job: TensorJob) -> Tensor
     return dataclasses.replace(job, compute=compute)
 
 
+def _row_blocks(readers: Mapping[str, CheckpointReader], job: TensorJob, consumers: Sequence[Consumer],
+                budget: int) -> list[Block | None]:
+    """How a job is read: [None] (whole) or its row blocks, each a whole number of compute chunks.
+
+    Row blocks for a job spanning more than one compute chunk that every consumer accepts in blocks and every
+    reader can read by rows (``CheckpointReader.reads_rows``; views and adapted tensors are read whole);
+    a block's inputs take at most ``budget / BLOCK_SHARE`` bytes as float32 (at least one chunk).
+    """
+    model, name = job.inputs[0]
+    shape = readers[model].shape(name)
+    if not shape or len(row_chunks(shape)) < 2:
+        return [None]
+    if not all(getattr(consumer, "accepts_blocks", lambda job: False)(job) for consumer in consumers):
+        return [None]
+    if not all(getattr(readers[model], "reads_rows", lambda name: False)(name) for model, name in job.inputs):
+        return [None]
+    step = chunk_rows(shape)
+    row_bytes = max(1, math.prod(shape[1:]) * 4 * len(job.inputs))
+    rows = max(step, budget // BLOCK_SHARE // row_bytes // step * step)
+    return [Block(start, min(start + rows, shape[0]), shape[0]) for start in range(0, shape[0], rows)]
+
+
+def _outputs(result: TensorOutput | Iterable[TensorOutput] | None) -> Iterable[TensorOutput]:
+    if result is None:
+        return ()
+    if isinstance(result, TensorOutput):
+        return (result,)
+    return result
+
+
 def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], consumers: Sequence[Consumer],
-            options: ExecutionOptions | None = None, *, description: str = "merging") -> None:
+            options: ExecutionOptions | None = None, *, description: str = "merging",
+            checked: Collection[tuple[str, str]] = ()) -> None:
     """Stream ``jobs``: read each job's inputs once, feed them to every consumer, write what they return.
 
-    Three stages overlap: the next job's inputs load and the previous output is written while the
-    current job is consumed (reads, writes and torch kernels release the GIL). At most two jobs' inputs
-    and two outputs are alive at a time, whatever the number of consumers. ``options`` gives the device,
-    the NaN/Inf check and progress.
+    Three stages overlap: the next read (a job, or a row block of a large one) loads and previous outputs
+    are written while the current one is consumed (reads, writes and torch kernels release the GIL). At
+    most two reads and a few outputs are alive at a time, whatever the number of consumers. ``options``
+    gives the device, the memory budget, the NaN/Inf check and progress. ``checked``: (model, name) inputs
+    an earlier pass of the same run already checked for NaN/Inf (not checked again).
     """
     options = options or ExecutionOptions()
     device, allow_nonfinite, progress = resolve_device(options.device), options.allow_nonfinite, options.progress
+    budget = parse_size(options.max_memory)
     jobs = [_resolved(readers, job) for job in jobs]
+    reads = [(index, block) for index, job in enumerate(jobs)
+             for block in _row_blocks(readers, job, consumers, budget)]
 
-    def load(job: TensorJob) -> list[torch.Tensor]:
+    def load(read: tuple[int, Block | None]) -> list[torch.Tensor]:
+        index, block = read
+        job = jobs[index]
         tensors = []
         for model, name in job.inputs:
-            tensor = readers[model].get(name)
-            if job.compute:  # convert at once so the stored-dtype copy is freed before the next input loads
-                tensor = tensor.to(device=device, dtype=torch.float32)
-            if not allow_nonfinite:
+            if block is None:
+                tensor = readers[model].get(name)
+                if job.compute:  # convert at once so the stored-dtype copy is freed before the next input loads
+                    tensor = tensor.to(device=device, dtype=torch.float32)
+            else:  # converted chunk by chunk when consumed
+                tensor = readers[model].get_rows(name, block.start, block.stop)
+            if not allow_nonfinite and (model, name) not in checked:
                 check_finite(tensor, f"{readers[model].path}: {name}")
             tensors.append(tensor)
         return tensors
 
     with ThreadPoolExecutor(1, thread_name_prefix="cmaam-load") as loader, \
-            ThreadPoolExecutor(1, thread_name_prefix="cmaam-write") as saver:
-        loading = loader.submit(load, jobs[0]) if jobs else None
-        writing: Future | None = None
-        for index, job in enumerate(tqdm(jobs, desc=description, unit="tensor", disable=not progress, leave=False)):
-            tensors = loading.result()
-            if index + 1 < len(jobs):
-                loading = loader.submit(load, jobs[index + 1])
-            for position, consumer in enumerate(consumers):
-                output = consumer.consume(job, tensors)
-                if position == len(consumers) - 1:
-                    tensors = None  # the inputs are freed before waiting on the previous write
-                if output is None:
-                    continue
+            ThreadPoolExecutor(1, thread_name_prefix="cmaam-write") as saver, \
+            tqdm(total=len(jobs), desc=description, unit="tensor", disable=not progress, leave=False) as bar:
+        writing: collections.deque[tuple[Future, int]] = collections.deque()
+
+        def emit(result: TensorOutput | Iterable[TensorOutput] | None) -> None:
+            for output in _outputs(result):
                 if output.where is not None and not allow_nonfinite:
                     check_finite(output.tensor, output.where)
-                if writing is not None:
-                    writing.result()
-                writing = saver.submit(output.write, output.tensor)
+                size = output.tensor.numel() * output.tensor.element_size()
+                while writing and (len(writing) >= WRITE_QUEUE
+                                   or sum(queued for _, queued in writing) + size > WRITE_BEHIND_BYTES):
+                    writing.popleft()[0].result()
+                writing.append((saver.submit(output.write, output.tensor), size))
                 del output
+
+        loading = loader.submit(load, reads[0]) if reads else None
+        for position, (index, block) in enumerate(reads):
+            tensors = loading.result()
+            if position + 1 < len(reads):
+                loading = loader.submit(load, reads[position + 1])
+            job = jobs[index]
+            if block is None:
+                for number, consumer in enumerate(consumers):
+                    result = consumer.consume(job, tensors)
+                    if number == len(consumers) - 1:
+                        tensors = None  # the inputs are freed before waiting on previous writes
+                    emit(result)
+                    del result
+            else:
+                pieces = row_chunks(block_shape(tensors[0], block), block.start, block.stop) if job.compute \
+                    else [block]
+                for piece in pieces:
+                    chunk = [tensor[piece.start - block.start:piece.stop - block.start] for tensor in tensors]
+                    if job.compute:
+                        chunk = [tensor.to(device=device, dtype=torch.float32) for tensor in chunk]
+                    for consumer in consumers:
+                        emit(consumer.consume_block(job, piece, chunk))
+                    del chunk
             del tensors
-        if writing is not None:
-            writing.result()
+            if block is None or block.last:
+                bar.update(1)
+        while writing:
+            writing.popleft()[0].result()
     for consumer in consumers:
         consumer.finish()
+
+
+def block_shape(tensor: torch.Tensor, block: Block) -> tuple[int, ...]:
+    """The whole tensor's shape, from one of its row blocks (chunk boundaries depend on it)."""
+    return (block.rows, *tensor.shape[1:])
+
+
+def open_writer(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], output: str | Path,
+                options: ExecutionOptions, *, reference: str | Path | None = None,
+                config: dict | None = None) -> CheckpointWriter:
+    """The writer of ``jobs``' outputs (enter it to open): every input exists with one shape, checked before
+    anything is written; the output may not overlap any reader's folder or weight file."""
+    specs = plan_specs(readers, jobs, parse_dtype(options.dtype))
+    inputs = [path for reader in readers.values() for path in (reader.path, *reader.files)]
+    return CheckpointWriter(output, specs, reference=reference, config=config, max_shard_size=options.max_shard_size,
+                            overwrite=options.overwrite, inputs=inputs)
 
 
 def run_merge(
@@ -211,15 +349,12 @@ def run_merge(
     """Run ``jobs`` tensor by tensor into a new model folder at ``output`` (written atomically).
 
     ``options`` gives the device, the output dtype of floating tensors, the NaN/Inf check, overwrite,
-    the shard size and progress. All checks that can fail on the inputs (missing tensors, shapes) run
-    before anything is written; the output may not overlap any reader's folder or weight file.
-    ``before_commit`` may add files to the temporary folder before it is renamed.
+    the shard size, the memory budget and progress. All checks that can fail on the inputs (missing
+    tensors, shapes) run before anything is written; the output may not overlap any reader's folder or
+    weight file. ``before_commit`` may add files to the temporary folder before it is renamed.
     """
     options = options or ExecutionOptions()
-    specs = plan_specs(readers, jobs, parse_dtype(options.dtype))
-    inputs = [path for reader in readers.values() for path in (reader.path, *reader.files)]
-    with CheckpointWriter(output, specs, reference=reference, config=config, max_shard_size=options.max_shard_size,
-                          overwrite=options.overwrite, inputs=inputs) as writer:
+    with open_writer(readers, jobs, output, options, reference=reference, config=config) as writer:
         execute(readers, jobs, [ModelOutput(writer, before_commit=before_commit)], options, description=description)
     return Path(output)
 

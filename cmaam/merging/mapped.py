@@ -59,7 +59,8 @@ def keep_target_parts(jobs: Sequence[TensorJob], readers: Mapping[str, object], 
         if rows is None or job.merge is None or position is None:
             wrapped.append(job)
         else:
-            wrapped.append(dataclasses.replace(job, merge=functools.partial(_keep_rows, job.merge, rows, position)))
+            wrapped.append(dataclasses.replace(job, merge=functools.partial(_keep_rows, job.merge, rows, position),
+                                               row_local=False))  # the kept rows are indices of the whole tensor
     return wrapped
 
 
@@ -77,6 +78,13 @@ class KeepTargetRows:
         if rows is not None and position is not None:
             output.tensor = restore_rows(output.tensor, tensors[position], rows)
         return output
+
+    def accepts_blocks(self, job: TensorJob) -> bool:
+        """Row blocks when the inner consumer takes them and the job keeps no target rows."""
+        return kept_rows(self.readers, job) is None and getattr(self.inner, "accepts_blocks", lambda job: False)(job)
+
+    def consume_block(self, job: TensorJob, block: Any, tensors: list[torch.Tensor]) -> Any:
+        return self.inner.consume_block(job, block, tensors)
 
     def finish(self) -> None:
         self.inner.finish()

@@ -51,14 +51,18 @@ def check_interp(interp: str) -> None:
 
 
 def pair_jobs(target: CheckpointReader, alphas: dict[str, float], interp: str) -> list[TensorJob]:
-    """One job per target tensor: interpolated when it has an alpha, else copied from the target."""
+    """One job per target tensor: interpolated when it has an alpha, else copied from the target.
+
+    Linear interpolation is elementwise, so its jobs (and the copies) may run in row blocks; slerp needs
+    whole tensors (it normalises by their norms).
+    """
     jobs = []
     for name in target.keys():
         if name in alphas:
             merge = functools.partial(interpolate, alpha=alphas[name], interp=interp)
-            jobs.append(TensorJob(name, [("target", name), ("source", name)], merge))
+            jobs.append(TensorJob(name, [("target", name), ("source", name)], merge, row_local=interp == "linear"))
         else:
-            jobs.append(TensorJob(name, [("target", name)]))
+            jobs.append(TensorJob(name, [("target", name)], row_local=True))
     return jobs
 
 

@@ -91,7 +91,7 @@ def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas
                        for output in outputs]
             consumers = [KeepTargetRows(ModelOutput(
                 writer, functools.partial(interpolate, alpha=value, interp=interp), label=f" (alpha {value:g})",
-                before_commit=functools.partial(_write_settings, settings={
+                row_local=interp == "linear", before_commit=functools.partial(_write_settings, settings={
                     "source": str(source), "target": str(target), "interp": interp, "alpha": value})),
                 readers, "target") for writer, value in zip(writers, values)]
             execute(readers, jobs, consumers, options, description=f"sweeping {len(values)} alphas")

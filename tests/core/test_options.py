@@ -12,20 +12,22 @@ from cmaam.core.errors import CMAAMError
 from cmaam.core.options import ALL, ExecutionOptions, add_execution_options
 
 DEFAULTS = ExecutionOptions()
-FLAGS = {"device": "--device", "dtype": "--dtype", "max_shard_size": "--max-shard-size", "overwrite": "--overwrite",
-         "allow_pickle": "--allow-pickle", "allow_nonfinite": "--allow-nonfinite",
+FLAGS = {"device": "--device", "dtype": "--dtype", "max_shard_size": "--max-shard-size", "max_memory": "--max-memory",
+         "overwrite": "--overwrite", "allow_pickle": "--allow-pickle", "allow_nonfinite": "--allow-nonfinite",
          "trust_remote_code": "--trust-remote-code", "seed": "--seed", "progress": "--no-progress"}
 # command -> (the arguments it requires, the execution options it offers)
 COMMANDS = {
     "cmaam.merge": (["--source", "s", "--target", "t", "--output", "o"],
-                    {"device", "dtype", "max_shard_size", "overwrite", "allow_pickle", "allow_nonfinite", "progress",
-                     "seed", "trust_remote_code"}),  # seed, trust_remote_code: for --adapt
+                    {"device", "dtype", "max_shard_size", "max_memory", "overwrite", "allow_pickle", "allow_nonfinite",
+                     "progress", "seed", "trust_remote_code"}),  # seed, trust_remote_code: for --adapt
     "cmaam.sweep": (["--source", "s", "--target", "t", "--alphas", "0.5", "--output-dir", "o"],
-                    {"device", "dtype", "max_shard_size", "overwrite", "allow_pickle", "allow_nonfinite", "progress"}),
-    "cmaam.mergekit": (["config.yaml", "o"], {"device", "dtype", "max_shard_size", "overwrite", "allow_pickle",
-                                              "allow_nonfinite", "seed", "progress"}),
+                    {"device", "dtype", "max_shard_size", "max_memory", "overwrite", "allow_pickle", "allow_nonfinite",
+                     "progress"}),
+    "cmaam.mergekit": (["config.yaml", "o"], {"device", "dtype", "max_shard_size", "max_memory", "overwrite",
+                                              "allow_pickle", "allow_nonfinite", "seed", "progress"}),
     "cmaam.soups": (["o", "a", "b"],
-                    {"device", "dtype", "max_shard_size", "overwrite", "allow_pickle", "allow_nonfinite", "progress"}),
+                    {"device", "dtype", "max_shard_size", "max_memory", "overwrite", "allow_pickle", "allow_nonfinite",
+                     "progress"}),
     "cmaam.check": (["a", "b"], {"allow_pickle"}),
     "cmaam.layouts": (["a"], {"allow_pickle"}),
     "cmaam.tiny": (["--output", "o"], {"seed", "overwrite"}),
@@ -67,11 +69,11 @@ def test_every_flag_sets_the_same_field(module):
     required, offered = COMMANDS[module]
     parser = importlib.import_module(module).build_parser()
     given = {"device": ["--device", "cpu"], "dtype": ["--dtype", "bfloat16"],
-             "max_shard_size": ["--max-shard-size", "2GB"],
+             "max_shard_size": ["--max-shard-size", "2GB"], "max_memory": ["--max-memory", "3GiB"],
              "overwrite": ["--overwrite"], "allow_pickle": ["--allow-pickle"], "allow_nonfinite": ["--allow-nonfinite"],
              "trust_remote_code": ["--trust-remote-code"], "seed": ["--seed", "7"], "progress": ["--no-progress"]}
-    expected = {"device": "cpu", "dtype": "bfloat16", "max_shard_size": "2GB", "overwrite": True, "allow_pickle": True,
-                "allow_nonfinite": True, "trust_remote_code": True, "seed": 7, "progress": False}
+    expected = {"device": "cpu", "dtype": "bfloat16", "max_shard_size": "2GB", "max_memory": "3GiB", "overwrite": True,
+                "allow_pickle": True, "allow_nonfinite": True, "trust_remote_code": True, "seed": 7, "progress": False}
     arguments = [argument for name in sorted(offered) for argument in given[name]]
     options = ExecutionOptions.from_args(parser.parse_args(required + arguments))
     assert options == dataclasses.replace(DEFAULTS, **{name: expected[name] for name in offered})
@@ -106,6 +108,7 @@ def test_add_execution_options_adds_only_the_named_flags_in_one_group():
 @pytest.mark.parametrize("changes, message", [
     ({"seed": -1}, "--seed must be >= 0, got -1"),
     ({"device": "tpu"}, "unknown device 'tpu'"),
+    ({"max_memory": "0GB"}, "--max-memory: size must be positive"),
 ])
 def test_bad_values_are_one_line_errors(changes, message):
     with pytest.raises(CMAAMError, match=message):

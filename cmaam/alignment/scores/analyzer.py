@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -12,10 +13,11 @@ from cmaam.alignment.scores.cmbc import cmbc, embedding_subspace
 from cmaam.alignment.scores.gfs import gfs
 from cmaam.alignment.scores.pda import pda
 from cmaam.alignment.scores.sensitivity import relative_change, variance_term, weighted_mean_and_cv
+from cmaam.alignment.scores.streaming import EmbeddingBasisAccumulator, PairScoreAccumulator
 from cmaam.core.errors import CMAAMError
 from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader
-from cmaam.merging.executor import TensorJob, execute
+from cmaam.merging.executor import Block, TensorJob, execute, row_chunks
 from cmaam.merging.pairs import check_pair
 
 SCORE_NAMES = ("pda", "gfs", "cmbc")
@@ -108,16 +110,22 @@ class PairScorer:
     Its job stream starts with the token embedding (its rows span the subspace CMBC projects the bridge
     outputs on), so every tensor is read once; ``finish`` puts the scores back in target order.
     NaN/Inf inputs are zeroed when ``allow_nonfinite`` (the executor refuses them otherwise).
+    A tensor larger than one compute chunk is scored from its row chunks
+    (``cmaam.alignment.scores.streaming``) however it arrives, whole or in row blocks, so its scores do
+    not depend on the memory budget. Bridge outputs (CMBC) are scored whole.
     """
 
     def __init__(self, analysis: Analysis, infos: dict[str, ParamInfo], scored: list[str], bridge_outputs: list[str],
-                 allow_nonfinite: bool = False):
+                 allow_nonfinite: bool = False, shapes: dict[str, tuple[int, ...]] | None = None):
         self.analysis = analysis
+        self.shapes = shapes or {}
         self.infos = infos
         self.scored = scored
         self.bridge_outputs = set(bridge_outputs)
         self.allow_nonfinite = allow_nonfinite
         self.embedding_basis: torch.Tensor | None = None
+        self._pairs: dict[str, PairScoreAccumulator] = {}
+        self._basis: EmbeddingBasisAccumulator | None = None
 
     def jobs(self) -> list[TensorJob]:
         """One job per scored name (inputs source, target), the embedding's first (target only if unscored)."""
@@ -130,33 +138,83 @@ class PairScorer:
             jobs.insert(0, TensorJob(embedding, inputs, compute=True))
         return jobs
 
-    def consume(self, job: TensorJob, tensors: list[torch.Tensor]) -> None:
-        if self.allow_nonfinite:
-            tensors = [torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0) for tensor in tensors]
-        loaded = {model: tensor for (model, _), tensor in zip(job.inputs, tensors)}
+    def accepts_blocks(self, job: TensorJob) -> bool:
+        """Row blocks for every tensor but the bridge outputs and an embedding narrower than it is long."""
         name = job.output_name
+        if name in self.bridge_outputs:
+            return False
+        return name != self.analysis.embedding or EmbeddingBasisAccumulator.streams(self.shapes.get(name, ()))
+
+    def consume(self, job: TensorJob, tensors: list[torch.Tensor]) -> None:
+        tensors = self._finite(tensors)
+        name = job.output_name
+        shape = tuple(tensors[0].shape)
+        self.shapes.setdefault(name, shape)
+        chunks = row_chunks(shape) if shape else []
+        if len(chunks) > 1 and self.accepts_blocks(job):  # scored from its chunks, as if it came in blocks
+            for chunk in chunks:
+                self._consume_chunk(job, chunk, [tensor[chunk.start:chunk.stop] for tensor in tensors])
+            return None
+        loaded = {model: tensor for (model, _), tensor in zip(job.inputs, tensors)}
         if name == self.analysis.embedding:
             self.embedding_basis = embedding_subspace(loaded["target"])
         if "source" not in loaded:  # the embedding is only in the target (or not floating): its basis alone
             return None
+        if len(chunks) > 1 and name not in self.bridge_outputs:  # a wide embedding: its basis whole, scores by chunk
+            for chunk in chunks:
+                self._add_pair(name, chunk, loaded["source"][chunk.start:chunk.stop],
+                               loaded["target"][chunk.start:chunk.stop], shape)
+            return None
         bridge = name in self.bridge_outputs
-        score = score_tensor_pair(name, self.infos[name], loaded["source"], loaded["target"],
-                                  self.embedding_basis if bridge else None, bridge)
-        self.analysis.tensors[name] = score
-        self.analysis.capture_term |= (score.cmbc is not None and self.embedding_basis is not None
-                                       and self.embedding_basis.shape[0] == loaded["target"].shape[0])
+        self._store(score_tensor_pair(name, self.infos[name], loaded["source"], loaded["target"],
+                                      self.embedding_basis if bridge else None, bridge), loaded["target"].shape[0])
         return None
+
+    def consume_block(self, job: TensorJob, block: Block, tensors: list[torch.Tensor]) -> None:
+        self._consume_chunk(job, block, self._finite(tensors))
+        return None
+
+    def _finite(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.allow_nonfinite:
+            return [torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0) for tensor in tensors]
+        return tensors
+
+    def _consume_chunk(self, job: TensorJob, block: Block, tensors: list[torch.Tensor]) -> None:
+        loaded = {model: tensor for (model, _), tensor in zip(job.inputs, tensors)}
+        name = job.output_name
+        shape = (block.rows, *tensors[0].shape[1:])
+        if name == self.analysis.embedding:
+            if block.start == 0:
+                self._basis = EmbeddingBasisAccumulator(shape, tensors[0].device)
+            self._basis.add(block.start, loaded["target"])
+            if block.last:
+                self.embedding_basis, self._basis = self._basis.result(), None
+        if "source" in loaded:
+            self._add_pair(name, block, loaded["source"], loaded["target"], shape)
+
+    def _add_pair(self, name: str, block: Block, source: torch.Tensor, target: torch.Tensor,
+                  shape: tuple[int, ...]) -> None:
+        if block.start == 0:
+            self._pairs[name] = PairScoreAccumulator(shape, target.device)
+        accumulator = self._pairs[name]
+        accumulator.add(block.start, source, target)
+        if block.last:
+            pda_score, gfs_score, sensitivity, changed = self._pairs.pop(name).result()
+            self._store(TensorScore(name=name, info=self.infos[name], numel=math.prod(shape), pda=pda_score,
+                                    gfs=gfs_score, cmbc=None, sensitivity=sensitivity, changed=changed), shape[0])
+
+    def _store(self, score: TensorScore, rows: int) -> None:
+        self.analysis.tensors[score.name] = score
+        self.analysis.capture_term |= (score.cmbc is not None and self.embedding_basis is not None
+                                       and self.embedding_basis.shape[0] == rows)
 
     def finish(self) -> None:
         self.analysis.tensors = {name: self.analysis.tensors[name] for name in self.scored}
 
 
-def analyze_pair(source: CheckpointReader, target: CheckpointReader, options: ExecutionOptions | None = None, *,
-                 layout=None, model_type: str | None = None, rules_file: str | None = None) -> Analysis:
-    """Score every shared floating tensor in one streaming pass (one pair in memory at a time).
-
-    Tensors only in the target, only in the source, or not floating point are listed, not scored.
-    """
+def pair_scorer(source: CheckpointReader, target: CheckpointReader, options: ExecutionOptions | None = None, *,
+                layout=None, model_type: str | None = None, rules_file: str | None = None) -> PairScorer:
+    """The scorer of a pair, its jobs ready to stream (checks the pair and its layout first)."""
     common = check_pair(source, target)
     layout = layout or resolve_layout(target, model_type, rules_file)
     names = list(target.keys())
@@ -173,9 +231,19 @@ def analyze_pair(source: CheckpointReader, target: CheckpointReader, options: Ex
     analysis.not_floating = [name for name in common if not target.dtype(name).is_floating_point]
     scored = [name for name in common if target.dtype(name).is_floating_point]
     options = options or ExecutionOptions()
-    scorer = PairScorer(analysis, infos, scored, bridge_outputs, options.allow_nonfinite)
+    return PairScorer(analysis, infos, scored, bridge_outputs, options.allow_nonfinite,
+                      {name: target.shape(name) for name in names})
+
+
+def analyze_pair(source: CheckpointReader, target: CheckpointReader, options: ExecutionOptions | None = None, *,
+                 layout=None, model_type: str | None = None, rules_file: str | None = None) -> Analysis:
+    """Score every shared floating tensor in one streaming pass (one pair in memory at a time).
+
+    Tensors only in the target, only in the source, or not floating point are listed, not scored.
+    """
+    scorer = pair_scorer(source, target, options, layout=layout, model_type=model_type, rules_file=rules_file)
     execute({"source": source, "target": target}, scorer.jobs(), [scorer], options, description="analysing")
-    return analysis
+    return scorer.analysis
 
 
 def _weighted_mean(pairs: list[tuple[float, int]]) -> float | None:

@@ -30,13 +30,19 @@ def top_left_subspace(weight: torch.Tensor, count: int = MAX_RANK) -> tuple[torc
     matrix = weight.reshape(weight.shape[0], -1).float()
     rows, columns = matrix.shape
     if rows <= columns:
-        values, vectors = _top_eigenvectors(matrix @ matrix.T, count)
-        rank = _numerical_rank(values, tuple(matrix.shape))
-        return vectors[:, :rank], rank
+        return left_subspace_from_gram(matrix @ matrix.T, tuple(matrix.shape), count)
     values, right = _top_eigenvectors(matrix.T @ matrix, count)
     rank = _numerical_rank(values, tuple(matrix.shape))
     left = matrix @ right[:, :rank] / values[:rank].sqrt()  # u_i = W v_i / s_i
     return torch.nn.functional.normalize(left, dim=0), rank
+
+
+def left_subspace_from_gram(gram: torch.Tensor, shape: tuple[int, ...], count: int = MAX_RANK
+                            ) -> tuple[torch.Tensor, int]:
+    """``top_left_subspace`` of a (rows, columns) matrix with rows <= columns, from its Gram matrix W W^T."""
+    values, vectors = _top_eigenvectors(gram, count)
+    rank = _numerical_rank(values, shape)
+    return vectors[:, :rank], rank
 
 
 def embedding_subspace(embedding: torch.Tensor, count: int = MAX_RANK) -> torch.Tensor:

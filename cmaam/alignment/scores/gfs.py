@@ -30,19 +30,23 @@ def as_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1) if weight.dim() != 2 else weight
 
 
-def _similarity(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per column: max(0, cos) * min(norm) / max(norm); two zero columns count as identical (1)."""
-    norm_s = torch.linalg.vector_norm(source, dim=0)
-    norm_t = torch.linalg.vector_norm(target, dim=0)
-    larger = torch.maximum(norm_s, norm_t)
-    smaller = torch.minimum(norm_s, norm_t)
-    dot = (source * target).sum(dim=0)
+def similarity_from(norm_source: torch.Tensor, norm_target: torch.Tensor, dot: torch.Tensor) -> torch.Tensor:
+    """Per column: max(0, cos) * min(norm) / max(norm) from the column norms and dot products; two zero
+    columns count as identical (1)."""
+    larger = torch.maximum(norm_source, norm_target)
+    smaller = torch.minimum(norm_source, norm_target)
     positive = larger > 0
     safe_large = torch.where(positive, larger, torch.ones_like(larger))
     safe_small = torch.where(smaller > 0, smaller, torch.ones_like(smaller))
     cosine = torch.where(smaller > 0, dot / (safe_large * safe_small), torch.zeros_like(dot))
     value = (cosine * smaller / safe_large).clamp(0.0, 1.0)
     return torch.where(positive, value, torch.ones_like(value))
+
+
+def _similarity(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per column: max(0, cos) * min(norm) / max(norm); two zero columns count as identical (1)."""
+    return similarity_from(torch.linalg.vector_norm(source, dim=0), torch.linalg.vector_norm(target, dim=0),
+                           (source * target).sum(dim=0))
 
 
 def gfs(source: torch.Tensor, target: torch.Tensor, count: int = NUM_PROBES, seed: int = PROBE_SEED) -> float:

@@ -48,16 +48,23 @@ def quantiles(values: torch.Tensor, count: int = NUM_QUANTILES) -> torch.Tensor:
     return ordered[lower] + (ordered[upper] - ordered[lower]) * fraction
 
 
+def quantile_distance(sample_source: torch.Tensor, sample_target: torch.Tensor, count: int = NUM_QUANTILES) -> float:
+    """Mean |Q_S(q) - Q_T(q)| over ``count`` quantiles of two samples of values."""
+    return float((quantiles(sample_source, count) - quantiles(sample_target, count)).abs().mean())
+
+
 def wasserstein1(source: torch.Tensor, target: torch.Tensor, count: int = NUM_QUANTILES) -> float:
     """W1 distance of the two value distributions, as the mean |Q_S(q) - Q_T(q)| over ``count`` quantiles."""
-    q_source = quantiles(strided_sample(source), count)
-    q_target = quantiles(strided_sample(target), count)
-    return float((q_source - q_target).abs().mean())
+    return quantile_distance(strided_sample(source), strided_sample(target), count)
+
+
+def pda_value(distance: float, mean_abs_target: float) -> float:
+    """exp(-W1 / (mean|T| + eps))."""
+    return math.exp(-distance / (mean_abs_target + EPS))
 
 
 def pda(source: torch.Tensor, target: torch.Tensor, count: int = NUM_QUANTILES) -> float:
     """exp(-W1(S, T) / (mean|T| + eps)): 1 for identical distributions, exp(-c/mean|T|) for a shift by c."""
     if source.numel() == 0:
         return 1.0
-    scale = float(target.float().abs().mean()) + EPS
-    return math.exp(-wasserstein1(source, target, count) / scale)
+    return pda_value(wasserstein1(source, target, count), float(target.float().abs().mean()))

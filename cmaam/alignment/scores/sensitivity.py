@@ -19,10 +19,15 @@ def relative_change(source: torch.Tensor, target: torch.Tensor) -> float:
     target = target.float()
     norm_t = float(torch.linalg.vector_norm(target))
     norm_s = float(torch.linalg.vector_norm(source))
-    scale = max(norm_t, norm_s)
-    if scale == 0.0:
+    if max(norm_t, norm_s) == 0.0:
         return 0.0
-    return float(torch.dist(source, target)) / scale
+    return relative_change_from(norm_s, norm_t, float(torch.dist(source, target)))
+
+
+def relative_change_from(norm_source: float, norm_target: float, distance: float) -> float:
+    """r = distance / max(||T||, ||S||) from the norms (0 when both are zero)."""
+    scale = max(norm_target, norm_source)
+    return 0.0 if scale == 0.0 else distance / scale
 
 
 def weighted_mean_and_cv(values: Sequence[float], weights: Sequence[float]) -> tuple[float, float]:

@@ -139,5 +139,6 @@ def define_task_arithmetic(name: str, summary: str, *, normalize: bool, rescale:
 
     merge.__name__ = merge.__qualname__ = name
     merge.__doc__ = summary
-    register(name, parameters=task_arithmetic_parameters(normalize, rescale, sparsification), requires_base=True)(merge)
+    register(name, parameters=task_arithmetic_parameters(normalize, rescale, sparsification), requires_base=True,
+             row_local=sparsification is None and consensus is None)(merge)  # no per-tensor top-k, mask or sign vote
     return merge

@@ -13,7 +13,7 @@ from cmaam.merging.methods.common import per_model
 from cmaam.merging.methods.registry import Parameter, register
 
 
-@register("passthrough", parameters=(Parameter("scale", default=None, per_model=True),))
+@register("passthrough", parameters=(Parameter("scale", default=None, per_model=True),), row_local=True)
 def passthrough(tensors: list[torch.Tensor], base: torch.Tensor | None,
                 scale: float | list | None = None) -> torch.Tensor:
     """The one input tensor (the base when no other is given), times ``scale`` when set."""

@@ -45,6 +45,8 @@ class MergeMethod:
 
     ``tensors`` are the contributing models' tensors (the base excluded when the method takes one);
     per-model parameters arrive as lists aligned with ``tensors``, global ones as scalars.
+    ``row_local``: elementwise, so applying it to row blocks gives exactly the rows of the whole result
+    (large tensors are then merged in row blocks within the memory budget).
     ``optional_base``: the base, when the config names one, is the origin (mergekit's BasePolicy.OPTIONAL,
     e.g. nuslerp); without one the method works on the models themselves.
     """
@@ -55,6 +57,7 @@ class MergeMethod:
     requires_base: bool = False
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    row_local: bool = False
     optional_base: bool = False
 
     @property
@@ -89,14 +92,14 @@ METHODS: dict[str, MergeMethod] = {}
 
 
 def register(name: str, parameters: Sequence[Parameter] = (), requires_base: bool = False,
-             aliases: Sequence[str] = (), optional_base: bool = False
+             aliases: Sequence[str] = (), row_local: bool = False, optional_base: bool = False
              ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
-    """Decorator: register a pure tensor function as merge method ``name``."""
+    """Decorator: register a pure tensor function as merge method ``name`` (``row_local``: elementwise)."""
 
     def decorate(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         doc = (function.__doc__ or "").strip().splitlines()
         method = MergeMethod(name, function, tuple(parameters), requires_base, doc[0] if doc else "", tuple(aliases),
-                             optional_base)
+                             row_local, optional_base)
         for key in (name, *aliases):
             METHODS[key] = method
         return function
