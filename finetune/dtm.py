@@ -249,11 +249,19 @@ def evaluate(model: Path | str, sets: dict[str, list], config: DTMConfig) -> dic
 
 def run_dtm(config: DTMConfig) -> dict:
     """Disperse, train, merge and evaluate; returns (and writes) the comparison."""
-    from cmaam.io.atomic import atomic_write_json, atomic_write_text
-    from eval.vqa import load_vqa_jsonl
+    from cmaam.io.atomic import claim_output
 
     config.validate()
     root = Path(config.output)
+    # a run folder that resumes (like the experiment's): locked for the whole run, never overlapping its inputs
+    with claim_output(root, inputs=[config.model, config.data, config.retention], overwrite=None):
+        return _run(config, root)
+
+
+def _run(config: DTMConfig, root: Path) -> dict:
+    from cmaam.io.atomic import atomic_write_json, atomic_write_text
+    from eval.vqa import load_vqa_jsonl
+
     started = time.time()
     parts = write_parts(config)
     rows = []

@@ -133,3 +133,38 @@ def test_a_tiny_dtm_run_writes_the_table_and_a_rerun_trains_nothing(tiny_qwen2vl
             CheckpointReader(tiny_qwen2vl) as base:
         expected = subs[0].get(name) + subs[1].get(name) - base.get(name)  # base + the sum of the task vectors
         assert torch.allclose(summed.get(name), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("inside", ["model", "data"])
+def test_an_output_inside_an_input_is_refused_before_any_work(tiny_qwen2vl, synthetic_ko, tmp_path, capsys, inside):
+    before = sorted(path.name for path in Path(synthetic_ko).iterdir())
+    output = Path(tiny_qwen2vl if inside == "model" else synthetic_ko) / "dtm"
+    with pytest.raises(SystemExit) as exit_code:
+        run_cli(main, ["--model", str(tiny_qwen2vl), "--data", str(synthetic_ko), "--output", str(output)])
+    stderr = capsys.readouterr().err.strip()
+    assert exit_code.value.code == 2 and stderr.startswith("error: ") and "lies inside the input" in stderr
+    assert "\n" not in stderr and not output.exists()
+    assert sorted(path.name for path in Path(synthetic_ko).iterdir()) == before
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tiny_qwen2vl, synthetic_ko, tmp_path,
+                                                                            capsys):
+    import subprocess
+    import sys
+
+    from cmaam.io.atomic import lock_path
+
+    output = tmp_path / "dtm"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from cmaam.io.atomic import output_lock\n"
+                               "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+                               str(output)], stdout=subprocess.PIPE, text=True)  # the first run, still working
+    try:
+        assert holder.stdout.readline().strip() == "held" and lock_path(output).exists()
+        with pytest.raises(SystemExit) as exit_code:
+            run_cli(main, ["--model", str(tiny_qwen2vl), "--data", str(synthetic_ko), "--output", str(output)])
+    finally:
+        holder.kill()
+        holder.wait()
+    stderr = capsys.readouterr().err.strip()
+    assert exit_code.value.code == 2 and "another run is writing this output" in stderr and "\n" not in stderr
+    assert not (output / "parts").exists()
