@@ -6,9 +6,11 @@ Builds three Llama-shaped checkpoints of about ``--size-gb`` each (random weight
 CheckpointWriter, no transformers init), then for each method runs each side in a fresh
 subprocess (wall seconds, GB/s = one model's bytes / seconds, peak RSS of the child) and prints
 a table with the ratios, and the I/O floor measured in the same run: reading the three inputs once
-and writing one output with fsync, no compute, page cache warm as for the merges. Targets: cmaam
+and writing one output with fsync, no compute, page cache warm as for the merges; once alone, once in a
+process that first imports torch, as every merge tool (ours and mergekit) must start. Targets: cmaam
 throughput >= 1.5x mergekit's, peak RSS <= 0.5x; cmaam linear within 1.3x the I/O floor, TIES within
-2x linear. The last lines, for scripts: ``io floor ratio: linear X.XX`` and ``ties/linear: Y.YY``.
+2x linear. The last lines, for scripts: ``io floor ratio: linear X.XX`` (against the floor with the
+start-up), ``io floor ratio without start-up: linear X.XX`` and ``ties/linear: Y.YY``.
 """
 
 from __future__ import annotations
@@ -190,11 +192,13 @@ def main() -> None:
             rows.append((method, run_sides(sides, paths, workdir, args.repeats)))
         for side in ("cmaam", "mergekit"):
             shutil.rmtree(workdir / f"out_{side}", ignore_errors=True)
-        floors = []
-        for _ in range(args.repeats):
-            warm(weight_files(paths.values()))
-            floors.append(io_floor(weight_files(paths.values()), folder_bytes(paths["base"]), workdir))
-        floor = min(floors, key=lambda r: r["seconds"])
+        floors = {}
+        for start_torch in (False, True):
+            runs = []
+            for _ in range(args.repeats):
+                warm(weight_files(paths.values()))
+                runs.append(io_floor(weight_files(paths.values()), folder_bytes(paths["base"]), workdir, start_torch))
+            floors[start_torch] = min(runs, key=lambda r: r["seconds"])
         print(f"\nmodel size {model_gb:.2f} GB per input ({args.dtype}), 3 inputs, fresh process per side\n")
         header = f"{'method':<8} {'side':<9} {'seconds':>8} {'GB/s':>7} {'peak RSS MB':>12} {'CPU s':>7}"
         print(header)
@@ -207,15 +211,17 @@ def main() -> None:
             memory = results["cmaam"]["peak_rss_mb"] / results["mergekit"]["peak_rss_mb"]
             print(f"{method:<8} {'ratio':<9} throughput x{speed:.2f} (target >= 1.5), "
                   f"peak RSS x{memory:.2f} (target <= 0.5)")
-        print(f"{'io floor':<8} {'':<9} {floor['seconds']:>8.2f} {model_gb / floor['seconds']:>7.3f} "
-              f"{floor['peak_rss_mb']:>12.0f} {floor['cpu_seconds']:>7.2f}   (read the 3 inputs once, write one "
-              "output + fsync)")
+        for start_torch, label, what in ((False, "io floor", "read the 3 inputs once, write one output + fsync"),
+                                         (True, "+ start", "the same after import torch, as every tool starts")):
+            floor = floors[start_torch]
+            print(f"{label:<8} {'':<9} {floor['seconds']:>8.2f} {model_gb / floor['seconds']:>7.3f} "
+                  f"{floor['peak_rss_mb']:>12.0f} {floor['cpu_seconds']:>7.2f}   ({what})")
         cmaam = {method: results["cmaam"]["seconds"] for method, results in rows}
         if "linear" in cmaam:
-            print(f"io floor ratio: linear {cmaam['linear'] / floor['seconds']:.2f}")
+            print(f"io floor ratio: linear {cmaam['linear'] / floors[True]['seconds']:.2f}")
+            print(f"io floor ratio without start-up: linear {cmaam['linear'] / floors[False]['seconds']:.2f}")
         if "linear" in cmaam and "ties" in cmaam:
             print(f"ties/linear: {cmaam['ties'] / cmaam['linear']:.2f}")
-
 
 if __name__ == "__main__":
     main()

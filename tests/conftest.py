@@ -122,3 +122,13 @@ def _peft_merged_state(base, adapter):
 def peft_merged():
     """``peft_merged(base, adapter)``: the state dict of peft's merge_and_unload (runtime parameter names)."""
     return _peft_merged_state
+
+
+
+@pytest.fixture
+def read_log(monkeypatch):
+    """Every read of tensor data from a CheckpointReader, in call order: (folder name, tensor name, start, stop,
+    rows)."""
+    from cmaam.testing.reads import record_reads
+
+    return record_reads(monkeypatch)

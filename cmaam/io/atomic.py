@@ -395,10 +395,39 @@ def replace_directory(source: Path, destination: Path) -> None:
     A symbolic link destination is followed (the folder it points to is replaced; the link stays).
     """
     destination = real_path(destination) if os.path.islink(destination) else Path(destination)
+    sync_tree(source)  # on storage before it is published: a crash never leaves a named but empty model
     if destination.exists():
         old = destination.parent / f".{destination.name}.old-{os.getpid()}"
         os.replace(destination, old)
         os.replace(source, destination)
+        _sync_folder(destination.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(source, destination)
+        _sync_folder(destination.parent)
+
+
+def sync_tree(folder: Path) -> None:
+    """Flush every file under ``folder``, and the folders themselves, to storage (fsync)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            descriptor = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        _sync_folder(Path(root))
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so the names in it are on storage (where folders can be opened: not on Windows)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some file systems refuse fsync on a folder; the files themselves were flushed
+        pass
+    finally:
+        os.close(descriptor)

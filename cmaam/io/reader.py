@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import sys
@@ -29,6 +30,19 @@ SAFETENSORS_DTYPES = {
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Tensor data is read with os.preadv (little-endian hosts with preadv); elsewhere through safetensors' mmap.
 POSITIONED_READS = hasattr(os, "preadv") and sys.byteorder == "little"
+# view_rows maps files where pages can be released again (madvise); elsewhere it reads like get_rows.
+MAPPED_VIEWS = sys.byteorder == "little" and hasattr(mmap.mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED")
+
+
+def _advise(mapping: mmap.mmap, advice: str, begin: int, end: int) -> None:
+    """madvise the whole pages covering file bytes [begin, end) of a mapping (ignored where unsupported)."""
+    if end <= begin or not hasattr(mmap, advice):
+        return
+    first = begin - begin % mmap.PAGESIZE
+    try:
+        mapping.madvise(getattr(mmap, advice), first, end - first)
+    except (OSError, ValueError):  # advice only: a kernel that refuses it changes speed, never results
+        pass
 
 
 def load_config(path: str | Path) -> dict:
@@ -77,6 +91,7 @@ class CheckpointReader(TensorNames):
         self._location: dict[str, Path] = {}
         self._handles: dict[Path, object] = {}
         self._raw: dict[Path, tuple[object, int, dict]] = {}  # file -> (unbuffered file, data start, header)
+        self._maps: dict[Path, tuple[mmap.mmap, torch.Tensor]] = {}  # file -> (private mapping, bytes over it)
         self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
         self._is_pickle = False
         files = self._weight_files(allow_pickle)
@@ -238,37 +253,87 @@ class CheckpointReader(TensorNames):
         tensor = self._load_pickle(file)[name]
         return tensor if whole or not shape else tensor[start:stop]
 
-    def _read(self, file: Path, name: str, start: int, stop: int) -> torch.Tensor:
-        """Read rows [start, stop) of one tensor with positioned reads into fresh memory.
-
-        Not through the memory map: mapped pages stay resident once touched, so a pass over a model
-        would grow the process's RSS to the size of every input file.
-        """
+    def _layout(self, file: Path) -> tuple[object, int, dict]:
+        """(unbuffered file, byte offset of the data, parsed header) of a safetensors file, opened once."""
         if file not in self._raw:
             handle = open(file, "rb", buffering=0)
             length = struct.unpack("<Q", handle.read(8))[0]
             self._raw[file] = (handle, 8 + length, json.loads(handle.read(length)))
-        handle, data_start, header = self._raw[file]
+        return self._raw[file]
+
+    def _byte_range(self, file: Path, name: str, start: int, stop: int) -> tuple[int, int, tuple[int, ...]]:
+        """File offsets [begin, end) of rows [start, stop) of a tensor, and the rows' shape."""
+        _, data_start, header = self._layout(file)
         begin, end = header[name]["data_offsets"]
         shape = self.shape(name)
         if shape:
             row_bytes = (end - begin) // shape[0] if shape[0] else 0
             begin, end = begin + start * row_bytes, begin + stop * row_bytes
             shape = (stop - start, *shape[1:])
+        return data_start + begin, data_start + end, shape
+
+    def _read(self, file: Path, name: str, start: int, stop: int) -> torch.Tensor:
+        """Read rows [start, stop) of one tensor with positioned reads into fresh memory.
+
+        Not through the memory map: mapped pages stay resident once touched, so a pass over a model
+        would grow the process's RSS to the size of every input file (``view_rows`` releases them instead).
+        """
+        handle = self._layout(file)[0]
+        begin, end, shape = self._byte_range(file, name, start, stop)
         buffer = torch.empty(end - begin, dtype=torch.uint8)
         view, done = memoryview(buffer.numpy()), 0
         while done < end - begin:
-            count = os.preadv(handle.fileno(), [view[done:]], data_start + begin + done)
+            count = os.preadv(handle.fileno(), [view[done:]], begin + done)
             if count <= 0:
                 raise CMAAMError(f"{file}: truncated data for tensor {name!r}")
             done += count
         return buffer.view(self.dtype(name)).reshape(shape)
 
+    def view_rows(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows [start, stop) as a view of the memory-mapped file: no copy, no fresh memory to fault in.
+
+        For a caller that copies the rows at once (the executor converts them chunk by chunk) and then calls
+        ``release_rows``: mapped pages count in the process's RSS until released. The mapping is private
+        copy-on-write, so a write to the view never reaches the file. Where there is no such mapping (pickles,
+        big-endian hosts) this is ``get_rows``.
+        """
+        file = self._file(name)
+        if file not in self._handles or not MAPPED_VIEWS:
+            return self.get_rows(name, start, stop)
+        shape = self.shape(name)
+        rows = shape[0] if shape else 1
+        stop = rows if stop is None else stop
+        if not 0 <= start <= stop <= rows:
+            raise CMAAMError(f"{self.path}: rows {start}:{stop} out of range for tensor {name!r} of shape {shape}")
+        mapping, data = self._mapping(file)
+        begin, end, shape = self._byte_range(file, name, start, stop)
+        _advise(mapping, "MADV_WILLNEED", begin, end)  # read-ahead starts now, before the pages are touched
+        return data[begin:end].view(self.dtype(name)).reshape(shape)
+
+    def release_rows(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """Drop the pages of rows [start, stop) (from ``view_rows``) from this process: they stay in the page
+        cache, and a later read of them faults them in again unchanged."""
+        file = self._file(name)
+        if file not in self._maps:
+            return
+        rows = self.shape(name)[0] if self.shape(name) else 1
+        begin, end, _ = self._byte_range(file, name, start, rows if stop is None else stop)
+        _advise(self._maps[file][0], "MADV_DONTNEED", begin, end)
+
+    def _mapping(self, file: Path) -> tuple[mmap.mmap, torch.Tensor]:
+        """The file's private read mapping and a uint8 tensor over it, made once."""
+        if file not in self._maps:
+            with open(file, "rb") as handle:
+                mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._maps[file] = (mapping, torch.frombuffer(mapping, dtype=torch.uint8))
+        return self._maps[file]
+
     def close(self) -> None:
-        """Release file handles."""
+        """Release file handles (a mapping still viewed by a live tensor is closed when that tensor goes)."""
         for handle, _, _ in self._raw.values():
             handle.close()
         self._raw.clear()
+        self._maps.clear()
         self._handles.clear()
         self._pickled.clear()
 

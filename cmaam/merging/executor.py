@@ -22,13 +22,15 @@ whole tensor (slerp, TIES' global top-k, ...: ``TensorJob.row_local`` False) are
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
+import gc
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Collection, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from tqdm import tqdm
@@ -161,16 +163,14 @@ class ModelOutput:
 def check_finite(tensor: torch.Tensor, where: str) -> None:
     """Raise CMAAMError if a floating tensor holds NaN or Inf.
 
-    Fast path: a finite sum proves every element finite (NaN and Inf propagate through a sum; 16-bit
-    tensors are summed in float32); only a non-finite sum (possibly an overflow of large finite values)
-    pays for the exact, ~40x slower check.
+    One fused min/max reduction, exact and without a copy: NaN propagates through both, and an infinity is
+    the minimum or the maximum, so the tensor is finite exactly when both are (about 15x faster on 16-bit
+    tensors than summing them in float32).
     """
-    if not tensor.is_floating_point():
+    if not tensor.is_floating_point() or tensor.numel() == 0:
         return
-    total = tensor.sum(dtype=torch.float32) if tensor.element_size() < 4 else tensor.sum()
-    if bool(torch.isfinite(total)):
-        return
-    if not bool(torch.isfinite(tensor).all()):
+    low, high = torch.aminmax(tensor)
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
         raise CMAAMError(f"{where}: contains NaN or Inf (pass --allow-nonfinite to merge anyway)")
 
 
@@ -229,6 +229,40 @@ def _row_blocks(readers: Mapping[str, CheckpointReader], job: TensorJob, consume
     return [Block(start, min(start + rows, shape[0]), shape[0]) for start in range(0, shape[0], rows)]
 
 
+ALLOCATOR_SETTINGS = {-3: 32 << 20, -1: 1 << 30}  # glibc mallopt: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB
+
+
+@functools.cache
+def tune_allocator() -> bool:
+    """Let glibc's malloc keep and reuse the few-MiB buffers of compute chunks (once per process).
+
+    By default a freed chunk buffer is often handed back to the kernel, so the next one is page-faulted in
+    afresh: 5-8 page faults per chunk, a third of a linear merge's time. Fixing the mmap threshold at
+    32 MiB (larger buffers are still mapped and unmapped) and trimming only past 1 GiB keeps them: peak
+    memory is unchanged. Without glibc this does nothing. Returns whether the settings were applied.
+    """
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(option, value) == 1 for option, value in ALLOCATOR_SETTINGS.items())
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a run: its collections walk every object torch created at import,
+    a few per cent of a merge, and the run makes no cycles worth collecting. Restored as it was afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _outputs(result: TensorOutput | Iterable[TensorOutput] | None) -> Iterable[TensorOutput]:
     if result is None:
         return ()
@@ -250,28 +284,42 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
     """
     options = options or ExecutionOptions()
     device, allow_nonfinite, progress = resolve_device(options.device), options.allow_nonfinite, options.progress
+    tune_allocator()
     budget = parse_size(options.max_memory)
     jobs = [_resolved(readers, job) for job in jobs]
     reads = [(index, block) for index, job in enumerate(jobs)
              for block in _row_blocks(readers, job, consumers, budget)]
+
+    def must_check(model: str, name: str) -> bool:
+        return not allow_nonfinite and (model, name) not in checked
+
+    def mapped(reader: CheckpointReader, name: str) -> bool:
+        """Whether a compute input is viewed in the mapped file (then copied by its conversion and released)."""
+        return hasattr(reader, "view_rows") and reader.reads_rows(name)
 
     def load(read: tuple[int, Block | None]) -> list[torch.Tensor]:
         index, block = read
         job = jobs[index]
         tensors = []
         for model, name in job.inputs:
-            if block is None:
-                tensor = readers[model].get(name)
-                if job.compute:  # convert at once so the stored-dtype copy is freed before the next input loads
-                    tensor = tensor.to(device=device, dtype=torch.float32)
-            else:  # converted chunk by chunk when consumed
-                tensor = readers[model].get_rows(name, block.start, block.stop)
-            if not allow_nonfinite and (model, name) not in checked:
-                check_finite(tensor, f"{readers[model].path}: {name}")
+            reader = readers[model]
+            if not job.compute:  # written as stored: owned memory, for the writer may still hold it
+                tensor = reader.get(name) if block is None else reader.get_rows(name, block.start, block.stop)
+            elif block is not None:  # a view, converted chunk by chunk when consumed, then released
+                tensor = reader.view_rows(name, block.start, block.stop) if mapped(reader, name) \
+                    else reader.get_rows(name, block.start, block.stop)
+            else:  # converted at once, after the check (on the stored bytes: fewer to scan); consumers get the copy
+                tensor = reader.view_rows(name) if mapped(reader, name) else reader.get(name)
+            if must_check(model, name):  # on a view, this also faults its pages in ahead of the conversion
+                check_finite(tensor, f"{reader.path}: {name}")
+            if job.compute and block is None:
+                tensor = tensor.to(device=device, dtype=torch.float32, copy=mapped(reader, name))
+                if mapped(reader, name):
+                    reader.release_rows(name)
             tensors.append(tensor)
         return tensors
 
-    with ThreadPoolExecutor(1, thread_name_prefix="cmaam-load") as loader, \
+    with gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="cmaam-load") as loader, \
             ThreadPoolExecutor(1, thread_name_prefix="cmaam-write") as saver, \
             tqdm(total=len(jobs), desc=description, unit="tensor", disable=not progress, leave=False) as bar:
         writing: collections.deque[tuple[Future, int]] = collections.deque()
@@ -305,11 +353,15 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
                     else [block]
                 for piece in pieces:
                     chunk = [tensor[piece.start - block.start:piece.stop - block.start] for tensor in tensors]
-                    if job.compute:
-                        chunk = [tensor.to(device=device, dtype=torch.float32) for tensor in chunk]
+                    if job.compute:  # always a copy: the block may be a view of a mapped input file
+                        chunk = [tensor.to(device=device, dtype=torch.float32, copy=True) for tensor in chunk]
                     for consumer in consumers:
                         emit(consumer.consume_block(job, piece, chunk))
                     del chunk
+                if job.compute:
+                    for model, name in job.inputs:
+                        if mapped(readers[model], name):
+                            readers[model].release_rows(name, block.start, block.stop)
             del tensors
             if block is None or block.last:
                 bar.update(1)

@@ -13,6 +13,7 @@ from cmaam.alignment.merge import merge_vlm
 from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader
 from cmaam.merging import executor
+from cmaam.testing.reads import record_reads
 
 NOTHING_HELD = "2KB"  # half of it (the hold budget) is smaller than any unit of the tiny pair
 EVERYTHING_HELD = "1GB"
@@ -26,14 +27,7 @@ def weights(folder: Path) -> dict[str, bytes]:
 def reads(monkeypatch):
     """Reads per (folder name, tensor name): whole tensors and first row blocks."""
     counts: Counter = Counter()
-    original = CheckpointReader.get_rows
-
-    def get_rows(self, name, start=0, stop=None):
-        if start == 0:
-            counts[(self.path.name, name)] += 1
-        return original(self, name, start, stop)
-
-    monkeypatch.setattr(CheckpointReader, "get_rows", get_rows)
+    record_reads(monkeypatch, lambda folder, name, start, *rest: start == 0 and counts.update([(folder, name)]))
     return counts
 
 

@@ -17,6 +17,7 @@ from cmaam.merging.executor import TensorJob, run_merge
 from cmaam.alignment.merge import merge_vlm
 from cmaam.merging.methods import get_method
 from cmaam.merging.sweep import sweep
+from cmaam.testing.reads import record_reads
 
 STRATEGIES = ["basic", "component", "layerwise", "full"]
 
@@ -179,10 +180,7 @@ def test_sweep_outputs_equal_separate_linear_merges(qwen_pair, tmp_path):
 
 def test_sweep_reads_each_tensor_once(qwen_pair, tmp_path, monkeypatch):
     target, source = qwen_pair
-    calls = []
-    original = CheckpointReader.get
-    monkeypatch.setattr(CheckpointReader, "get", lambda self, name, *a, **k: calls.append((self.path, name))
-                        or original(self, name, *a, **k))
+    calls = record_reads(monkeypatch, lambda folder, name, *rows: (folder, name))
     sweep(source, target, tmp_path / "sweep", [0.2, 0.4, 0.6], QUIET)
     assert len(calls) == len(set(calls)) == 2 * len(CheckpointReader(target).keys())
 

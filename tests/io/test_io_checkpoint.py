@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import pytest
@@ -135,3 +136,26 @@ def test_reader_errors(tmp_path):
     next(output.glob("model-00002-*.safetensors")).unlink()
     with pytest.raises(CMAAMError, match="listed but missing"):
         CheckpointReader(output)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names open files through /proc")
+def test_every_file_is_on_storage_before_the_folder_is_published(tmp_path, monkeypatch, tiny_llama):
+    """fsync of each weight, config and copied file, and of the folders, before the rename that publishes them."""
+    from cmaam.io import atomic
+
+    synced: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    published: list[list[str]] = []
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+                        or real_fsync(fd))
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: published.append(list(synced)) or real_replace(a, b))
+    reader = CheckpointReader(tiny_llama)
+    tensors = {name: reader.get(name) for name in reader.keys()}
+    output = write_state_dict(tmp_path / "out", tensors, reference=tiny_llama, max_shard_size="40KB")
+    files = sorted(path.name for path in output.iterdir())
+    assert len(files) > 4 and any(name.endswith(".index.json") for name in files)
+    assert published, "no rename happened"
+    before_rename = {os.path.basename(path) for path in published[0]}
+    assert set(files) <= before_rename  # every file, synced while still in the temporary folder
+    assert any(".partial-" in os.path.basename(path) for path in published[0])  # the folder itself
+    assert str(tmp_path) in synced[len(published[0]):]  # and the parent's entry after the rename

@@ -18,6 +18,7 @@ from cmaam.io import CheckpointReader, CheckpointWriter, write_state_dict
 from cmaam.merging.executor import ModelOutput, TensorJob, execute, plan_specs, run_merge
 from cmaam.merging.pairs import check_pair, interpolate, pair_jobs
 from cmaam.merging.sweep import sweep
+from cmaam.testing.reads import record_reads
 
 NAMES = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.0.input_layernorm.weight",
          "model.layers.0.counter", "lm_head.weight"]
@@ -63,16 +64,8 @@ class Recorder:
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Every CheckpointReader.get as (folder name, tensor name), in call order."""
-    calls: list[tuple[str, str]] = []
-    original = CheckpointReader.get
-
-    def get(self, name, *args, **kwargs):
-        calls.append((self.path.name, name))
-        return original(self, name, *args, **kwargs)
-
-    monkeypatch.setattr(CheckpointReader, "get", get)
-    return calls
+    """Every read of a tensor as (folder name, tensor name), in call order (whole tensors here: all are small)."""
+    return record_reads(monkeypatch, lambda folder, name, *rows: (folder, name))
 
 
 def stored(folder: Path) -> dict[str, torch.Tensor]:

@@ -1,11 +1,14 @@
-"""Top-k by selection (kth_smallest, rank_window): the same values and sets as torch.kthvalue and a stable sort."""
+"""Top-k by selection (kth_smallest, top_cut, rank_window): the same values and sets as torch.kthvalue and a stable
+sort; the chunked TIES path equal to the whole-tensor one."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cmaam.merging.methods.sparsify import SELECTION_SAMPLE, kth_smallest, magnitude, rank_window
+from cmaam.merging.methods.generalized import MERGE_CHUNK, generalized_task_arithmetic
+from cmaam.merging.methods.sparsify import (SELECTION_SAMPLE, kth_smallest, kth_smallest_counted, magnitude,
+                                            nth_true_position, rank_window, sparsify, top_cut)
 
 LARGE = 5 * SELECTION_SAMPLE  # past the size where the sample brackets the value
 
@@ -24,6 +27,8 @@ def tensors() -> dict[str, torch.Tensor]:
     return {
         "gaussian": torch.randn(LARGE, generator=generator),
         "few values": torch.randint(0, 7, (LARGE,), generator=generator).float(),  # many ties at every cut
+        "bf16 task vector": ((torch.randn(LARGE, generator=generator) * 0.02).bfloat16().float()
+                             - (torch.randn(LARGE, generator=generator) * 0.02).bfloat16().float()).abs(),
         "sorted": torch.linspace(-1, 1, LARGE),
         "periodic": periodic,
     }
@@ -34,6 +39,60 @@ def test_kth_smallest_is_kthvalue(name):
     values = tensors()[name]
     for k in (1, 2, 1000, LARGE // 3, LARGE // 2, LARGE - 7, LARGE):
         assert kth_smallest(values, k) == torch.kthvalue(values, k).values.item(), (name, k)
+
+
+@pytest.mark.parametrize("name", sorted(tensors()))
+def test_kth_smallest_counts_the_entries_below_and_equal(name):
+    values = tensors()[name]
+    for k in (1, LARGE // 3, LARGE // 2, LARGE):
+        value, below, equal = kth_smallest_counted(values, k)
+        assert value == torch.kthvalue(values, k).values.item()
+        assert (below, equal) == (int((values < value).sum()), int((values == value).sum())), (name, k)
+
+
+@pytest.mark.parametrize("name", sorted(tensors()))
+def test_top_cut_keeps_the_stable_sort_top_in_any_slice(name):
+    values = tensors()[name]
+    for keep in (1, 1000, LARGE // 2, LARGE - 3, LARGE):
+        expected = stable_window(-values, 0, keep)
+        cut = top_cut(values, keep)
+        assert torch.equal(cut.mask(values), expected), (name, keep)
+        for start, stop in ((0, 1000), (LARGE // 3, LARGE // 2 + 17), (LARGE - 5, LARGE)):
+            assert torch.equal(cut.mask(values[start:stop], start), expected[start:stop]), (name, keep, start)
+
+
+def test_nth_true_position_is_nonzero():
+    generator = torch.Generator().manual_seed(5)
+    for size, density in ((10, 0.5), (1 << 16, 0.01), (3 * (1 << 16) + 11, 0.3), (200_000, 0.9)):
+        mask = torch.rand(size, generator=generator) < density
+        positions = torch.nonzero(mask).flatten()
+        for n in {1, len(positions) // 2 + 1, len(positions)} - {0}:
+            assert nth_true_position(mask, n) == int(positions[n - 1]), (size, n)
+
+
+@pytest.mark.parametrize("consensus", ["sum", "count", None])
+def test_chunked_ties_equals_the_whole_tensor_computation_bit_for_bit(consensus):
+    """The chunked path (one top-k cut per model, then cache-sized chunks) against the plain stacked computation."""
+    generator = torch.Generator().manual_seed(7)
+    shape = (3, MERGE_CHUNK + 1234)  # more than one chunk, the last one short
+    base = torch.randn(shape, generator=generator).bfloat16().float()
+    models = [(base + torch.randn(shape, generator=generator) * 0.01).bfloat16().float() for _ in range(3)]
+    weights, densities = [0.5, 1.0, -0.3], [0.3, 1.0, 0.0]
+    merged = generalized_task_arithmetic(models, base, weight=weights, density=densities, normalize=True,
+                                         lambda_=0.8, sparsification="magnitude", consensus=consensus)
+    deltas = torch.stack([sparsify(model - base, density, "magnitude") if 0 < density < 1
+                          else (model - base) * density for model, density in zip(models, densities)])
+    deltas *= torch.tensor(weights).view(-1, 1, 1)
+    column = torch.tensor(weights).view(-1, 1, 1).expand_as(deltas)
+    if consensus:
+        total = deltas.sum(0) if consensus == "sum" else deltas.sign().sum(0)
+        keep = deltas.sign() == torch.where(total >= 0, 1.0, -1.0)
+        mixed, divisor = (deltas * keep).sum(0), (column * keep).sum(0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed, divisor = deltas.sum(0), column.sum(0)
+    expected = base + mixed / divisor * 0.8
+    assert torch.equal(merged, expected)
 
 
 @pytest.mark.parametrize("name", sorted(tensors()))

@@ -14,6 +14,7 @@ from cmaam.io import reader as reader_module
 from cmaam.merging import executor
 from cmaam.merging.config_merge import merge_from_config
 from cmaam.merging.sweep import sweep
+from cmaam.testing.reads import record_reads
 
 SMALL_CHUNK = 64  # elements of one compute chunk in these tests: the tiny models' matrices span many chunks
 CONFIG = {"model_type": "llama"}
@@ -26,19 +27,8 @@ def weights(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def reads(monkeypatch):
-    """Every CheckpointReader.get_rows as (tensor name, start, stop, rows of the whole tensor)."""
-    calls: list[tuple[str, int, int, int]] = []
-    original = CheckpointReader.get_rows
-
-    def get_rows(self, name, start=0, stop=None):
-        tensor = original(self, name, start, stop)
-        shape = self.shape(name)
-        rows = shape[0] if shape else 1
-        calls.append((name, start, start + (tensor.shape[0] if tensor.dim() else 1), rows))
-        return tensor
-
-    monkeypatch.setattr(CheckpointReader, "get_rows", get_rows)
-    return calls
+    """Every read of tensor data as (tensor name, start, stop, rows of the whole tensor)."""
+    return record_reads(monkeypatch, lambda folder, *call: call)
 
 
 def test_parse_size_units_and_errors():
@@ -62,6 +52,42 @@ def test_get_rows_reads_exactly_those_rows(tmp_path, monkeypatch, positioned):
     assert reader.get_rows("a", 4, 4).shape == (0, 3, 2)
     with pytest.raises(CMAAMError, match="rows 3:11 out of range"):
         reader.get_rows("a", 3, 11)
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_view_rows_are_those_rows_and_never_write_back(tmp_path, monkeypatch, mapped):
+    monkeypatch.setattr(reader_module, "MAPPED_VIEWS", mapped)
+    tensors = {"a": torch.randn(1000, 3, 5).to(torch.bfloat16), "b": torch.arange(7), "c": torch.tensor(3.0)}
+    folder = write_state_dict(tmp_path / "m", tensors, config={"model_type": "llama"})
+    before = weights(folder)
+    reader = CheckpointReader(folder)
+    assert torch.equal(reader.view_rows("a", 2, 700), tensors["a"][2:700])
+    assert torch.equal(reader.view_rows("b", 5), tensors["b"][5:]) and torch.equal(reader.view_rows("c"), tensors["c"])
+    view = reader.view_rows("a", 10, 20)
+    view.zero_()  # a private copy-on-write page: the file, and later reads of it, keep the stored values
+    reader.release_rows("a", 0, 1000)
+    assert torch.equal(reader.view_rows("a"), tensors["a"]) and torch.equal(reader.get_rows("a"), tensors["a"])
+    assert weights(folder) == before
+    with pytest.raises(CMAAMError, match="rows 3:1001 out of range"):
+        reader.view_rows("a", 3, 1001)
+    reader.close()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_check_finite_finds_any_nan_or_infinity_and_passes_large_finite_values(dtype):
+    tensor = torch.randn(3001, 7).to(dtype)
+    executor.check_finite(tensor, "t")
+    executor.check_finite(tensor[:0], "t")  # empty
+    executor.check_finite(torch.full((100_000,), torch.finfo(dtype).max, dtype=dtype), "t")  # sum overflows
+    executor.check_finite(torch.arange(10), "t")  # integers: nothing to check
+    for value in (float("nan"), float("inf"), -float("inf")):
+        for position in ((0, 0), (1500, 3), (3000, 6)):
+            bad = tensor.clone()
+            bad[position] = value
+            with pytest.raises(CMAAMError, match="t: contains NaN or Inf"):
+                executor.check_finite(bad, "t")
+            with pytest.raises(CMAAMError):
+                executor.check_finite(bad.t(), "t")  # not contiguous
 
 
 def test_rows_written_in_any_order_give_the_same_file_as_whole_tensors(tmp_path):

@@ -15,10 +15,12 @@ import torch
 from cmaam.core.errors import CMAAMError
 from cmaam.merging.methods.common import check_shapes, per_model
 from cmaam.merging.methods.registry import Parameter, register
-from cmaam.merging.methods.sparsify import make_generator, sparsify
+from cmaam.merging.methods.sparsify import (TopCut, magnitude_keep, make_generator, selection_magnitudes, sparsify,
+                                            top_cut, top_cut_streamed)
 
 CONSENSUS = ("sum", "count")
 RANDOM_SPARSIFICATIONS = ("random", "della_magprune")
+MERGE_CHUNK = 1 << 18  # elements merged at a time by the chunked TIES path (its working set stays in cache)
 
 
 def consensus_mask(deltas: torch.Tensor, method: str = "sum") -> torch.Tensor:
@@ -78,6 +80,9 @@ def generalized_task_arithmetic(
     else:
         rescale_mode, generator = "l1", None
 
+    if sparsification == "magnitude" and not rescale:
+        return _magnitude_chunks(tensors, base, weights_list, densities, normalize, lambda_, consensus)
+
     deltas = base.new_empty((count, *base.shape))
     for index, tensor in enumerate(tensors):
         delta = tensor - base
@@ -86,12 +91,16 @@ def generalized_task_arithmetic(
                              rescale=rescale_mode if rescale else None, generator=generator)
         deltas[index] = delta
         del delta
-
     weights = torch.tensor(weights_list, dtype=deltas.dtype, device=deltas.device)
     while deltas.dim() > weights.dim():
         weights.unsqueeze_(-1)
-    deltas.mul_(weights)
+    return _combine(base, deltas, weights, normalize, lambda_, consensus)
 
+
+def _combine(base: torch.Tensor, deltas: torch.Tensor, weights: torch.Tensor, normalize: bool, lambda_: float,
+             consensus: str | None) -> torch.Tensor:
+    """base + lambda * the (consensus-masked, normalized) weighted sum of the stacked sparsified deltas."""
+    deltas.mul_(weights)
     if consensus:
         mask = consensus_mask(deltas, consensus)
         mixed = (deltas * mask).sum(dim=0)
@@ -106,6 +115,41 @@ def generalized_task_arithmetic(
     if lambda_ != 1:
         mixed *= lambda_
     return (base + mixed).to(base.dtype)
+
+
+def _magnitude_chunks(tensors: list[torch.Tensor], base: torch.Tensor, weights: list[float], densities: list[float],
+                      normalize: bool, lambda_: float, consensus: str | None) -> torch.Tensor:
+    """Magnitude-sparsified task arithmetic (TIES) in two steps, equal to the whole-tensor computation bit for bit.
+
+    Each model's top-k is found once as a cut over the whole tensor's delta magnitudes; then the deltas are
+    recomputed, masked and combined in flat chunks that stay in the CPU cache, instead of a dozen passes over
+    whole stacked tensors.
+    """
+    count, flat_base = base.numel(), base.reshape(-1)
+    flats = [tensor.reshape(-1) for tensor in tensors]
+    cuts = []
+    for flat, density in zip(flats, densities):
+        if 0 < density < 1 and count:
+            def magnitudes(where: slice, flat: torch.Tensor = flat) -> torch.Tensor:
+                return selection_magnitudes(flat[where] - flat_base[where])
+
+            keep = magnitude_keep(count, density)
+            cut = top_cut_streamed(magnitudes, count, keep, MERGE_CHUNK)
+            cuts.append(cut or top_cut(magnitudes(slice(None)), keep))
+        else:
+            cuts.append(density)  # 1: every entry; 0: none
+    weight_column = torch.tensor(weights, dtype=base.dtype, device=base.device).unsqueeze(-1)
+    result = torch.empty(count, dtype=base.dtype, device=base.device)
+    for start in range(0, count, MERGE_CHUNK):
+        stop = min(start + MERGE_CHUNK, count)
+        deltas = torch.stack([flat[start:stop] - flat_base[start:stop] for flat in flats])
+        for delta, cut in zip(deltas, cuts):
+            if isinstance(cut, TopCut):
+                delta.mul_(cut.mask(selection_magnitudes(delta), start).to(delta.dtype))
+            elif cut <= 0:
+                delta.zero_()
+        result[start:stop] = _combine(flat_base[start:stop], deltas, weight_column, normalize, lambda_, consensus)
+    return result.reshape(base.shape)
 
 
 def task_arithmetic_parameters(normalize: bool, rescale: bool, sparsification: str | None) -> tuple[Parameter, ...]:

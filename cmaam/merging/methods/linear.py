@@ -21,9 +21,10 @@ def linear(tensors: list[torch.Tensor], base: torch.Tensor | None, weight: list[
     weights = list(weight) if isinstance(weight, (list, tuple)) else [weight] * len(tensors)
     if len(weights) != len(tensors):
         raise CMAAMError(f"linear: parameter weight has {len(weights)} values for {len(tensors)} model(s)")
-    result = torch.zeros_like(tensors[0])
-    for tensor, value in zip(tensors, weights):
+    # 0 + w * first, the zero a 0-d tensor: no pass to fill zeros, the same rounding as adding onto zeros
+    result = torch.add(tensors[0].new_zeros(()), tensors[0], alpha=float(weights[0]))
+    for tensor, value in zip(tensors[1:], weights[1:]):
         result.add_(tensor, alpha=float(value))
     if normalize:
-        result.div_(torch.tensor(weights, dtype=result.dtype).sum().to(result.device))
+        result.div_(torch.tensor(weights, dtype=result.dtype).sum().item())
     return result

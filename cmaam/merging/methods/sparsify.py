@@ -6,6 +6,8 @@ Random masks draw from an explicit ``torch.Generator`` so a seed gives byte-iden
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -51,25 +53,39 @@ def rescaled_masked_tensor(tensor: torch.Tensor, mask: torch.Tensor, norm: str |
     return masked * (before / after)
 
 
-def _magnitudes(tensor: torch.Tensor) -> torch.Tensor:
+def selection_magnitudes(tensor: torch.Tensor) -> torch.Tensor:
     """Flattened magnitudes, in float32 on CPU (half-precision selection there is slow or unsupported)."""
     magnitudes = tensor.abs().reshape(-1)
     return magnitudes.float() if magnitudes.device.type == "cpu" else magnitudes
 
 
 def kth_smallest(values: torch.Tensor, k: int) -> float:
-    """The k-th smallest entry (1-based) of a flat tensor: exactly ``torch.kthvalue(values, k)``'s value.
+    """The k-th smallest entry (1-based) of a flat tensor: exactly ``torch.kthvalue(values, k)``'s value."""
+    return kth_smallest_counted(values, k)[0]
 
-    On a large tensor, a strided sample brackets it (its quantiles at k/n plus or minus a few standard
-    errors); one vectorised pass counts the entries below the bracket and gathers the few inside it, and the
-    exact selection runs on those only (kthvalue on the whole tensor copies it and runs single-threaded).
-    Should the bracket miss (an adversarial ordering), the whole tensor is searched: the value is the same.
+
+def kth_smallest_counted(values: torch.Tensor, k: int) -> tuple[float, int, int]:
+    """(v, below, equal): the k-th smallest entry v of a flat tensor, and how many entries are below and equal to it.
+
+    v is exactly ``torch.kthvalue(values, k)``'s value. On a large tensor, a strided sample guides the search.
+    Where the sample repeats its candidate (16-bit weights give task vectors few distinct values, and one of
+    them may fill a fifth of the tensor), two counts usually confirm it. Otherwise the sample's quantiles at
+    k/n plus or minus a few standard errors bracket v; one vectorised pass counts the entries below the bracket
+    and gathers the few inside it, and the exact selection runs on those only (kthvalue on the whole tensor
+    copies it and runs single-threaded). Should the bracket miss (an adversarial ordering), the whole tensor
+    is searched: the value is the same.
     """
     count = values.numel()
     if count <= 4 * SELECTION_SAMPLE:
-        return torch.kthvalue(values, k).values.item()
+        value = torch.kthvalue(values, k).values.item()
+        return value, int(torch.count_nonzero(values < value)), int(torch.count_nonzero(values == value))
     sample = values[::count // SELECTION_SAMPLE]
     size = sample.numel()
+    middle = torch.kthvalue(sample, min(size, max(1, round(k / count * size)))).values.item()
+    if int(torch.count_nonzero(sample == middle)) > 1:  # a repeated value: likely the answer itself
+        below, equal = int(torch.count_nonzero(values < middle)), int(torch.count_nonzero(values == middle))
+        if below < k <= below + equal:
+            return middle, below, equal
     margin = 6 * math.sqrt(size) + 16
     low_rank, high_rank = int(k / count * size - margin), int(k / count * size + margin) + 1
     low = torch.kthvalue(sample, low_rank).values.item() if low_rank >= 1 else -math.inf
@@ -77,8 +93,10 @@ def kth_smallest(values: torch.Tensor, k: int) -> float:
     below = int(torch.count_nonzero(values < low))
     inside = values[(values >= low) & (values <= high)]
     if below < k <= below + inside.numel():
-        return torch.kthvalue(inside, k - below).values.item()
-    return torch.kthvalue(values, k).values.item()
+        value = torch.kthvalue(inside, k - below).values.item()
+        return (value, below + int(torch.count_nonzero(inside < value)), int(torch.count_nonzero(inside == value)))
+    value = torch.kthvalue(values, k).values.item()
+    return value, int(torch.count_nonzero(values < value)), int(torch.count_nonzero(values == value))
 
 
 def rank_window(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -111,6 +129,95 @@ def rank_window(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return mask
 
 
+@dataclass(frozen=True)
+class TopCut:
+    """The ``keep`` largest entries of a flat tensor, told by a threshold: every entry above it, and of the
+    entries equal to it those at flat positions below ``equal_before`` (lower positions first, as a stable sort).
+
+    Lets a caller apply a whole tensor's top-k to any flat slice of it (``mask``) without holding the whole
+    mask: TIES computes the cut per model once, then merges in cache-sized chunks.
+    """
+
+    threshold: float
+    equal_before: int
+
+    def mask(self, values: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Boolean mask of the kept entries of ``values``, the flat slice starting at position ``offset``."""
+        if self.equal_before <= offset:
+            return values > self.threshold
+        if self.equal_before >= offset + values.numel():
+            return values >= self.threshold
+        positions = torch.arange(offset, offset + values.numel(), device=values.device)
+        return (values > self.threshold) | ((values == self.threshold) & (positions < self.equal_before))
+
+
+def top_cut(values: torch.Tensor, keep: int) -> TopCut:
+    """The cut keeping the ``keep`` (>= 1) largest entries of a flat tensor, equal values in position order."""
+    count = values.numel()
+    if keep >= count:
+        return TopCut(-math.inf, count)
+    threshold, below, equal = kth_smallest_counted(values, count - keep + 1)  # the keep-th largest
+    needed = keep - (count - below - equal)  # entries equal to the threshold to keep, the first ones
+    if needed >= equal:
+        return TopCut(threshold, count)
+    return TopCut(threshold, nth_true_position(values == threshold, needed) + 1)
+
+
+def top_cut_streamed(values_of: Callable[[slice], torch.Tensor], count: int, keep: int,
+                     chunk: int) -> TopCut | None:
+    """``top_cut`` of values made slice by slice (``values_of(slice)``), never all in memory; None if undecided.
+
+    Decides when a strided sample repeats its candidate for the cut, as task vectors of 16-bit weights do (few
+    distinct values, one of them often a fifth of the tensor): one pass in cache-sized chunks counts the values
+    below and equal to it, which proves it the keep-th largest or not. None (the caller then uses ``top_cut``
+    on the whole tensor) for small tensors, an unrepeated candidate, or a wrong one.
+    """
+    if keep >= count:
+        return TopCut(-math.inf, count)
+    if count <= 4 * SELECTION_SAMPLE:
+        return None
+    k = count - keep + 1
+    sample = values_of(slice(None, None, count // SELECTION_SAMPLE))
+    candidate = torch.kthvalue(sample, min(sample.numel(), max(1, round(k / count * sample.numel())))).values.item()
+    if int(torch.count_nonzero(sample == candidate)) <= 1:
+        return None
+    below, equals = 0, []
+    for start in range(0, count, chunk):
+        values = values_of(slice(start, min(start + chunk, count)))
+        below += int(torch.count_nonzero(values < candidate))
+        equals.append(int(torch.count_nonzero(values == candidate)))
+    equal = sum(equals)
+    if not below < k <= below + equal:
+        return None
+    needed = keep - (count - below - equal)  # entries equal to the cut to keep, the first ones
+    if needed >= equal:
+        return TopCut(candidate, count)
+    before = 0
+    for index, found in enumerate(equals):
+        if before + found >= needed:
+            start = index * chunk
+            values = values_of(slice(start, min(start + chunk, count)))
+            return TopCut(candidate, start + int(torch.nonzero(values == candidate).flatten()[needed - before - 1]) + 1)
+        before += found
+    return None  # not reached: the counts above add up to ``equal``
+
+
+def nth_true_position(mask: torch.Tensor, n: int) -> int:
+    """Flat position of the n-th (1-based) True of a flat boolean mask: counted per block, then searched in one."""
+    block = 1 << 16
+    whole = mask.numel() // block * block
+    totals = mask[:whole].view(-1, block).sum(dim=1).cumsum(0)
+    index = int(torch.searchsorted(totals, n))
+    before = int(totals[index - 1]) if index else 0
+    rest = mask[index * block:(index + 1) * block] if index < totals.numel() else mask[whole:]
+    return index * block + int(torch.nonzero(rest).flatten()[n - before - 1])
+
+
+def magnitude_keep(count: int, density: float) -> int:
+    """How many entries ``magnitude`` keeps of ``count`` at ``density`` (in (0, 1)): at least one."""
+    return max(1, int(density * count))
+
+
 def magnitude(tensor: torch.Tensor, density: float, rescale: str | None = None) -> torch.Tensor:
     """Keep the ``density`` fraction of largest-magnitude entries (at least one when density > 0).
 
@@ -121,8 +228,8 @@ def magnitude(tensor: torch.Tensor, density: float, rescale: str | None = None) 
         return tensor
     if density <= 0 or tensor.numel() == 0:
         return torch.zeros_like(tensor)
-    keep = max(1, int(density * tensor.numel()))
-    mask = rank_window(-_magnitudes(tensor), 0, keep).to(tensor.dtype)
+    magnitudes = selection_magnitudes(tensor)
+    mask = top_cut(magnitudes, magnitude_keep(tensor.numel(), density)).mask(magnitudes).to(tensor.dtype)
     return rescaled_masked_tensor(tensor, mask.reshape_as(tensor), rescale, density)
 
 
@@ -135,7 +242,7 @@ def magnitude_outliers(tensor: torch.Tensor, density: float, gamma: float = 0.01
     keep = int(density * count)
     top = int(gamma * count)
     bottom = max(0, count - keep - top)  # fewer outliers removed when density + gamma > 1
-    mask = rank_window(_magnitudes(tensor), bottom, bottom + keep).to(tensor.dtype)
+    mask = rank_window(selection_magnitudes(tensor), bottom, bottom + keep).to(tensor.dtype)
     return rescaled_masked_tensor(tensor, mask.reshape_as(tensor), rescale, density)
 
 
