@@ -18,6 +18,7 @@ from cmaam.io.reader import SAFETENSORS_DTYPES, load_config
 from cmaam.core.errors import CMAAMError
 from cmaam.core.options import parse_size
 
+WRITEBACK_BYTES = 64 << 20  # written bytes of a shard after which their writeback to storage is started
 DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 DTYPE_NAMES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -127,6 +128,7 @@ class CheckpointWriter:
         self._context = None
         self._folder: Path | None = None
         self._files: list = []
+        self._unflushed: dict[int, tuple[int, int]] = {}  # shard -> byte range written since its last writeback
         self._slots: dict[str, _Slot] = {}
         self._shard_names: list[str] = []
 
@@ -247,6 +249,24 @@ class CheckpointWriter:
             done += os.pwrite(descriptor, view[done:], offset + done)
         slot.filled += data.numel()
         slot.touched = True
+        self._write_back(slot.shard, descriptor, offset, offset + len(view))
+
+    def _write_back(self, shard: int, descriptor: int, start: int, stop: int) -> None:
+        """Every WRITEBACK_BYTES written to a shard, start writing them to storage (and let the page cache drop
+        them): the fsync before the output is published then waits for little, and on a large merge the
+        output's pages do not push the inputs out of the page cache. Linux (posix_fadvise) only."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        low, high = self._unflushed.get(shard, (start, stop))
+        low, high = min(low, start), max(high, stop)
+        if high - low < WRITEBACK_BYTES:
+            self._unflushed[shard] = (low, high)
+            return
+        self._unflushed.pop(shard, None)
+        try:
+            os.posix_fadvise(descriptor, low, high - low, os.POSIX_FADV_DONTNEED)
+        except OSError:  # advice only
+            pass
 
     def _finish(self) -> None:
         missing = [name for name, slot in self._slots.items() if not slot.written]

@@ -95,7 +95,8 @@ def row_chunks(shape: Sequence[int], start: int = 0, stop: int | None = None) ->
 
 @dataclass
 class TensorOutput:
-    """A tensor a consumer wants written: checked for NaN/Inf when ``where`` names it, then written behind."""
+    """A tensor a consumer wants written: checked for NaN/Inf when ``where`` names it and written, both behind
+    (in the writer thread, while the next chunk is computed)."""
 
     tensor: torch.Tensor
     write: Callable[[torch.Tensor], object]
@@ -250,6 +251,14 @@ def tune_allocator() -> bool:
     return all(mallopt(option, value) == 1 for option, value in ALLOCATOR_SETTINGS.items())
 
 
+def _check_and_write(tensor: torch.Tensor, write: Callable[[torch.Tensor], object], where: str | None) -> None:
+    """The writer thread's part of an output: its NaN/Inf check (an error reaches the run when it waits on this
+    write), then the write."""
+    if where is not None:
+        check_finite(tensor, where)
+    write(tensor)
+
+
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for a run: its collections walk every object torch created at import,
@@ -326,13 +335,12 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
 
         def emit(result: TensorOutput | Iterable[TensorOutput] | None) -> None:
             for output in _outputs(result):
-                if output.where is not None and not allow_nonfinite:
-                    check_finite(output.tensor, output.where)
                 size = output.tensor.numel() * output.tensor.element_size()
                 while writing and (len(writing) >= WRITE_QUEUE
                                    or sum(queued for _, queued in writing) + size > WRITE_BEHIND_BYTES):
                     writing.popleft()[0].result()
-                writing.append((saver.submit(output.write, output.tensor), size))
+                check = output.where if not allow_nonfinite else None
+                writing.append((saver.submit(_check_and_write, output.tensor, output.write, check), size))
                 del output
 
         loading = loader.submit(load, reads[0]) if reads else None

@@ -25,6 +25,7 @@ def linear(tensors: list[torch.Tensor], base: torch.Tensor | None, weight: list[
     result = torch.add(tensors[0].new_zeros(()), tensors[0], alpha=float(weights[0]))
     for tensor, value in zip(tensors[1:], weights[1:]):
         result.add_(tensor, alpha=float(value))
-    if normalize:
-        result.div_(torch.tensor(weights, dtype=result.dtype).sum().item())
+    total = torch.tensor(weights, dtype=result.dtype).sum().item() if normalize else 1.0
+    if total != 1.0:  # dividing by exactly 1 changes no bit
+        result.div_(total)
     return result
