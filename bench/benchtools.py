@@ -2,7 +2,6 @@
 
     python bench/benchtools.py --measure -- COMMAND ...     # prints one JSON line about COMMAND
     python bench/benchtools.py --floor OUT_FILE BYTES FILE ...  # read FILEs once, write BYTES with fsync
-    python bench/benchtools.py --floor-torch OUT_FILE BYTES FILE ...  # the same, after ``import torch``
 
 ``measure`` runs the command from a wrapper process, so the wrapper's RUSAGE_CHILDREN and /proc/self/io
 (which gains a child's I/O counts when the child is reaped) describe that command alone: wall seconds,
@@ -92,14 +91,8 @@ def warm(files: Iterable[str | Path]) -> None:
                 pass
 
 
-def _floor(output: Path, size: int, inputs: list[str], start_torch: bool = False) -> None:
-    """Read every input once, then write ``size`` bytes to ``output`` and fsync it: no compute at all.
-
-    ``start_torch``: first start what every merge tool starts (``import torch``), so the floor has the tools'
-    own process start-up and no more.
-    """
-    if start_torch:
-        import torch  # noqa: F401
+def _floor(output: Path, size: int, inputs: list[str]) -> None:
+    """Read every input once, then write ``size`` bytes to ``output`` and fsync it: no compute at all."""
     warm(inputs)
     block = memoryview(bytes(BUFFER))
     with open(output, "wb", buffering=0) as handle:
@@ -109,13 +102,11 @@ def _floor(output: Path, size: int, inputs: list[str], start_torch: bool = False
         os.fsync(handle.fileno())
 
 
-def io_floor(inputs: Sequence[str | Path], size: int, scratch: Path, start_torch: bool = False) -> dict:
-    """Measure the I/O floor of a merge: read ``inputs`` once + write ``size`` bytes with fsync, in a fresh process
-    (after ``import torch`` when ``start_torch``)."""
+def io_floor(inputs: Sequence[str | Path], size: int, scratch: Path) -> dict:
+    """Measure the I/O floor of a merge: read ``inputs`` once + write ``size`` bytes with fsync, in a fresh process."""
     output = Path(scratch) / "io_floor.bin"
-    mode = "--floor-torch" if start_torch else "--floor"
     try:
-        return measure([sys.executable, str(HERE), mode, str(output), str(size), *map(str, inputs)])
+        return measure([sys.executable, str(HERE), "--floor", str(output), str(size), *map(str, inputs)])
     finally:
         output.unlink(missing_ok=True)
 
@@ -123,7 +114,7 @@ def io_floor(inputs: Sequence[str | Path], size: int, scratch: Path, start_torch
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--measure" and sys.argv[2] == "--":
         _measure_child(sys.argv[3:])
-    elif len(sys.argv) > 3 and sys.argv[1] in ("--floor", "--floor-torch"):
-        _floor(Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:], start_torch=sys.argv[1] == "--floor-torch")
+    elif len(sys.argv) > 3 and sys.argv[1] == "--floor":
+        _floor(Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:])
     else:
         raise SystemExit(__doc__)

@@ -55,7 +55,5 @@ def test_measure_reports_the_child_and_the_floor_writes_what_it_reads(tmp_path):
     floor = benchtools.io_floor([data], 2_000_000, tmp_path)
     assert floor["seconds"] > 0 and floor["rchar"] >= 3_000_000 and floor["wchar"] >= 2_000_000
     assert not (tmp_path / "io_floor.bin").exists()
-    started = benchtools.io_floor([data], 2_000_000, tmp_path, start_torch=True)  # + what every tool starts
-    assert started["rchar"] > floor["rchar"] and started["peak_rss_mb"] > floor["peak_rss_mb"] + 50
     result = benchtools.measure([sys.executable, "-c", "x = bytearray(200 * 2**20)"])
     assert result["peak_rss_mb"] > 200
