@@ -152,6 +152,25 @@ def test_merges_under_a_small_budget_equal_whole_tensor_merges(family, tmp_path,
         assert all(start == 0 and stop == rows for _, start, stop, rows in reads)
 
 
+@pytest.mark.parametrize("method", ["linear", "ties"])
+def test_mapped_views_and_positioned_reads_give_the_same_bytes(family, tmp_path, monkeypatch, method):
+    """Inputs read as views of the mapped files (the default) or copied by preadv: the same merged bytes."""
+    models = family("llama")
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIGS[method][0].format(**models))
+    monkeypatch.setattr(executor, "COMPUTE_CHUNK_ELEMENTS", SMALL_CHUNK)
+    views = []
+    original = CheckpointReader.view_rows
+    monkeypatch.setattr(CheckpointReader, "view_rows", lambda self, *a: views.append(a) or original(self, *a))
+    for mapped in (True, False):
+        monkeypatch.setattr(reader_module, "MAPPED_VIEWS", mapped)
+        merge_from_config(config, tmp_path / f"mapped_{mapped}", ExecutionOptions(max_memory=SMALL_BUDGET,
+                                                                                  progress=False))
+        if mapped:
+            assert views, "the merge did not read through mapped views"
+    assert weights(tmp_path / "mapped_True") == weights(tmp_path / "mapped_False")
+
+
 def test_a_larger_budget_reads_larger_blocks_with_the_same_result(family, tmp_path, monkeypatch, reads):
     models = family("llama")
     config = tmp_path / "config.yaml"
