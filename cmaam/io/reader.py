@@ -91,7 +91,7 @@ class CheckpointReader(TensorNames):
         self._location: dict[str, Path] = {}
         self._handles: dict[Path, object] = {}
         self._raw: dict[Path, tuple[object, int, dict]] = {}  # file -> (unbuffered file, data start, header)
-        self._maps: dict[Path, tuple[mmap.mmap, torch.Tensor]] = {}  # file -> (private mapping, bytes over it)
+        self._maps: dict[Path, tuple[mmap.mmap, torch.Tensor] | None] = {}  # file -> (mapping, bytes) or None
         self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
         self._is_pickle = False
         files = self._weight_files(allow_pickle)
@@ -298,7 +298,7 @@ class CheckpointReader(TensorNames):
         big-endian hosts) this is ``get_rows``.
         """
         file = self._file(name)
-        if file not in self._handles or not MAPPED_VIEWS:
+        if file not in self._handles or not MAPPED_VIEWS or self._mapping(file) is None:
             return self.get_rows(name, start, stop)
         shape = self.shape(name)
         rows = shape[0] if shape else 1
@@ -314,18 +314,22 @@ class CheckpointReader(TensorNames):
         """Drop the pages of rows [start, stop) (from ``view_rows``) from this process: they stay in the page
         cache, and a later read of them faults them in again unchanged."""
         file = self._file(name)
-        if file not in self._maps:
+        if self._maps.get(file) is None:
             return
         rows = self.shape(name)[0] if self.shape(name) else 1
         begin, end, _ = self._byte_range(file, name, start, rows if stop is None else stop)
         _advise(self._maps[file][0], "MADV_DONTNEED", begin, end)
 
-    def _mapping(self, file: Path) -> tuple[mmap.mmap, torch.Tensor]:
-        """The file's private read mapping and a uint8 tensor over it, made once."""
+    def _mapping(self, file: Path) -> tuple[mmap.mmap, torch.Tensor] | None:
+        """The file's private read mapping and a uint8 tensor over it, made once; None where the file system
+        cannot map it (then ``view_rows`` reads like ``get_rows``)."""
         if file not in self._maps:
-            with open(file, "rb") as handle:
-                mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-            self._maps[file] = (mapping, torch.frombuffer(mapping, dtype=torch.uint8))
+            try:
+                with open(file, "rb") as handle:
+                    mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+                self._maps[file] = (mapping, torch.frombuffer(mapping, dtype=torch.uint8))
+            except (OSError, ValueError):
+                self._maps[file] = None
         return self._maps[file]
 
     def close(self) -> None:

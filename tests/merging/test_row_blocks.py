@@ -73,6 +73,18 @@ def test_view_rows_are_those_rows_and_never_write_back(tmp_path, monkeypatch, ma
     reader.close()
 
 
+def test_a_file_system_that_cannot_map_files_is_read_instead(tmp_path, monkeypatch):
+    tensors = {"a": torch.randn(100, 3).to(torch.bfloat16)}
+    reader = CheckpointReader(write_state_dict(tmp_path / "m", tensors, config={"model_type": "llama"}))
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")  # what mmap gives on a file system without mappings
+
+    monkeypatch.setattr(reader_module.mmap, "mmap", refuse)
+    assert torch.equal(reader.view_rows("a", 5, 50), tensors["a"][5:50])
+    reader.release_rows("a", 5, 50)  # nothing mapped: nothing to release
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_check_finite_finds_any_nan_or_infinity_and_passes_large_finite_values(dtype):
     tensor = torch.randn(3001, 7).to(dtype)
