@@ -239,11 +239,8 @@ class CheckpointReader(TensorNames):
         """
         file = self._file(name)
         shape = self.shape(name)
-        rows = shape[0] if shape else 1
-        stop = rows if stop is None else stop
-        if not 0 <= start <= stop <= rows:
-            raise CMAAMError(f"{self.path}: rows {start}:{stop} out of range for tensor {name!r} of shape {shape}")
-        whole = start == 0 and stop == rows
+        stop = self._row_stop(name, start, stop)
+        whole = start == 0 and stop == (shape[0] if shape else 1)
         if file in self._handles:
             if POSITIONED_READS:
                 return self._read(file, name, start, stop)
@@ -252,6 +249,15 @@ class CheckpointReader(TensorNames):
             return self._handles[file].get_slice(name)[start:stop]
         tensor = self._load_pickle(file)[name]
         return tensor if whole or not shape else tensor[start:stop]
+
+    def _row_stop(self, name: str, start: int, stop: int | None) -> int:
+        """``stop`` (default: the row count) once rows [start, stop) are checked to lie inside the tensor."""
+        shape = self.shape(name)
+        rows = shape[0] if shape else 1
+        stop = rows if stop is None else stop
+        if not 0 <= start <= stop <= rows:
+            raise CMAAMError(f"{self.path}: rows {start}:{stop} out of range for tensor {name!r} of shape {shape}")
+        return stop
 
     def _layout(self, file: Path) -> tuple[object, int, dict]:
         """(unbuffered file, byte offset of the data, parsed header) of a safetensors file, opened once."""
@@ -300,13 +306,8 @@ class CheckpointReader(TensorNames):
         file = self._file(name)
         if file not in self._handles or not MAPPED_VIEWS or self._mapping(file) is None:
             return self.get_rows(name, start, stop)
-        shape = self.shape(name)
-        rows = shape[0] if shape else 1
-        stop = rows if stop is None else stop
-        if not 0 <= start <= stop <= rows:
-            raise CMAAMError(f"{self.path}: rows {start}:{stop} out of range for tensor {name!r} of shape {shape}")
         mapping, data = self._mapping(file)
-        begin, end, shape = self._byte_range(file, name, start, stop)
+        begin, end, shape = self._byte_range(file, name, start, self._row_stop(name, start, stop))
         _advise(mapping, "MADV_WILLNEED", begin, end)  # read-ahead starts now, before the pages are touched
         return data[begin:end].view(self.dtype(name)).reshape(shape)
 
@@ -316,8 +317,7 @@ class CheckpointReader(TensorNames):
         file = self._file(name)
         if self._maps.get(file) is None:
             return
-        rows = self.shape(name)[0] if self.shape(name) else 1
-        begin, end, _ = self._byte_range(file, name, start, rows if stop is None else stop)
+        begin, end, _ = self._byte_range(file, name, start, self._row_stop(name, start, stop))
         _advise(self._maps[file][0], "MADV_DONTNEED", begin, end)
 
     def _mapping(self, file: Path) -> tuple[mmap.mmap, torch.Tensor] | None:

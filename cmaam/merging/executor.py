@@ -312,18 +312,19 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
         tensors = []
         for model, name in job.inputs:
             reader = readers[model]
-            if not job.compute:  # written as stored: owned memory, for the writer may still hold it
-                tensor = reader.get(name) if block is None else reader.get_rows(name, block.start, block.stop)
-            elif block is not None:  # a view, converted chunk by chunk when consumed, then released
-                tensor = reader.view_rows(name, block.start, block.stop) if mapped(reader, name) \
-                    else reader.get_rows(name, block.start, block.stop)
-            else:  # converted at once, after the check (on the stored bytes: fewer to scan); consumers get the copy
-                tensor = reader.view_rows(name) if mapped(reader, name) else reader.get(name)
+            rows = () if block is None else (block.start, block.stop)
+            view = job.compute and mapped(reader, name)  # only compute inputs: their conversion copies them
+            if view:
+                tensor = reader.view_rows(name, *rows)
+            elif rows:  # owned memory (a copy job's rows: the writer may still hold them)
+                tensor = reader.get_rows(name, *rows)
+            else:  # whole, as the reader gives it (an adapter computes its patched tensors here)
+                tensor = reader.get(name)
             if must_check(model, name):  # on a view, this also faults its pages in ahead of the conversion
                 check_finite(tensor, f"{reader.path}: {name}")
-            if job.compute and block is None:
-                tensor = tensor.to(device=device, dtype=torch.float32, copy=mapped(reader, name))
-                if mapped(reader, name):
+            if job.compute and block is None:  # converted at once (after the check: fewer bytes to scan)
+                tensor = tensor.to(device=device, dtype=torch.float32, copy=view)
+                if view:
                     reader.release_rows(name)
             tensors.append(tensor)
         return tensors

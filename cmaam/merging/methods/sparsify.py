@@ -77,15 +77,14 @@ def kth_smallest_counted(values: torch.Tensor, k: int) -> tuple[float, int, int]
     """
     count = values.numel()
     if count <= 4 * SELECTION_SAMPLE:
-        value = torch.kthvalue(values, k).values.item()
-        return value, int(torch.count_nonzero(values < value)), int(torch.count_nonzero(values == value))
+        return _counted(values, torch.kthvalue(values, k).values.item())
     sample = values[::count // SELECTION_SAMPLE]
     size = sample.numel()
-    middle = torch.kthvalue(sample, min(size, max(1, round(k / count * size)))).values.item()
-    if int(torch.count_nonzero(sample == middle)) > 1:  # a repeated value: likely the answer itself
-        below, equal = int(torch.count_nonzero(values < middle)), int(torch.count_nonzero(values == middle))
+    candidate = repeated_candidate(sample, k, count)
+    if candidate is not None:
+        value, below, equal = _counted(values, candidate)
         if below < k <= below + equal:
-            return middle, below, equal
+            return value, below, equal
     margin = 6 * math.sqrt(size) + 16
     low_rank, high_rank = int(k / count * size - margin), int(k / count * size + margin) + 1
     low = torch.kthvalue(sample, low_rank).values.item() if low_rank >= 1 else -math.inf
@@ -93,10 +92,21 @@ def kth_smallest_counted(values: torch.Tensor, k: int) -> tuple[float, int, int]
     below = int(torch.count_nonzero(values < low))
     inside = values[(values >= low) & (values <= high)]
     if below < k <= below + inside.numel():
-        value = torch.kthvalue(inside, k - below).values.item()
-        return (value, below + int(torch.count_nonzero(inside < value)), int(torch.count_nonzero(inside == value)))
-    value = torch.kthvalue(values, k).values.item()
+        value, inside_below, equal = _counted(inside, torch.kthvalue(inside, k - below).values.item())
+        return value, below + inside_below, equal
+    return _counted(values, torch.kthvalue(values, k).values.item())
+
+
+def _counted(values: torch.Tensor, value: float) -> tuple[float, int, int]:
+    """(value, entries below it, entries equal to it)."""
     return value, int(torch.count_nonzero(values < value)), int(torch.count_nonzero(values == value))
+
+
+def repeated_candidate(sample: torch.Tensor, k: int, count: int) -> float | None:
+    """The sample's estimate of the k-th smallest of ``count`` values, when the sample holds it more than once
+    (then it is likely the k-th value itself: two counts can prove it); else None."""
+    candidate = torch.kthvalue(sample, min(sample.numel(), max(1, round(k / count * sample.numel())))).values.item()
+    return candidate if int(torch.count_nonzero(sample == candidate)) > 1 else None
 
 
 def rank_window(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -177,9 +187,8 @@ def top_cut_streamed(values_of: Callable[[slice], torch.Tensor], count: int, kee
     if count <= 4 * SELECTION_SAMPLE:
         return None
     k = count - keep + 1
-    sample = values_of(slice(None, None, count // SELECTION_SAMPLE))
-    candidate = torch.kthvalue(sample, min(sample.numel(), max(1, round(k / count * sample.numel())))).values.item()
-    if int(torch.count_nonzero(sample == candidate)) <= 1:
+    candidate = repeated_candidate(values_of(slice(None, None, count // SELECTION_SAMPLE)), k, count)
+    if candidate is None:
         return None
     below, equals = 0, []
     for start in range(0, count, chunk):
