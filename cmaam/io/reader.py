@@ -306,10 +306,20 @@ class CheckpointReader(TensorNames):
         file = self._file(name)
         if file not in self._handles or not MAPPED_VIEWS or self._mapping(file) is None:
             return self.get_rows(name, start, stop)
-        mapping, data = self._mapping(file)
         begin, end, shape = self._byte_range(file, name, start, self._row_stop(name, start, stop))
-        _advise(mapping, "MADV_WILLNEED", begin, end)  # read-ahead starts now, before the pages are touched
-        return data[begin:end].view(self.dtype(name)).reshape(shape)
+        return self._mapping(file)[1][begin:end].view(self.dtype(name)).reshape(shape)
+
+    def prefetch_rows(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """Ask the kernel to start reading rows [start, stop) into the page cache now (read-ahead advice for the
+        rows a caller reads next; no effect on results, and none where the file is not a safetensors file)."""
+        file = self._file(name)
+        if file not in self._handles or not hasattr(os, "posix_fadvise"):
+            return
+        begin, end, _ = self._byte_range(file, name, start, self._row_stop(name, start, stop))
+        try:
+            os.posix_fadvise(self._layout(file)[0].fileno(), begin, end - begin, os.POSIX_FADV_WILLNEED)
+        except OSError:  # advice only
+            pass
 
     def release_rows(self, name: str, start: int = 0, stop: int | None = None) -> None:
         """Drop the pages of rows [start, stop) (from ``view_rows``) from this process: they stay in the page

@@ -9,14 +9,19 @@ written behind in one writer thread while the next ones are computed. Prefetch, 
 checks, row blocks, progress and write-behind live here and nowhere else.
 
 Memory budget (``ExecutionOptions.max_memory``). A compute job larger than one compute chunk
-(``COMPUTE_CHUNK_ELEMENTS``) whose consumers all accept row blocks (``accepts_blocks``) is read in row
-blocks of at most ``max_memory / BLOCK_SHARE`` bytes (all its inputs, as float32), the next block read
-while the current one is computed; each block is handed to the consumers as compute chunks (row slices
-of about a million elements, converted to float32 one at a time so the work stays in the CPU cache) through
-``consume_block``. A ModelOutput writes each merged chunk at its offset in the planned slot; scores
-accumulate over the chunks. Chunk boundaries depend on the tensor's shape only, never on the budget,
-so everything computed from chunks is the same whatever ``max_memory`` is. Jobs whose merge needs the
-whole tensor (slerp, TIES' global top-k, ...: ``TensorJob.row_local`` False) are loaded whole.
+(``COMPUTE_CHUNK_ELEMENTS``) whose consumers all accept row blocks (``accepts_blocks``) streams chunk by
+chunk: the loader views the next chunk's rows in the mapped input files, converts them to float32 and
+releases the view while the current chunk is consumed (``consume_block``), so a chunk of about a million
+elements is all that is held per input. The budget sets the read-ahead: the kernel is asked to read a row
+block of at most ``max_memory / BLOCK_SHARE`` bytes (all its inputs, as float32) when its first chunk is
+loaded; copy jobs are read and written in such blocks. A ModelOutput writes each merged chunk at its offset
+in the planned slot; scores accumulate over the chunks. Chunk boundaries depend on the tensor's shape only,
+never on the budget, so everything computed from chunks is the same whatever ``max_memory`` is. Jobs whose
+merge needs the whole tensor (slerp, TIES' global top-k, ...: ``TensorJob.row_local`` False) are loaded whole.
+
+NaN/Inf. Every input is checked once as read, except the inputs of a job whose every consumer writes a merge
+that is NaN/Inf wherever an input is (``Consumer.checks_inputs``: linear merges, lerps): there the outputs'
+check covers them, and the inputs are checked only to name the culprit when an output fails.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import dataclasses
 import functools
 import gc
 import math
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +61,8 @@ class TensorJob:
     has a ``merge`` and its first input is floating point. ``merge`` receives the inputs in ``inputs``
     order and returns the output tensor. ``row_local``: output rows [a, b) depend only on input rows
     [a, b) (elementwise merges, copies), so a large tensor may be merged in row blocks.
+    ``propagates_nonfinite``: a NaN or Inf in any input gives one in the merge (plain weighted sums), so a
+    consumer writing the merge may check its inputs through it (``Consumer.checks_inputs``).
     """
 
     output_name: str
@@ -63,6 +71,7 @@ class TensorJob:
     dtype: torch.dtype | None = None  # output dtype; None = the first input's stored dtype or the run's dtype
     compute: bool | None = None
     row_local: bool = False
+    propagates_nonfinite: bool = False  # NaN/Inf in an input makes the merge NaN/Inf there (MergeMethod's flag)
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,9 @@ class Consumer(Protocol):
     ``consume_block(job, block, tensors)``, called once per compute chunk, in row order, for the jobs
     it accepts (when every consumer of the run accepts them); otherwise it gets whole tensors.
     ``consume`` and ``consume_block`` may return one TensorOutput, several (an iterable) or None.
+    A consumer may also have ``checks_inputs(job) -> bool``: True when every output it makes of the job is
+    NaN/Inf wherever an input is, and checked (a plain weighted sum, written). When all consumers say so, the
+    executor checks the job's outputs only, and its inputs only to name the culprit if an output fails.
     """
 
     def consume(self, job: TensorJob, tensors: list[torch.Tensor]) -> TensorOutput | Iterable[TensorOutput] | None:
@@ -123,17 +135,24 @@ class ModelOutput:
     """Consumer writing one model: each compute job's merge (or ``merge``, e.g. one alpha of a sweep).
 
     ``label`` ends the NaN/Inf error of a merged tensor (e.g. " (alpha 0.3)"); ``before_commit`` may
-    add files to the writer's temporary folder after the last tensor. ``row_local`` tells whether
-    ``merge`` works row by row (default: each job's own ``row_local``).
+    add files to the writer's temporary folder after the last tensor. ``row_local`` and
+    ``propagates_nonfinite`` describe ``merge`` (default: each job's own flags, for the job's merge).
     """
 
     def __init__(self, writer: CheckpointWriter, merge: Merge | None = None, label: str = "",
-                 before_commit: Callable[[Path], None] | None = None, row_local: bool | None = None):
+                 before_commit: Callable[[Path], None] | None = None, row_local: bool | None = None,
+                 propagates_nonfinite: bool | None = None):
         self.writer = writer
         self.merge = merge
         self.label = label
         self.before_commit = before_commit
         self.row_local = row_local
+        self.propagates_nonfinite = propagates_nonfinite
+
+    def checks_inputs(self, job: TensorJob) -> bool:
+        if self.merge is not None and self.propagates_nonfinite is not None:
+            return bool(job.compute) and self.propagates_nonfinite
+        return bool(job.compute) and self.merge is None and job.propagates_nonfinite
 
     def accepts_blocks(self, job: TensorJob) -> bool:
         if not job.compute:
@@ -173,6 +192,17 @@ def check_finite(tensor: torch.Tensor, where: str) -> None:
     low, high = torch.aminmax(tensor)
     if not bool(torch.isfinite(low) & torch.isfinite(high)):
         raise CMAAMError(f"{where}: contains NaN or Inf (pass --allow-nonfinite to merge anyway)")
+
+
+def check_rows(reader: CheckpointReader, name: str, where: str) -> None:
+    """``check_finite`` on a stored tensor, read a few compute chunks of rows at a time where the reader can."""
+    shape = reader.shape(name)
+    if not shape or not getattr(reader, "reads_rows", lambda name: False)(name):
+        check_finite(reader.get(name), where)
+        return
+    step = chunk_rows(shape) * 16
+    for start in range(0, shape[0], step):
+        check_finite(reader.get_rows(name, start, min(start + step, shape[0])), where)
 
 
 def plan_specs(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob],
@@ -230,6 +260,26 @@ def _row_blocks(readers: Mapping[str, CheckpointReader], job: TensorJob, consume
     return [Block(start, min(start + rows, shape[0]), shape[0]) for start in range(0, shape[0], rows)]
 
 
+@dataclass(frozen=True)
+class Read:
+    """One load of the stream: job ``index``'s inputs, whole (``block`` None) or rows ``block`` (a compute chunk of
+    a compute job, a row block of a copy job); ``ahead``: the row block whose read-ahead starts with this load."""
+
+    index: int
+    block: Block | None
+    ahead: Block | None = None
+
+
+def _reads(readers: Mapping[str, CheckpointReader], index: int, job: TensorJob, block: Block | None) -> list[Read]:
+    """The loads of one job's row block: a compute job's one per compute chunk (converted to float32 in the loader
+    while the previous chunk is consumed), a copy job's or a whole tensor's one."""
+    if block is None or not job.compute:
+        return [Read(index, block)]
+    model, name = job.inputs[0]
+    return [Read(index, piece, block if number == 0 else None)
+            for number, piece in enumerate(row_chunks(readers[model].shape(name), block.start, block.stop))]
+
+
 ALLOCATOR_SETTINGS = {-3: 32 << 20, -1: 1 << 30}  # glibc mallopt: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB
 
 
@@ -272,6 +322,30 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+PIPELINE_THREADS = 3  # threads of a run that call torch kernels at once: the loader, the main one, the writer
+
+
+@contextlib.contextmanager
+def kernel_threads() -> Iterator[None]:
+    """Give torch's kernels a third of the cores for a run (at least one), restored afterwards; left alone when
+    the user chose a count (OMP_NUM_THREADS).
+
+    The run's three threads call kernels at once, each with its own OpenMP team: with a team of every core
+    each, 3x more threads than cores wait for each other at every kernel's barrier. On 2 cores one thread
+    per kernel makes a linear merge 8% and TIES 10% faster (docs/performance.md).
+    """
+    previous = torch.get_num_threads()  # also sets this thread's count up before the helpers start theirs
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // PIPELINE_THREADS))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _outputs(result: TensorOutput | Iterable[TensorOutput] | None) -> Iterable[TensorOutput]:
     if result is None:
         return ()
@@ -296,23 +370,28 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
     tune_allocator()
     budget = parse_size(options.max_memory)
     jobs = [_resolved(readers, job) for job in jobs]
-    reads = [(index, block) for index, job in enumerate(jobs)
-             for block in _row_blocks(readers, job, consumers, budget)]
+    reads = [read for index, job in enumerate(jobs) for block in _row_blocks(readers, job, consumers, budget)
+             for read in _reads(readers, index, job, block)]
 
     def must_check(model: str, name: str) -> bool:
         return not allow_nonfinite and (model, name) not in checked
+
+    # jobs whose inputs are checked through their outputs (each consumer's outputs are NaN/Inf where an input is)
+    through_outputs = [not allow_nonfinite and bool(consumers) and bool(job.compute) and all(
+        getattr(consumer, "checks_inputs", lambda job: False)(job) for consumer in consumers) for job in jobs]
 
     def mapped(reader: CheckpointReader, name: str) -> bool:
         """Whether a compute input is viewed in the mapped file (then copied by its conversion and released)."""
         return hasattr(reader, "view_rows") and reader.reads_rows(name)
 
-    def load(read: tuple[int, Block | None]) -> list[torch.Tensor]:
-        index, block = read
-        job = jobs[index]
+    def load(read: Read) -> list[torch.Tensor]:
+        job = jobs[read.index]
         tensors = []
         for model, name in job.inputs:
             reader = readers[model]
-            rows = () if block is None else (block.start, block.stop)
+            rows = () if read.block is None else (read.block.start, read.block.stop)
+            if read.ahead is not None:  # the first chunk of a row block: read-ahead for the whole block
+                reader.prefetch_rows(name, read.ahead.start, read.ahead.stop)
             view = job.compute and mapped(reader, name)  # only compute inputs: their conversion copies them
             if view:
                 tensor = reader.view_rows(name, *rows)
@@ -320,69 +399,62 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
                 tensor = reader.get_rows(name, *rows)
             else:  # whole, as the reader gives it (an adapter computes its patched tensors here)
                 tensor = reader.get(name)
-            if must_check(model, name):  # on a view, this also faults its pages in ahead of the conversion
+            if must_check(model, name) and not through_outputs[read.index]:  # in cache for the conversion after
                 check_finite(tensor, f"{reader.path}: {name}")
-            if job.compute and block is None:  # converted at once (after the check: fewer bytes to scan)
+            if job.compute:
                 tensor = tensor.to(device=device, dtype=torch.float32, copy=view)
                 if view:
-                    reader.release_rows(name)
+                    reader.release_rows(name, *rows)
             tensors.append(tensor)
         return tensors
 
-    with gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="cmaam-load") as loader, \
+    with gc_paused(), kernel_threads(), ThreadPoolExecutor(1, thread_name_prefix="cmaam-load") as loader, \
             ThreadPoolExecutor(1, thread_name_prefix="cmaam-write") as saver, \
             tqdm(total=len(jobs), desc=description, unit="tensor", disable=not progress, leave=False) as bar:
-        writing: collections.deque[tuple[Future, int]] = collections.deque()
+        writing: collections.deque[tuple[Future, int, int]] = collections.deque()  # (write, bytes, job index)
 
-        def emit(result: TensorOutput | Iterable[TensorOutput] | None) -> None:
+        def wait() -> None:
+            """Wait for the oldest write; when its output check fails and the job's inputs were left to it, name
+            the input holding the NaN/Inf (the error a check of the inputs would have given)."""
+            future, _, index = writing.popleft()
+            try:
+                future.result()
+            except CMAAMError:
+                if through_outputs[index]:
+                    for model, name in jobs[index].inputs:
+                        if must_check(model, name):
+                            check_rows(readers[model], name, f"{readers[model].path}: {name}")
+                raise
+
+        def emit(result: TensorOutput | Iterable[TensorOutput] | None, index: int) -> None:
             for output in _outputs(result):
                 size = output.tensor.numel() * output.tensor.element_size()
                 while writing and (len(writing) >= WRITE_QUEUE
-                                   or sum(queued for _, queued in writing) + size > WRITE_BEHIND_BYTES):
-                    writing.popleft()[0].result()
+                                   or sum(queued for _, queued, _ in writing) + size > WRITE_BEHIND_BYTES):
+                    wait()
                 check = output.where if not allow_nonfinite else None
-                writing.append((saver.submit(_check_and_write, output.tensor, output.write, check), size))
+                writing.append((saver.submit(_check_and_write, output.tensor, output.write, check), size, index))
                 del output
 
         loading = loader.submit(load, reads[0]) if reads else None
-        for position, (index, block) in enumerate(reads):
+        for position, read in enumerate(reads):
             tensors = loading.result()
             if position + 1 < len(reads):
                 loading = loader.submit(load, reads[position + 1])
-            job = jobs[index]
-            if block is None:
-                for number, consumer in enumerate(consumers):
-                    result = consumer.consume(job, tensors)
-                    if number == len(consumers) - 1:
-                        tensors = None  # the inputs are freed before waiting on previous writes
-                    emit(result)
-                    del result
-            else:
-                pieces = row_chunks(block_shape(tensors[0], block), block.start, block.stop) if job.compute \
-                    else [block]
-                for piece in pieces:
-                    chunk = [tensor[piece.start - block.start:piece.stop - block.start] for tensor in tensors]
-                    if job.compute:  # always a copy: the block may be a view of a mapped input file
-                        chunk = [tensor.to(device=device, dtype=torch.float32, copy=True) for tensor in chunk]
-                    for consumer in consumers:
-                        emit(consumer.consume_block(job, piece, chunk))
-                    del chunk
-                if job.compute:
-                    for model, name in job.inputs:
-                        if mapped(readers[model], name):
-                            readers[model].release_rows(name, block.start, block.stop)
-            del tensors
+            index, block, job = read.index, read.block, jobs[read.index]
+            for number, consumer in enumerate(consumers):
+                result = (consumer.consume(job, tensors) if block is None
+                          else consumer.consume_block(job, block, tensors))
+                if number == len(consumers) - 1:
+                    tensors = None  # the inputs are freed before waiting on previous writes
+                emit(result, index)
+                del result
             if block is None or block.last:
                 bar.update(1)
         while writing:
-            writing.popleft()[0].result()
+            wait()
     for consumer in consumers:
         consumer.finish()
-
-
-def block_shape(tensor: torch.Tensor, block: Block) -> tuple[int, ...]:
-    """The whole tensor's shape, from one of its row blocks (chunk boundaries depend on it)."""
-    return (block.rows, *tensor.shape[1:])
 
 
 def open_writer(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], output: str | Path,

@@ -86,5 +86,9 @@ class KeepTargetRows:
     def consume_block(self, job: TensorJob, block: Any, tensors: list[torch.Tensor]) -> Any:
         return self.inner.consume_block(job, block, tensors)
 
+    def checks_inputs(self, job: TensorJob) -> bool:
+        """As the inner consumer, for a job keeping no target rows (kept rows hide the source's rows)."""
+        return kept_rows(self.readers, job) is None and getattr(self.inner, "checks_inputs", lambda job: False)(job)
+
     def finish(self) -> None:
         self.inner.finish()

@@ -60,7 +60,9 @@ def pair_jobs(target: CheckpointReader, alphas: dict[str, float], interp: str) -
     for name in target.keys():
         if name in alphas:
             merge = functools.partial(interpolate, alpha=alphas[name], interp=interp)
-            jobs.append(TensorJob(name, [("target", name), ("source", name)], merge, row_local=interp == "linear"))
+            linear = interp == "linear"  # a lerp: row by row, and NaN/Inf in an input reaches the output
+            jobs.append(TensorJob(name, [("target", name), ("source", name)], merge, row_local=linear,
+                                  propagates_nonfinite=linear))
         else:
             jobs.append(TensorJob(name, [("target", name)], row_local=True))
     return jobs

@@ -89,9 +89,11 @@ def sweep(source: str | Path, target: str | Path, output_dir: str | Path, alphas
                                                             inputs=[source, target, *target_reader.files,
                                                                     *source_reader.files]))
                        for output in outputs]
+            linear = interp == "linear"  # a lerp: row by row, NaN/Inf in an input reaches every output
             consumers = [KeepTargetRows(ModelOutput(
                 writer, functools.partial(interpolate, alpha=value, interp=interp), label=f" (alpha {value:g})",
-                row_local=interp == "linear", before_commit=functools.partial(_write_settings, settings={
+                row_local=linear, propagates_nonfinite=linear,
+                before_commit=functools.partial(_write_settings, settings={
                     "source": str(source), "target": str(target), "interp": interp, "alpha": value})),
                 readers, "target") for writer, value in zip(writers, values)]
             execute(readers, jobs, consumers, options, description=f"sweeping {len(values)} alphas")

@@ -135,6 +135,82 @@ def test_nonfinite_merge_result_names_the_output_and_its_label(pair, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture
+def checked_places(monkeypatch):
+    """Where each NaN/Inf check of a run looked: an input's "path: name" or a result's "merged name"."""
+    from cmaam.merging import executor
+
+    places = []
+    original = executor.check_finite
+    monkeypatch.setattr(executor, "check_finite", lambda tensor, where: places.append(where) or original(tensor, where))
+    return places
+
+
+def test_weighted_sums_check_their_inputs_through_their_outputs(tmp_path, checked_places):
+    """A lerp's output is NaN/Inf wherever an input is: only outputs are checked, and a failing output names the
+    input, even when that input's weight is 0 (0 * Inf is NaN)."""
+    target, source = toy_model(tmp_path / "T", 0), toy_model(tmp_path / "S", 1)
+    readers = readers_of(target, source)
+    run_merge(readers, pair_jobs(readers["target"], {NAMES[1]: 0.5, NAMES[2]: 0.5}, "linear"), tmp_path / "out",
+              ExecutionOptions(progress=False), reference=target)
+    merged = [place for place in checked_places if place.endswith((NAMES[1], NAMES[2]))]
+    assert sorted(merged) == sorted([f"merged {NAMES[1]}", f"merged {NAMES[2]}"])  # copies are checked as read
+    broken = toy_model(tmp_path / "B", 1, replace={NAMES[1]: torch.full((16, 8), float("inf"))})
+    readers = readers_of(target, broken)
+    with pytest.raises(CMAAMError) as error:
+        run_merge(readers, pair_jobs(readers["target"], {NAMES[1]: 0.0}, "linear"), tmp_path / "bad",
+                  ExecutionOptions(progress=False), reference=target)
+    assert str(error.value) == f"{broken}: {NAMES[1]}: contains NaN or Inf (pass --allow-nonfinite to merge anyway)"
+    assert not (tmp_path / "bad").exists()
+
+
+def test_other_merges_check_their_inputs_even_when_the_output_is_finite(tmp_path, checked_places):
+    """A merge not known to propagate NaN/Inf (here one keeping the target) still has its inputs checked."""
+    target = toy_model(tmp_path / "T", 0)
+    broken = toy_model(tmp_path / "B", 1, replace={NAMES[1]: torch.full((16, 8), float("nan"))})
+    readers = readers_of(target, broken)
+    jobs = [TensorJob(NAMES[1], [("target", NAMES[1]), ("source", NAMES[1])], lambda tensors: tensors[0])]
+    with pytest.raises(CMAAMError, match=rf"^{broken}: {NAMES[1]}: contains NaN or Inf"):
+        run_merge(readers, jobs, tmp_path / "out", ExecutionOptions(progress=False), reference=target)
+    assert f"{target}: {NAMES[1]}" in checked_places
+
+
+def test_a_sweep_checks_its_inputs_through_every_alpha(tmp_path, checked_places):
+    target = toy_model(tmp_path / "T", 0)
+    sweep(toy_model(tmp_path / "S", 1), target, tmp_path / "fine", "0.2,0.6", ExecutionOptions(progress=False))
+    assert not [place for place in checked_places if place.endswith(f": {NAMES[1]}")]
+    assert sum(place.startswith(f"merged {NAMES[1]}") for place in checked_places) == 2
+    broken = toy_model(tmp_path / "B", 1, replace={NAMES[1]: torch.full((16, 8), float("nan"))})
+    with pytest.raises(CMAAMError, match=rf"^{broken}: {NAMES[1]}: contains NaN or Inf"):
+        sweep(broken, target, tmp_path / "bad", "0.2,0.6", ExecutionOptions(progress=False))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_kernels_get_a_third_of_the_cores_during_a_run_unless_the_user_chose(pair, monkeypatch):
+    from cmaam.merging import executor
+
+    target, source = pair
+    readers = readers_of(target, source)
+    seen = []
+
+    class Threads:
+        def consume(self, job, tensors):
+            seen.append(torch.get_num_threads())
+
+        def finish(self):
+            pass
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(executor.os, "sched_getaffinity", lambda pid: set(range(7)), raising=False)
+    execute(readers, [TensorJob(NAMES[2], [("target", NAMES[2])])], [Threads()], ExecutionOptions(progress=False))
+    monkeypatch.setattr(executor.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    execute(readers, [TensorJob(NAMES[2], [("target", NAMES[2])])], [Threads()], ExecutionOptions(progress=False))
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    execute(readers, [TensorJob(NAMES[2], [("target", NAMES[2])])], [Threads()], ExecutionOptions(progress=False))
+    assert seen == [2, 1, before] and torch.get_num_threads() == before
+
+
 def test_next_job_is_prefetched_while_the_current_one_is_consumed(pair, counted):
     """The consumer of job i waits until job i + 1 has been read: without read-ahead this never happens."""
     target, source = pair

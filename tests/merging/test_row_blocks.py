@@ -183,17 +183,38 @@ def test_mapped_views_and_positioned_reads_give_the_same_bytes(family, tmp_path,
     assert weights(tmp_path / "mapped_True") == weights(tmp_path / "mapped_False")
 
 
-def test_a_larger_budget_reads_larger_blocks_with_the_same_result(family, tmp_path, monkeypatch, reads):
+def test_a_larger_budget_reads_ahead_in_larger_blocks_with_the_same_result(family, tmp_path, monkeypatch, reads):
+    """Compute inputs are read chunk by chunk whatever the budget; the budget sets the read-ahead blocks."""
     models = family("llama")
     config = tmp_path / "config.yaml"
     config.write_text(CONFIGS["linear"][0].format(**models))
     monkeypatch.setattr(executor, "COMPUTE_CHUNK_ELEMENTS", SMALL_CHUNK)
-    merge_from_config(config, tmp_path / "small", ExecutionOptions(max_memory=SMALL_BUDGET, progress=False))
-    small = len(reads)
-    reads.clear()
-    merge_from_config(config, tmp_path / "large", ExecutionOptions(max_memory="40KB", progress=False))
-    assert len(reads) < small
-    assert weights(tmp_path / "large") == weights(tmp_path / "small")
+    ahead = []
+    original = CheckpointReader.prefetch_rows
+    monkeypatch.setattr(CheckpointReader, "prefetch_rows",
+                        lambda self, name, start, stop: ahead.append(stop - start) or original(self, name, start, stop))
+    runs = {}
+    for budget in (SMALL_BUDGET, "40KB"):
+        reads.clear(), ahead.clear()
+        merge_from_config(config, tmp_path / budget, ExecutionOptions(max_memory=budget, progress=False))
+        runs[budget] = (sorted(reads), list(ahead))
+    assert runs[SMALL_BUDGET][0] == runs["40KB"][0]  # the same chunks read
+    assert len(runs["40KB"][1]) < len(runs[SMALL_BUDGET][1]) and max(runs["40KB"][1]) > max(runs[SMALL_BUDGET][1])
+    assert weights(tmp_path / "40KB") == weights(tmp_path / SMALL_BUDGET)
+
+
+def test_prefetch_advises_exactly_the_rows_bytes(tmp_path, monkeypatch):
+    tensors = {"a": torch.randn(1000, 3, 5).to(torch.bfloat16), "b": torch.arange(7)}
+    reader = CheckpointReader(write_state_dict(tmp_path / "m", tensors, config={"model_type": "llama"}))
+    advised = []
+    monkeypatch.setattr(reader_module.os, "posix_fadvise", lambda *call: advised.append(call[1:]))
+    reader.prefetch_rows("a", 2, 700)
+    reader.prefetch_rows("b")
+    header = 8 + int.from_bytes((tmp_path / "m" / "model.safetensors").read_bytes()[:8], "little")
+    a_start = header + reader._layout(reader._file("a"))[2]["a"]["data_offsets"][0]
+    b_start = header + reader._layout(reader._file("b"))[2]["b"]["data_offsets"][0]
+    assert advised == [(a_start + 2 * 30, 698 * 30, reader_module.os.POSIX_FADV_WILLNEED),
+                       (b_start, 7 * 8, reader_module.os.POSIX_FADV_WILLNEED)]
 
 
 def test_sweep_in_row_blocks_equals_whole_tensor_sweep(family, tmp_path, monkeypatch, reads):

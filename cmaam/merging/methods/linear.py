@@ -11,7 +11,7 @@ from cmaam.merging.methods.registry import Parameter, register
 @register("linear", parameters=(
     Parameter("weight", default=None, per_model=True, required=True),
     Parameter("normalize", default=True),
-), row_local=True)
+), row_local=True, propagates_nonfinite=True)
 def linear(tensors: list[torch.Tensor], base: torch.Tensor | None, weight: list[float],
            normalize: bool = True) -> torch.Tensor:
     """Weighted sum of the tensors, divided by the sum of weights when ``normalize``.

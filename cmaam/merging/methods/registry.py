@@ -49,6 +49,8 @@ class MergeMethod:
     (large tensors are then merged in row blocks within the memory budget).
     ``optional_base``: the base, when the config names one, is the origin (mergekit's BasePolicy.OPTIONAL,
     e.g. nuslerp); without one the method works on the models themselves.
+    ``propagates_nonfinite``: plain IEEE arithmetic on each element (weighted sums): a NaN or Inf in any input
+    gives a NaN or Inf at that place of the output, so checking the output also checks the inputs.
     """
 
     name: str
@@ -59,6 +61,7 @@ class MergeMethod:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     row_local: bool = False
     optional_base: bool = False
+    propagates_nonfinite: bool = False
 
     @property
     def takes_base(self) -> bool:
@@ -92,14 +95,15 @@ METHODS: dict[str, MergeMethod] = {}
 
 
 def register(name: str, parameters: Sequence[Parameter] = (), requires_base: bool = False,
-             aliases: Sequence[str] = (), row_local: bool = False, optional_base: bool = False
+             aliases: Sequence[str] = (), row_local: bool = False, optional_base: bool = False,
+             propagates_nonfinite: bool = False
              ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
-    """Decorator: register a pure tensor function as merge method ``name`` (``row_local``: elementwise)."""
+    """Decorator: register a pure tensor function as merge method ``name`` (the flags as in MergeMethod)."""
 
     def decorate(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         doc = (function.__doc__ or "").strip().splitlines()
         method = MergeMethod(name, function, tuple(parameters), requires_base, doc[0] if doc else "", tuple(aliases),
-                             row_local, optional_base)
+                             row_local, optional_base, propagates_nonfinite)
         for key in (name, *aliases):
             METHODS[key] = method
         return function
