@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmaam.merging.methods.generalized import MERGE_CHUNK, generalized_task_arithmetic
-from cmaam.merging.methods.sparsify import (SELECTION_SAMPLE, kth_smallest, kth_smallest_counted, magnitude,
-                                            nth_true_position, rank_window, sparsify, top_cut)
+from cmaam.merging.methods import sparsify as sparsify_module
+from cmaam.merging.methods.generalized import MERGE_CHUNK, consensus_mask, generalized_task_arithmetic
+from cmaam.merging.methods.sparsify import (SELECTION_SAMPLE, count_below_equal, kth_smallest, kth_smallest_counted,
+                                            magnitude, nth_true_position, rank_window, sparsify, top_cut)
 
 LARGE = 5 * SELECTION_SAMPLE  # past the size where the sample brackets the value
 
@@ -59,6 +60,39 @@ def test_top_cut_keeps_the_stable_sort_top_in_any_slice(name):
         assert torch.equal(cut.mask(values), expected), (name, keep)
         for start, stop in ((0, 1000), (LARGE // 3, LARGE // 2 + 17), (LARGE - 5, LARGE)):
             assert torch.equal(cut.mask(values[start:stop], start), expected[start:stop]), (name, keep, start)
+
+
+@pytest.mark.parametrize("name", sorted(tensors()))
+def test_zero_dropped_keeps_exactly_the_cut_entries_in_any_slice(name):
+    """The in-place cut (fused hardshrink in float32, a mask otherwise) keeps what the cut's mask keeps."""
+    values = tensors()[name] - tensors()[name].median()  # signed deltas
+    for keep in (1, LARGE // 2, LARGE - 3):
+        cut = top_cut(values.abs(), keep)
+        for dtype in (torch.float32, torch.bfloat16):
+            deltas = values.to(dtype)
+            cut_here = cut if dtype == torch.float32 else top_cut(deltas.abs().float(), keep)
+            for start, stop in ((0, LARGE), (0, 1000), (LARGE // 3, LARGE // 2 + 17), (LARGE - 5, LARGE)):
+                piece = deltas[start:stop].clone()
+                expected = deltas[start:stop] * cut_here.mask(deltas[start:stop].abs().float(), start).to(dtype)
+                assert torch.equal(cut_here.zero_dropped_(piece, start), expected), (name, keep, dtype, start)
+
+
+@pytest.mark.parametrize("exact_limit", [1 << 24, 100])
+def test_count_below_equal_counts_as_bool_masks(monkeypatch, exact_limit):
+    monkeypatch.setattr(sparsify_module, "EXACT_FLOAT_COUNT", exact_limit)
+    for values in tensors().values():
+        for value in (values[17].item(), float(values.median()), -1e9):
+            assert count_below_equal(values, value) == (int((values < value).sum()), int((values == value).sum()))
+
+
+def test_consensus_mask_matches_the_elected_sign_and_never_a_zero():
+    deltas = torch.tensor([[1.0, -2.0, 0.0, 3.0, -0.0, 1.0, 1.0], [-1.0, 1.0, 0.0, -0.0, -0.0, -1.0, -1.0],
+                           [0.5, 0.5, 0.0, 0.0, 0.0, -1.0, 0.0]])  # the last column: a tie, elected +
+    assert consensus_mask(deltas, "sum").tolist() == [[True, True, False, True, False, False, True],
+                                                     [False, False, False, False, False, True, False],
+                                                     [True, False, False, False, False, True, False]]
+    assert consensus_mask(deltas, "count")[:, 1].tolist() == [False, True, True]  # two + against one -
+    assert consensus_mask(deltas, "count")[:, 6].tolist() == [True, False, False]
 
 
 def test_nth_true_position_is_nonzero():

@@ -23,19 +23,28 @@ RANDOM_SPARSIFICATIONS = ("random", "della_magprune")
 MERGE_CHUNK = 1 << 18  # elements merged at a time by the chunked TIES path (its working set stays in cache)
 
 
+def majority_sign(deltas: torch.Tensor, method: str = "sum") -> torch.Tensor:
+    """+1 or -1 per entry of the stacked (weighted) deltas' first dimension: the sign they elect, ties to +.
+
+    ``sum``: the sign of the summed deltas (TIES paper); ``count``: the more frequent sign. The sums start
+    from +0, so an exact zero is +0 and copysign gives the +1 of a tie.
+    """
+    if method == "sum":
+        votes = deltas.sum(dim=0)
+    elif method == "count":
+        votes = deltas.sign().sum(dim=0)
+    else:
+        raise CMAAMError(f"unknown consensus method {method!r} (one of {', '.join(CONSENSUS)})")
+    return torch.copysign(torch.ones((), dtype=deltas.dtype, device=deltas.device), votes)
+
+
 def consensus_mask(deltas: torch.Tensor, method: str = "sum") -> torch.Tensor:
     """Boolean mask of the entries of the stacked (weighted) deltas whose sign matches the majority sign.
 
     ``sum``: the sign of the summed deltas (TIES paper); ``count``: the more frequent sign. Ties go to +.
+    A zero entry has no sign and never matches.
     """
-    sign = deltas.sign()
-    if method == "sum":
-        majority = (deltas.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
-    elif method == "count":
-        majority = (sign.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
-    else:
-        raise CMAAMError(f"unknown consensus method {method!r} (one of {', '.join(CONSENSUS)})")
-    return sign == majority
+    return deltas * majority_sign(deltas, method) > 0
 
 
 def generalized_task_arithmetic(
@@ -99,17 +108,25 @@ def generalized_task_arithmetic(
 
 def _combine(base: torch.Tensor, deltas: torch.Tensor, weights: torch.Tensor, normalize: bool, lambda_: float,
              consensus: str | None) -> torch.Tensor:
-    """base + lambda * the (consensus-masked, normalized) weighted sum of the stacked sparsified deltas."""
+    """base + lambda * the (consensus-masked, normalized) weighted sum of the stacked sparsified deltas.
+
+    The consensus sum is taken as majority * sum(max(delta * majority, 0)): the entries agreeing with the
+    majority are the positive ones of delta * majority, and negating is exact, so this equals summing the
+    agreeing deltas (mergekit's (deltas * mask).sum(0)) bit for bit, in fewer passes and without a bool mask.
+    """
     deltas.mul_(weights)
     if consensus:
-        mask = consensus_mask(deltas, consensus)
-        mixed = (deltas * mask).sum(dim=0)
-        divisor = (weights * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
+        majority = majority_sign(deltas, consensus)
+        agreeing = deltas.mul_(majority).clamp_(min=0)  # |delta| where it agrees with the majority, else 0
+        mixed = agreeing.sum(dim=0).mul_(majority)
+        divisor = agreeing.sign_().mul_(weights).sum(dim=0) if normalize else None
+        if divisor is not None:  # 0 -> 1; a comparison written as float is many times faster than a bool mask
+            divisor.add_(torch.eq(divisor, 0, out=torch.empty_like(divisor)))
     else:
         mixed = deltas.sum(dim=0)
-        divisor = weights.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
+        divisor = weights.sum(dim=0) if normalize else None
+        if divisor is not None:
+            divisor[divisor.abs() < 1e-8] = 1
     if normalize:
         mixed /= divisor
     if lambda_ != 1:
@@ -140,12 +157,14 @@ def _magnitude_chunks(tensors: list[torch.Tensor], base: torch.Tensor, weights: 
             cuts.append(density)  # 1: every entry; 0: none
     weight_column = torch.tensor(weights, dtype=base.dtype, device=base.device).unsqueeze(-1)
     result = torch.empty(count, dtype=base.dtype, device=base.device)
+    buffer = base.new_empty((len(flats), min(MERGE_CHUNK, count)))
     for start in range(0, count, MERGE_CHUNK):
         stop = min(start + MERGE_CHUNK, count)
-        deltas = torch.stack([flat[start:stop] - flat_base[start:stop] for flat in flats])
-        for delta, cut in zip(deltas, cuts):
+        deltas = buffer[:, :stop - start]
+        for delta, flat, cut in zip(deltas, flats, cuts):
+            torch.sub(flat[start:stop], flat_base[start:stop], out=delta)
             if isinstance(cut, TopCut):
-                delta.mul_(cut.mask(selection_magnitudes(delta), start).to(delta.dtype))
+                cut.zero_dropped_(delta, start)
             elif cut <= 0:
                 delta.zero_()
         result[start:stop] = _combine(flat_base[start:stop], deltas, weight_column, normalize, lambda_, consensus)
