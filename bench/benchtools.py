@@ -83,12 +83,16 @@ def evict(files: Iterable[str | Path]) -> None:
 
 
 def warm(files: Iterable[str | Path]) -> None:
-    """Read these files once so a run starts from a warm page cache."""
+    """Read these files once so a run starts from a warm page cache, and flush what earlier runs wrote
+    (``os.sync``): a tool that does not fsync its output (mergekit) would otherwise leave its writeback to
+    slow down the run after it."""
     buffer = bytearray(BUFFER)
     for file in files:
         with open(file, "rb", buffering=0) as handle:
             while handle.readinto(buffer):
                 pass
+    if hasattr(os, "sync"):
+        os.sync()
 
 
 def _floor(output: Path, size: int, inputs: list[str]) -> None:

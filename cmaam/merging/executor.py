@@ -263,11 +263,13 @@ def _row_blocks(readers: Mapping[str, CheckpointReader], job: TensorJob, consume
 @dataclass(frozen=True)
 class Read:
     """One load of the stream: job ``index``'s inputs, whole (``block`` None) or rows ``block`` (a compute chunk of
-    a compute job, a row block of a copy job); ``ahead``: the row block whose read-ahead starts with this load."""
+    a compute job, a row block of a copy job); ``ahead``: the row block whose read-ahead starts with this load.
+    Mapped pages are dropped once per row block, not per chunk: each drop flushes the TLB of every core."""
 
     index: int
     block: Block | None
     ahead: Block | None = None
+    done: Block | None = None  # the row block whose mapped pages are dropped after this load (its last chunk)
 
 
 def _reads(readers: Mapping[str, CheckpointReader], index: int, job: TensorJob, block: Block | None) -> list[Read]:
@@ -276,8 +278,9 @@ def _reads(readers: Mapping[str, CheckpointReader], index: int, job: TensorJob, 
     if block is None or not job.compute:
         return [Read(index, block)]
     model, name = job.inputs[0]
-    return [Read(index, piece, block if number == 0 else None)
-            for number, piece in enumerate(row_chunks(readers[model].shape(name), block.start, block.stop))]
+    pieces = row_chunks(readers[model].shape(name), block.start, block.stop)
+    return [Read(index, piece, block if number == 0 else None, block if number == len(pieces) - 1 else None)
+            for number, piece in enumerate(pieces)]
 
 
 ALLOCATOR_SETTINGS = {-3: 32 << 20, -1: 1 << 30}  # glibc mallopt: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB
@@ -403,8 +406,8 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
                 check_finite(tensor, f"{reader.path}: {name}")
             if job.compute:
                 tensor = tensor.to(device=device, dtype=torch.float32, copy=view)
-                if view:
-                    reader.release_rows(name, *rows)
+                if view and (read.block is None or read.done is not None):
+                    reader.release_rows(name, *(() if read.done is None else (read.done.start, read.done.stop)))
             tensors.append(tensor)
         return tensors
 

@@ -145,10 +145,15 @@ def _magnitude_chunks(tensors: list[torch.Tensor], base: torch.Tensor, weights: 
     count, flat_base = base.numel(), base.reshape(-1)
     flats = [tensor.reshape(-1) for tensor in tensors]
     cuts = []
+    scratch = base.new_empty(min(MERGE_CHUNK, count)) if base.dtype == torch.float32 else None
     for flat, density in zip(flats, densities):
         if 0 < density < 1 and count:
             def magnitudes(where: slice, flat: torch.Tensor = flat) -> torch.Tensor:
-                return selection_magnitudes(flat[where] - flat_base[where])
+                """|flat - base| on a slice; a chunk's in one reused float32 buffer (used before the next call)."""
+                size = len(range(*where.indices(count)))
+                if scratch is None or size > scratch.numel():
+                    return selection_magnitudes(flat[where] - flat_base[where])
+                return torch.sub(flat[where], flat_base[where], out=scratch[:size]).abs_()
 
             keep = magnitude_keep(count, density)
             cut = top_cut_streamed(magnitudes, count, keep, MERGE_CHUNK)
