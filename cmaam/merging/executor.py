@@ -343,10 +343,31 @@ def kernel_threads() -> Iterator[None]:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, cores // PIPELINE_THREADS))
+    _THREADS_OUTSIDE.append(previous)
     try:
         yield
     finally:
+        _THREADS_OUTSIDE.pop()
         torch.set_num_threads(previous)
+
+
+_THREADS_OUTSIDE: list[int] = []  # torch's thread count before each active kernel_threads (innermost last)
+
+
+@contextlib.contextmanager
+def wide_kernels() -> Iterator[None]:
+    """Inside a run, give one large compute-bound kernel (a Gram matrix's matmul, an eigendecomposition) the
+    threads torch has outside runs: it scales with cores, unlike the many small memory-bound kernels that
+    ``kernel_threads`` is for. Outside a run (or with OMP_NUM_THREADS set) this changes nothing."""
+    if not _THREADS_OUTSIDE or torch.get_num_threads() == _THREADS_OUTSIDE[-1]:
+        yield
+        return
+    narrow = torch.get_num_threads()
+    torch.set_num_threads(_THREADS_OUTSIDE[-1])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(narrow)
 
 
 def _outputs(result: TensorOutput | Iterable[TensorOutput] | None) -> Iterable[TensorOutput]:

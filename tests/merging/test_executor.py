@@ -20,6 +20,7 @@ from cmaam.merging.pairs import check_pair, interpolate, pair_jobs
 from cmaam.merging.sweep import sweep
 from cmaam.testing.reads import record_reads
 
+THREADS_AT_IMPORT = torch.get_num_threads()
 NAMES = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.0.input_layernorm.weight",
          "model.layers.0.counter", "lm_head.weight"]
 
@@ -209,6 +210,25 @@ def test_kernels_get_a_third_of_the_cores_during_a_run_unless_the_user_chose(pai
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     execute(readers, [TensorJob(NAMES[2], [("target", NAMES[2])])], [Threads()], ExecutionOptions(progress=False))
     assert seen == [2, 1, before] and torch.get_num_threads() == before
+
+
+def test_wide_kernels_get_the_threads_of_outside_a_run(monkeypatch):
+    from cmaam.merging import executor
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(executor.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    torch.set_num_threads(2)
+    try:
+        with executor.wide_kernels():
+            assert torch.get_num_threads() == 2  # outside a run: unchanged
+        with executor.kernel_threads():
+            assert torch.get_num_threads() == 1
+            with executor.wide_kernels():
+                assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(THREADS_AT_IMPORT)
 
 
 def test_next_job_is_prefetched_while_the_current_one_is_consumed(pair, counted):

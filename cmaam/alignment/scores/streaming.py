@@ -21,6 +21,7 @@ from cmaam.alignment.scores.cmbc import MAX_RANK, left_subspace_from_gram
 from cmaam.alignment.scores.gfs import NUM_PROBES, PROBE_SEED, as_matrix, gradient_probes, similarity_from
 from cmaam.alignment.scores.pda import NUM_QUANTILES, pda_value, quantile_distance, sample_stride
 from cmaam.alignment.scores.sensitivity import relative_change_from
+from cmaam.merging.executor import wide_kernels
 
 GRAM_ROWS = 1 << 12  # rows of E added to E^T E per matrix product (fewer, larger products run faster)
 GRAM_PANEL = 512  # E^T E is symmetric: only its upper panels are computed (about 57% of the products)
@@ -140,9 +141,10 @@ class EmbeddingBasisAccumulator:
         if not self.pending:
             return
         group = self.pending[0] if len(self.pending) == 1 else torch.cat(self.pending)
-        for start in range(0, self.order.width, GRAM_PANEL):
-            stop = start + GRAM_PANEL
-            self.gram[start:stop, start:].addmm_(group[:, start:stop].T, group[:, start:])
+        with wide_kernels():  # compute-bound: every core, even inside a run
+            for start in range(0, self.order.width, GRAM_PANEL):
+                stop = start + GRAM_PANEL
+                self.gram[start:stop, start:].addmm_(group[:, start:stop].T, group[:, start:])
         self.pending, self.pending_rows = [], 0
 
     def result(self) -> torch.Tensor:
@@ -152,4 +154,5 @@ class EmbeddingBasisAccumulator:
         self._flush()
         gram = torch.triu(self.gram) + torch.triu(self.gram, diagonal=1).T
         shape = (self.order.width, self.order.shape[0])  # of E^T, whose left subspace this is
-        return left_subspace_from_gram(gram, shape, self.count)[0]
+        with wide_kernels():
+            return left_subspace_from_gram(gram, shape, self.count)[0]
