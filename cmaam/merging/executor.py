@@ -414,7 +414,7 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
         for model, name in job.inputs:
             reader = readers[model]
             rows = () if read.block is None else (read.block.start, read.block.stop)
-            if read.ahead is not None:  # the first chunk of a row block: read-ahead for the whole block
+            if read.ahead is not None and hasattr(reader, "prefetch_rows"):  # a block's first chunk: read ahead
                 reader.prefetch_rows(name, read.ahead.start, read.ahead.stop)
             view = job.compute and mapped(reader, name)  # only compute inputs: their conversion copies them
             if view:
