@@ -10,14 +10,15 @@ checks, row blocks, progress and write-behind live here and nowhere else.
 
 Memory budget (``ExecutionOptions.max_memory``). A compute job larger than one compute chunk
 (``COMPUTE_CHUNK_ELEMENTS``) whose consumers all accept row blocks (``accepts_blocks``) streams chunk by
-chunk: the loader views the next chunk's rows in the mapped input files, converts them to float32 and
-releases the view while the current chunk is consumed (``consume_block``), so a chunk of about a million
-elements is all that is held per input. The budget sets the read-ahead: the kernel is asked to read a row
-block of at most ``max_memory / BLOCK_SHARE`` bytes (all its inputs, as float32) when its first chunk is
-loaded; copy jobs are read and written in such blocks. A ModelOutput writes each merged chunk at its offset
-in the planned slot; scores accumulate over the chunks. Chunk boundaries depend on the tensor's shape only,
-never on the budget, so everything computed from chunks is the same whatever ``max_memory`` is. Jobs whose
-merge needs the whole tensor (slerp, TIES' global top-k, ...: ``TensorJob.row_local`` False) are loaded whole.
+chunk: the loader views the next chunk's rows in the mapped input files and converts them to float32 while the
+current chunk is consumed (``consume_block``), so a float32 chunk of about a million elements is all that is
+held per input. The budget sets the read-ahead: the kernel is asked to read a row block of at most
+``max_memory / BLOCK_SHARE`` bytes (all its inputs, as float32) when its first chunk is loaded, and the
+block's mapped pages are dropped after its last; copy jobs are read and written in such blocks. A ModelOutput
+writes each merged chunk at its offset in the planned slot; scores accumulate over the chunks. Chunk
+boundaries depend on the tensor's shape only, never on the budget, so everything computed from chunks is the
+same whatever ``max_memory`` is. Jobs whose merge needs the whole tensor (slerp, TIES' global top-k, ...:
+``TensorJob.row_local`` False) are loaded whole.
 
 NaN/Inf. Every input is checked once as read, except the inputs of a job whose every consumer writes a merge
 that is NaN/Inf wherever an input is (``Consumer.checks_inputs``: linear merges, lerps): there the outputs'
