@@ -11,7 +11,7 @@ import torch
 
 from cmaam.core.options import ExecutionOptions
 from cmaam.io import CheckpointReader, parse_dtype
-from cmaam.merging.executor import TensorJob, plan_specs, resolve_device
+from cmaam.merging.executor import TensorJob, kernel_threads, plan_specs, resolve_device
 from cmaam.core.errors import CMAAMError, load_errors
 from cmaam.search.genome import GenomeLayout, GenomeSpec
 from cmaam.merging.methods import MergeMethod, get_method
@@ -161,12 +161,15 @@ class InMemoryMerger:
 
     @torch.no_grad()
     def apply(self, genome: Sequence[float]) -> None:
-        """Overwrite the model's parameters with the merge that ``genome`` describes."""
+        """Overwrite the model's parameters with the merge that ``genome`` describes (with the thread count of a
+        written merge, ``kernel_threads``: sums inside slerp or TIES round by it, and the written recipe must
+        give the same bytes)."""
         self.layout.check_genome(genome)
         genome = self.layout.clip(genome)
-        for name in self.layout.tensor_names:
-            arguments = method_arguments(self.method, self.layout, genome, name, self.seed)
-            self.targets[name].copy_(merge_tensor(self.method, self.inputs[name], arguments))
+        with kernel_threads():
+            for name in self.layout.tensor_names:
+                arguments = method_arguments(self.method, self.layout, genome, name, self.seed)
+                self.targets[name].copy_(merge_tensor(self.method, self.inputs[name], arguments))
 
     def state_items(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(checkpoint name, current tensor) pairs in checkpoint order."""

@@ -186,11 +186,17 @@ class AlphaMerger:
 
     @torch.no_grad()
     def apply(self, genome: Sequence[float]) -> dict[str, float]:
-        """Overwrite the merged tensors with the genome's alphas; returns the group alphas."""
+        """Overwrite the merged tensors with the genome's alphas; returns the group alphas.
+
+        Computed with the thread count of a written merge (``kernel_threads``): a slerp's norms are sums whose
+        rounding depends on it, and the recipe must rewrite this merge exactly.
+        """
+        from cmaam.merging.executor import kernel_threads
         from cmaam.merging.pairs import interpolate
 
-        for name, alpha in self.layout.tensor_alphas(genome).items():
-            self.targets[name].copy_(interpolate(self.inputs[name], alpha, self.layout.spec.interp))
+        with kernel_threads():
+            for name, alpha in self.layout.tensor_alphas(genome).items():
+                self.targets[name].copy_(interpolate(self.inputs[name], alpha, self.layout.spec.interp))
         return self.layout.group_alphas(genome)
 
 
