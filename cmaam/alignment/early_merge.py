@@ -148,13 +148,15 @@ class EarlyMerge:
             if len(chunks) < 2:
                 merged = interpolate([target.to(self.device, torch.float32), source.to(self.device, torch.float32)],
                                      alpha, self.interp)
-                yield TensorOutput(merged, lambda tensor, name=name: self.writer.add(name, tensor), f"merged {name}")
+                yield TensorOutput(merged, lambda tensor, name=name: self.writer.add(name, tensor), f"merged {name}",
+                                   self.writer.stored_dtype(name))
             else:
                 for chunk in chunks:
                     pair = [held[chunk.start:chunk.stop].to(self.device, torch.float32) for held in (target, source)]
                     yield TensorOutput(interpolate(pair, alpha, self.interp),
                                        lambda tensor, name=name, start=chunk.start:
-                                       self.writer.add_rows(name, start, tensor), f"merged {name}")
+                                       self.writer.add_rows(name, start, tensor), f"merged {name}",
+                                       self.writer.stored_dtype(name))
             self.written.add(name)
             del target, source
 

@@ -222,6 +222,10 @@ class CheckpointWriter:
                              f"of shape {tuple(tensor.shape)} do not fit the planned {shape}")
         self._write(slot, start * math.prod(shape[1:]), tensor)
 
+    def stored_dtype(self, name: str) -> torch.dtype:
+        """The dtype planned tensor ``name`` is written in (``add`` and ``add_rows`` cast to it)."""
+        return self._slot(name).spec.dtype
+
     def _slot(self, name: str) -> _Slot:
         slot = self._slots.get(name)
         if slot is None:

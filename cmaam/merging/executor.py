@@ -111,6 +111,7 @@ class TensorOutput:
     tensor: torch.Tensor
     write: Callable[[torch.Tensor], object]
     where: str | None = None  # "merged NAME": the start of the NaN/Inf error; None: not checked (a copy)
+    dtype: torch.dtype | None = None  # the dtype it is stored in: converted first, so the check sees what is written
 
 
 class Consumer(Protocol):
@@ -174,7 +175,8 @@ class ModelOutput:
         merge = self.merge or job.merge
         if merge is None:
             raise CMAAMError(f"{job.output_name}: a compute job without a merge function")
-        return TensorOutput(merge(tensors), write, f"merged {job.output_name}{self.label}")
+        return TensorOutput(merge(tensors), write, f"merged {job.output_name}{self.label}",
+                            self.writer.stored_dtype(job.output_name))
 
     def finish(self) -> None:
         if self.before_commit is not None:
@@ -305,12 +307,16 @@ def tune_allocator() -> bool:
     return all(mallopt(option, value) == 1 for option, value in ALLOCATOR_SETTINGS.items())
 
 
-def _check_and_write(tensor: torch.Tensor, write: Callable[[torch.Tensor], object], where: str | None) -> None:
-    """The writer thread's part of an output: its NaN/Inf check (an error reaches the run when it waits on this
-    write), then the write."""
-    if where is not None:
-        check_finite(tensor, where)
-    write(tensor)
+def _check_and_write(output: TensorOutput, check: bool) -> None:
+    """The writer thread's part of an output: the conversion to its stored dtype, the NaN/Inf check of that (an
+    error reaches the run when it waits on this write; a value beyond float16's range is caught as the Inf
+    it becomes), then the write."""
+    tensor = output.tensor
+    if output.dtype is not None and tensor.dtype != output.dtype:
+        tensor = tensor.to(output.dtype)
+    if check and output.where is not None:
+        check_finite(tensor, output.where)
+    output.write(tensor)
 
 
 @contextlib.contextmanager
@@ -457,8 +463,7 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
                 while writing and (len(writing) >= WRITE_QUEUE
                                    or sum(queued for _, queued, _ in writing) + size > WRITE_BEHIND_BYTES):
                     wait()
-                check = output.where if not allow_nonfinite else None
-                writing.append((saver.submit(_check_and_write, output.tensor, output.write, check), size, index))
+                writing.append((saver.submit(_check_and_write, output, not allow_nonfinite), size, index))
                 del output
 
         loading = loader.submit(load, reads[0]) if reads else None

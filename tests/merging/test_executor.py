@@ -231,6 +231,20 @@ def test_wide_kernels_get_the_threads_of_outside_a_run(monkeypatch):
         torch.set_num_threads(THREADS_AT_IMPORT)
 
 
+def test_a_merge_beyond_the_stored_dtype_range_is_an_error(tmp_path):
+    """Checked as written: 80000 is finite in float32 but Inf in float16."""
+    model = write_state_dict(tmp_path / "half", {"w": torch.full((4, 4), 40000.0, dtype=torch.float16)},
+                             config={"model_type": "llama"})
+    readers = {"target": CheckpointReader(model)}
+    jobs = [TensorJob("w", [("target", "w")], lambda tensors: tensors[0] * 2.0)]
+    with pytest.raises(CMAAMError, match="^merged w: contains NaN or Inf"):
+        run_merge(readers, jobs, tmp_path / "out", ExecutionOptions(progress=False), reference=model)
+    assert not (tmp_path / "out").exists()
+    halved = [TensorJob("w", [("target", "w")], lambda tensors: tensors[0] * 0.5)]
+    run_merge(readers, halved, tmp_path / "fine", ExecutionOptions(progress=False), reference=model)
+    assert torch.equal(CheckpointReader(tmp_path / "fine").get("w"), torch.full((4, 4), 20000.0, dtype=torch.float16))
+
+
 def test_next_job_is_prefetched_while_the_current_one_is_consumed(pair, counted):
     """The consumer of job i waits until job i + 1 has been read: without read-ahead this never happens."""
     target, source = pair
