@@ -151,17 +151,17 @@ class ModelOutput:
         self.row_local = row_local
         self.propagates_nonfinite = propagates_nonfinite
 
+    def _merge_flag(self, own: bool | None, of_job: bool) -> bool:
+        """A property of the merge this output applies: its own merge's when it has one, else the job's."""
+        if self.merge is not None and own is not None:
+            return own
+        return self.merge is None and of_job
+
     def checks_inputs(self, job: TensorJob) -> bool:
-        if self.merge is not None and self.propagates_nonfinite is not None:
-            return bool(job.compute) and self.propagates_nonfinite
-        return bool(job.compute) and self.merge is None and job.propagates_nonfinite
+        return bool(job.compute) and self._merge_flag(self.propagates_nonfinite, job.propagates_nonfinite)
 
     def accepts_blocks(self, job: TensorJob) -> bool:
-        if not job.compute:
-            return True
-        if self.merge is not None and self.row_local is not None:
-            return self.row_local
-        return self.merge is None and job.row_local
+        return not job.compute or self._merge_flag(self.row_local, job.row_local)
 
     def consume(self, job: TensorJob, tensors: list[torch.Tensor]) -> TensorOutput:
         return self._output(job, tensors, functools.partial(self.writer.add, job.output_name))
@@ -408,7 +408,7 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
         return not allow_nonfinite and (model, name) not in checked
 
     # jobs whose inputs are checked through their outputs (each consumer's outputs are NaN/Inf where an input is)
-    through_outputs = [not allow_nonfinite and bool(consumers) and bool(job.compute) and all(
+    through_outputs = [not allow_nonfinite and bool(consumers) and all(
         getattr(consumer, "checks_inputs", lambda job: False)(job) for consumer in consumers) for job in jobs]
 
     def mapped(reader: CheckpointReader, name: str) -> bool:
