@@ -106,12 +106,29 @@ def row_chunks(shape: Sequence[int], start: int = 0, stop: int | None = None) ->
 @dataclass
 class TensorOutput:
     """A tensor a consumer wants written: checked for NaN/Inf when ``where`` names it and written, both behind
-    (in the writer thread, while the next chunk is computed)."""
+    (in the writer thread, while the next chunk is computed).
 
-    tensor: torch.Tensor
+    A whole tensor's merge may be given as ``compute`` instead of ``tensor``: on CPU it is then made behind too,
+    in the merge threads (one per core), several tensors at once, while the run reads on (``execute``).
+    """
+
+    tensor: torch.Tensor | None
     write: Callable[[torch.Tensor], object]
     where: str | None = None  # "merged NAME": the start of the NaN/Inf error; None: not checked (a copy)
     dtype: torch.dtype | None = None  # the dtype it is stored in: converted first, so the check sees what is written
+    compute: Callable[[], torch.Tensor] | None = None  # makes ``tensor`` (a pure function of tensors it holds)
+    holds: int = 0  # bytes ``compute`` holds until it has run (its inputs)
+
+    def then(self, change: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the tensor by ``change(tensor)``: now, or right after ``compute`` when it is still to run."""
+        if self.compute is None:
+            self.tensor = change(self.tensor)
+        else:
+            self.compute = functools.partial(_composed, change, self.compute)
+
+
+def _composed(outer: Callable[[torch.Tensor], torch.Tensor], inner: Callable[[], torch.Tensor]) -> torch.Tensor:
+    return outer(inner())
 
 
 class Consumer(Protocol):
@@ -164,19 +181,23 @@ class ModelOutput:
         return not job.compute or self._merge_flag(self.row_local, job.row_local)
 
     def consume(self, job: TensorJob, tensors: list[torch.Tensor]) -> TensorOutput:
-        return self._output(job, tensors, functools.partial(self.writer.add, job.output_name))
+        return self._output(job, tensors, functools.partial(self.writer.add, job.output_name), whole=True)
 
     def consume_block(self, job: TensorJob, block: Block, tensors: list[torch.Tensor]) -> TensorOutput:
         return self._output(job, tensors, functools.partial(self.writer.add_rows, job.output_name, block.start))
 
-    def _output(self, job: TensorJob, tensors: list[torch.Tensor], write: Callable) -> TensorOutput:
+    def _output(self, job: TensorJob, tensors: list[torch.Tensor], write: Callable, whole: bool = False
+                ) -> TensorOutput:
         if not job.compute:
             return TensorOutput(tensors[0], write)
         merge = self.merge or job.merge
         if merge is None:
             raise CMAAMError(f"{job.output_name}: a compute job without a merge function")
-        return TensorOutput(merge(tensors), write, f"merged {job.output_name}{self.label}",
-                            self.writer.stored_dtype(job.output_name))
+        where, dtype = f"merged {job.output_name}{self.label}", self.writer.stored_dtype(job.output_name)
+        if whole:  # a whole tensor's merge: made behind, in parallel with the next ones
+            return TensorOutput(None, write, where, dtype, functools.partial(merge, tensors),
+                                sum(tensor.numel() * tensor.element_size() for tensor in tensors))
+        return TensorOutput(merge(tensors), write, where, dtype)
 
     def finish(self) -> None:
         if self.before_commit is not None:
@@ -307,16 +328,21 @@ def tune_allocator() -> bool:
     return all(mallopt(option, value) == 1 for option, value in ALLOCATOR_SETTINGS.items())
 
 
-def _check_and_write(output: TensorOutput, check: bool) -> None:
-    """The writer thread's part of an output: the conversion to its stored dtype, the NaN/Inf check of that (an
-    error reaches the run when it waits on this write; a value beyond float16's range is caught as the Inf
-    it becomes), then the write."""
-    tensor = output.tensor
+def _checked(output: TensorOutput, check: bool) -> torch.Tensor:
+    """An output as it is stored: computed (``compute``), converted to its stored dtype and checked for NaN/Inf
+    (a value beyond float16's range is caught as the Inf it becomes)."""
+    tensor = output.compute() if output.compute is not None else output.tensor
     if output.dtype is not None and tensor.dtype != output.dtype:
         tensor = tensor.to(output.dtype)
     if check and output.where is not None:
         check_finite(tensor, output.where)
-    output.write(tensor)
+    return tensor
+
+
+def _check_and_write(output: TensorOutput, check: bool, made: Future | None = None) -> None:
+    """The writer thread's part of an output: ``_checked`` (or its result ``made`` in a merge thread) written. An
+    error reaches the run when it waits on this write."""
+    output.write(_checked(output, check) if made is None else made.result())
 
 
 @contextlib.contextmanager
@@ -348,14 +374,18 @@ def kernel_threads() -> Iterator[None]:
     if "OMP_NUM_THREADS" in os.environ:
         yield
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores // PIPELINE_THREADS))
+    torch.set_num_threads(max(1, available_cores() // PIPELINE_THREADS))
     _THREADS_OUTSIDE.append(previous)
     try:
         yield
     finally:
         _THREADS_OUTSIDE.pop()
         torch.set_num_threads(previous)
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 _THREADS_OUTSIDE: list[int] = []  # torch's thread count before each active kernel_threads (innermost last)
@@ -400,6 +430,7 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
     device, allow_nonfinite, progress = resolve_device(options.device), options.allow_nonfinite, options.progress
     tune_allocator()
     budget = parse_size(options.max_memory)
+    behind = max(WRITE_BEHIND_BYTES, budget // BLOCK_SHARE)  # outputs (and merges' inputs) held behind at most
     jobs = [_resolved(readers, job) for job in jobs]
     reads = [read for index, job in enumerate(jobs) for block in _row_blocks(readers, job, consumers, budget)
              for read in _reads(readers, index, job, block)]
@@ -441,6 +472,7 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
 
     with gc_paused(), kernel_threads(), ThreadPoolExecutor(1, thread_name_prefix="cmaam-load") as loader, \
             ThreadPoolExecutor(1, thread_name_prefix="cmaam-write") as saver, \
+            ThreadPoolExecutor(available_cores(), thread_name_prefix="cmaam-merge") as merger, \
             tqdm(total=len(jobs), desc=description, unit="tensor", disable=not progress, leave=False) as bar:
         writing: collections.deque[tuple[Future, int, int]] = collections.deque()  # (write, bytes, job index)
 
@@ -459,12 +491,16 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
 
         def emit(result: TensorOutput | Iterable[TensorOutput] | None, index: int) -> None:
             for output in _outputs(result):
-                size = output.tensor.numel() * output.tensor.element_size()
+                if output.compute is not None and device != "cpu":  # a GPU runs one kernel at a time anyway
+                    output.tensor, output.compute = output.compute(), None
+                tensor = output.tensor
+                size = output.holds if output.compute is not None else tensor.numel() * tensor.element_size()
                 while writing and (len(writing) >= WRITE_QUEUE
-                                   or sum(queued for _, queued, _ in writing) + size > WRITE_BEHIND_BYTES):
+                                   or sum(queued for _, queued, _ in writing) + size > behind):
                     wait()
-                writing.append((saver.submit(_check_and_write, output, not allow_nonfinite), size, index))
-                del output
+                made = merger.submit(_checked, output, not allow_nonfinite) if output.compute is not None else None
+                writing.append((saver.submit(_check_and_write, output, not allow_nonfinite, made), size, index))
+                del output, made, tensor
 
         loading = loader.submit(load, reads[0]) if reads else None
         for position, read in enumerate(reads):

@@ -76,7 +76,7 @@ class KeepTargetRows:
         rows = kept_rows(self.readers, job) if job.compute and output is not None else None
         position = target_position(job, self.target)
         if rows is not None and position is not None:
-            output.tensor = restore_rows(output.tensor, tensors[position], rows)
+            output.then(functools.partial(restore_rows, original=tensors[position], rows=rows))
         return output
 
     def accepts_blocks(self, job: TensorJob) -> bool:

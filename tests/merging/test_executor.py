@@ -15,7 +15,7 @@ from cmaam.alignment.scores.analyzer import analyze_pair, score_tensor_pair
 from cmaam.alignment.scores.cmbc import embedding_subspace
 from cmaam.core.errors import CMAAMError
 from cmaam.io import CheckpointReader, CheckpointWriter, write_state_dict
-from cmaam.merging.executor import ModelOutput, TensorJob, execute, plan_specs, run_merge
+from cmaam.merging.executor import ModelOutput, TensorJob, available_cores, execute, plan_specs, run_merge
 from cmaam.merging.pairs import check_pair, interpolate, pair_jobs
 from cmaam.merging.sweep import sweep
 from cmaam.testing.reads import record_reads
@@ -284,6 +284,40 @@ def test_outputs_are_written_behind_in_a_writer_thread(pair, tmp_path, monkeypat
     run_merge(readers, pair_jobs(readers["target"], {NAMES[1]: 0.5}, "linear"), tmp_path / "out",
               ExecutionOptions(progress=False), reference=target)
     assert len(threads) == 1 and next(iter(threads)).startswith("cmaam-write")
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="one core: one merge thread")
+def test_whole_tensor_merges_run_in_merge_threads_at_once(pair, tmp_path):
+    """Two whole-tensor merges wait for each other at a barrier: only merges run at the same time get through."""
+    target, source = pair
+    readers = readers_of(target, source)
+    barrier, threads = threading.Barrier(2, timeout=20), []
+
+    def meeting(tensors):
+        threads.append(threading.current_thread().name)
+        barrier.wait()
+        return tensors[0] + tensors[1]
+
+    jobs = [TensorJob(name, [("target", name), ("source", name)], meeting) for name in (NAMES[0], NAMES[4])]
+    run_merge(readers, jobs, tmp_path / "out", ExecutionOptions(progress=False), reference=target)
+    assert len(threads) == 2 and all(name.startswith("cmaam-merge") for name in threads)
+    t, s, merged = stored(target), stored(source), stored(tmp_path / "out")
+    for name in (NAMES[0], NAMES[4]):
+        assert torch.equal(merged[name], (t[name].float() + s[name].float()).to(torch.bfloat16))
+
+
+def test_an_error_in_a_merge_thread_is_one_line_and_writes_nothing(pair, tmp_path):
+    target, source = pair
+    readers = readers_of(target, source)
+
+    def failing(tensors):
+        raise CMAAMError("merge failed here")
+
+    jobs = [TensorJob(NAMES[1], [("target", NAMES[1]), ("source", NAMES[1])], lambda ts: ts[0] * 0.5),
+            TensorJob(NAMES[4], [("target", NAMES[4]), ("source", NAMES[4])], failing)]
+    with pytest.raises(CMAAMError, match="^merge failed here$"):
+        run_merge(readers, jobs, tmp_path / "out", ExecutionOptions(progress=False), reference=target)
+    assert not (tmp_path / "out").exists()
 
 
 def test_streamed_merge_equals_a_whole_model_merge(pair, tmp_path):

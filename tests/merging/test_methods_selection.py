@@ -9,7 +9,8 @@ import torch
 from cmaam.merging.methods import sparsify as sparsify_module
 from cmaam.merging.methods.generalized import MERGE_CHUNK, consensus_mask, generalized_task_arithmetic
 from cmaam.merging.methods.sparsify import (SELECTION_SAMPLE, count_below_equal, kth_smallest, kth_smallest_counted,
-                                            magnitude, nth_true_position, rank_window, sparsify, top_cut)
+                                            magnitude, nth_true_position, rank_window, sparsify, top_cut,
+                                            true_positions)
 
 LARGE = 5 * SELECTION_SAMPLE  # past the size where the sample brackets the value
 
@@ -102,6 +103,9 @@ def test_nth_true_position_is_nonzero():
         positions = torch.nonzero(mask).flatten()
         for n in {1, len(positions) // 2 + 1, len(positions)} - {0}:
             assert nth_true_position(mask, n) == int(positions[n - 1]), (size, n)
+        found = true_positions(mask.view(-1, 1) if size % 2 else mask)  # any shape: flat positions
+        assert found.dtype == torch.int64 and torch.equal(found, positions)
+    assert true_positions(torch.zeros(7, dtype=torch.bool)).numel() == 0
 
 
 @pytest.mark.parametrize("consensus", ["sum", "count", None])

