@@ -5,20 +5,23 @@ The executor loads the next read in a background thread while the current one is
 checks it for NaN/Inf, and hands the same tensors to every ``Consumer``: one ``ModelOutput`` per model
 written (a merge, a soup, a mergekit config; a sweep has one per alpha), the analysis
 (``cmaam.alignment.scores.analyzer.PairScorer``), checks. The tensors a consumer returns are checked and
-written behind in one writer thread while the next ones are computed. Prefetch, device, dtype, NaN/Inf
-checks, row blocks, progress and write-behind live here and nowhere else.
+written behind in one writer thread while the next ones are computed; a merge a consumer returns as
+``TensorOutput.compute`` is made on CPU in the merge threads (one per core), several at once. When every
+consumer of a job takes its inputs as stored (``accepts_stored``), the merge threads also convert them, and
+the mapped pages they read are dropped only after their outputs are written. Prefetch, device, dtype,
+NaN/Inf checks, row blocks, progress, merge threads and write-behind live here and nowhere else.
 
 Memory budget (``ExecutionOptions.max_memory``). A compute job larger than one compute chunk
 (``COMPUTE_CHUNK_ELEMENTS``) whose consumers all accept row blocks (``accepts_blocks``) streams chunk by
-chunk: the loader views the next chunk's rows in the mapped input files and converts them to float32 while the
-current chunk is consumed (``consume_block``), so a float32 chunk of about a million elements is all that is
-held per input. The budget sets the read-ahead: the kernel is asked to read a row block of at most
-``max_memory / BLOCK_SHARE`` bytes (all its inputs, as float32) when its first chunk is loaded, and the
-block's mapped pages are dropped after its last; copy jobs are read and written in such blocks. A ModelOutput
-writes each merged chunk at its offset in the planned slot; scores accumulate over the chunks. Chunk
-boundaries depend on the tensor's shape only, never on the budget, so everything computed from chunks is the
-same whatever ``max_memory`` is. Jobs whose merge needs the whole tensor (slerp, TIES' global top-k, ...:
-``TensorJob.row_local`` False) are loaded whole.
+chunk: the loader views the next chunk's rows in the mapped input files (converting them to float32 unless the
+merge threads do) while the current chunk is consumed (``consume_block``), so a few float32 chunks of about a
+million elements are all that is held per input. The budget sets the read-ahead: the kernel is asked to read a
+row block of at most ``max_memory / BLOCK_SHARE`` bytes (all its inputs, as float32) when its first chunk is
+loaded, and the block's mapped pages are dropped after its last; copy jobs are read and written in such
+blocks. A ModelOutput writes each merged chunk at its offset in the planned slot; scores accumulate over the
+chunks. Chunk boundaries depend on the tensor's shape only, never on the budget, so everything computed from
+chunks is the same whatever ``max_memory`` is. Jobs whose merge needs the whole tensor (slerp, TIES' global
+top-k, ...: ``TensorJob.row_local`` False) are loaded whole.
 
 NaN/Inf. Every input is checked once as read, except the inputs of a job whose every consumer writes a merge
 that is NaN/Inf wherever an input is (``Consumer.checks_inputs``: linear merges, lerps): there the outputs'
@@ -49,7 +52,7 @@ from cmaam.io import CheckpointReader, CheckpointWriter, TensorSpec, parse_dtype
 Merge = Callable[[list[torch.Tensor]], torch.Tensor]
 COMPUTE_CHUNK_ELEMENTS = 1 << 20  # elements of one compute chunk (4 MiB as float32: stays in the CPU cache)
 BLOCK_SHARE = 4  # one row block (all inputs of a job, float32) takes at most max_memory / BLOCK_SHARE
-WRITE_QUEUE = 4  # outputs being written behind at most
+WRITE_QUEUE = 8  # outputs being made or written behind at most
 WRITE_BEHIND_BYTES = 64 << 20  # ... and their bytes (a larger output waits for the ones before it)
 
 
@@ -127,6 +130,11 @@ class TensorOutput:
             self.compute = functools.partial(_composed, change, self.compute)
 
 
+def merged(merge: Merge, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``merge`` of the inputs as float32 (inputs given as stored are converted here, in the merge thread)."""
+    return merge([tensor.float() for tensor in tensors])
+
+
 def _composed(outer: Callable[[torch.Tensor], torch.Tensor], inner: Callable[[], torch.Tensor]) -> torch.Tensor:
     return outer(inner())
 
@@ -138,6 +146,8 @@ class Consumer(Protocol):
     ``consume_block(job, block, tensors)``, called once per compute chunk, in row order, for the jobs
     it accepts (when every consumer of the run accepts them); otherwise it gets whole tensors.
     ``consume`` and ``consume_block`` may return one TensorOutput, several (an iterable) or None.
+    A consumer may also have ``accepts_stored(job) -> bool``: True when it takes a compute job's inputs in
+    their stored dtype (then on CPU the loader hands on views of the mapped files, unconverted).
     A consumer may also have ``checks_inputs(job) -> bool``: True when every output it makes of the job is
     NaN/Inf wherever an input is, and checked (a plain weighted sum, written). When all consumers say so, the
     executor checks the job's outputs only, and its inputs only to name the culprit if an output fails.
@@ -155,7 +165,8 @@ class ModelOutput:
 
     ``label`` ends the NaN/Inf error of a merged tensor (e.g. " (alpha 0.3)"); ``before_commit`` may
     add files to the writer's temporary folder after the last tensor. ``row_local`` and
-    ``propagates_nonfinite`` describe ``merge`` (default: each job's own flags, for the job's merge).
+    ``propagates_nonfinite`` describe ``merge`` (default: each job's own flags, for the job's merge). Each
+    merge is returned as a ``TensorOutput.compute`` of the inputs as given (stored or float32): made behind.
     """
 
     def __init__(self, writer: CheckpointWriter, merge: Merge | None = None, label: str = "",
@@ -180,24 +191,26 @@ class ModelOutput:
     def accepts_blocks(self, job: TensorJob) -> bool:
         return not job.compute or self._merge_flag(self.row_local, job.row_local)
 
+    def accepts_stored(self, job: TensorJob) -> bool:
+        return bool(job.compute)
+
     def consume(self, job: TensorJob, tensors: list[torch.Tensor]) -> TensorOutput:
-        return self._output(job, tensors, functools.partial(self.writer.add, job.output_name), whole=True)
+        return self._output(job, tensors, functools.partial(self.writer.add, job.output_name))
 
     def consume_block(self, job: TensorJob, block: Block, tensors: list[torch.Tensor]) -> TensorOutput:
         return self._output(job, tensors, functools.partial(self.writer.add_rows, job.output_name, block.start))
 
-    def _output(self, job: TensorJob, tensors: list[torch.Tensor], write: Callable, whole: bool = False
-                ) -> TensorOutput:
+    def _output(self, job: TensorJob, tensors: list[torch.Tensor], write: Callable) -> TensorOutput:
         if not job.compute:
             return TensorOutput(tensors[0], write)
         merge = self.merge or job.merge
         if merge is None:
             raise CMAAMError(f"{job.output_name}: a compute job without a merge function")
-        where, dtype = f"merged {job.output_name}{self.label}", self.writer.stored_dtype(job.output_name)
-        if whole:  # a whole tensor's merge: made behind, in parallel with the next ones
-            return TensorOutput(None, write, where, dtype, functools.partial(merge, tensors),
-                                sum(tensor.numel() * tensor.element_size() for tensor in tensors))
-        return TensorOutput(merge(tensors), write, where, dtype)
+        # made behind, in parallel with the next ones; inputs as stored (accepts_stored) are converted there
+        return TensorOutput(None, write, f"merged {job.output_name}{self.label}",
+                            self.writer.stored_dtype(job.output_name), functools.partial(merged, merge, tensors),
+                            sum(tensor.numel() * (4 + (tensor.dtype != torch.float32) * tensor.element_size())
+                                for tensor in tensors))  # float32 copies, and the stored tensors they come from
 
     def finish(self) -> None:
         if self.before_commit is not None:
@@ -442,9 +455,21 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
     through_outputs = [not allow_nonfinite and bool(consumers) and all(
         getattr(consumer, "checks_inputs", lambda job: False)(job) for consumer in consumers) for job in jobs]
 
+    # compute jobs whose consumers all take the inputs as stored: the merge threads convert them
+    as_stored = [device == "cpu" and bool(job.compute) and bool(consumers) and all(
+        getattr(consumer, "accepts_stored", lambda job: False)(job) for consumer in consumers) for job in jobs]
+
     def mapped(reader: CheckpointReader, name: str) -> bool:
         """Whether a compute input is viewed in the mapped file (then copied by its conversion and released)."""
         return hasattr(reader, "view_rows") and reader.reads_rows(name)
+
+    def release(read: Read) -> None:
+        """Drop the mapped pages of a compute read's viewed inputs, once per row block (or whole tensor)."""
+        if read.block is not None and read.done is None:
+            return
+        for model, name in jobs[read.index].inputs:
+            if mapped(readers[model], name):
+                readers[model].release_rows(name, *(() if read.done is None else (read.done.start, read.done.stop)))
 
     def load(read: Read) -> list[torch.Tensor]:
         job = jobs[read.index]
@@ -463,11 +488,11 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
                 tensor = reader.get(name)
             if must_check(model, name) and not through_outputs[read.index]:  # in cache for the conversion after
                 check_finite(tensor, f"{reader.path}: {name}")
-            if job.compute:
+            if job.compute and not as_stored[read.index]:
                 tensor = tensor.to(device=device, dtype=torch.float32, copy=view)
-                if view and (read.block is None or read.done is not None):
-                    reader.release_rows(name, *(() if read.done is None else (read.done.start, read.done.stop)))
             tensors.append(tensor)
+        if job.compute and not as_stored[read.index]:
+            release(read)
         return tensors
 
     with gc_paused(), kernel_threads(), ThreadPoolExecutor(1, thread_name_prefix="cmaam-load") as loader, \
@@ -515,6 +540,8 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
                     tensors = None  # the inputs are freed before waiting on previous writes
                 emit(result, index)
                 del result
+            if as_stored[index]:  # after the writes of its outputs, which wait for the merges reading the views
+                writing.append((saver.submit(release, read), 0, index))
             if block is None or block.last:
                 bar.update(1)
         while writing:

@@ -83,6 +83,10 @@ class KeepTargetRows:
         """Row blocks when the inner consumer takes them and the job keeps no target rows."""
         return kept_rows(self.readers, job) is None and getattr(self.inner, "accepts_blocks", lambda job: False)(job)
 
+    def accepts_stored(self, job: TensorJob) -> bool:
+        """As the inner consumer, for a job keeping no target rows."""
+        return kept_rows(self.readers, job) is None and getattr(self.inner, "accepts_stored", lambda job: False)(job)
+
     def consume_block(self, job: TensorJob, block: Any, tensors: list[torch.Tensor]) -> Any:
         return self.inner.consume_block(job, block, tensors)
 

@@ -306,6 +306,29 @@ def test_whole_tensor_merges_run_in_merge_threads_at_once(pair, tmp_path):
         assert torch.equal(merged[name], (t[name].float() + s[name].float()).to(torch.bfloat16))
 
 
+def test_a_merge_only_run_hands_the_merge_threads_the_inputs_as_stored(pair, tmp_path, monkeypatch):
+    """Without a consumer that needs float32 (an analysis), the loader does not convert: the merge threads do."""
+    from cmaam.merging import executor
+
+    target, source = pair
+    readers = readers_of(target, source)
+    seen = []
+    original = executor.merged
+    monkeypatch.setattr(executor, "merged", lambda merge, tensors: seen.append(
+        (tuple(tensor.dtype for tensor in tensors), threading.current_thread().name)) or original(merge, tensors))
+    jobs = pair_jobs(readers["target"], {NAMES[0]: 0.2, NAMES[2]: 0.9}, "linear")
+    run_merge(readers, jobs, tmp_path / "stored", ExecutionOptions(progress=False), reference=target)
+    assert {dtypes for dtypes, _ in seen} == {(torch.bfloat16,) * 2, (torch.float32,) * 2}
+    assert all(thread.startswith("cmaam-merge") for _, thread in seen)
+    seen.clear()
+    with CheckpointWriter(tmp_path / "converted", plan_specs(readers, jobs), reference=target) as writer:
+        execute(readers, jobs, [ModelOutput(writer), Recorder()], ExecutionOptions(progress=False))
+    assert {dtypes for dtypes, _ in seen} == {(torch.float32,) * 2}  # the recorder needs float32: converted once
+    merged_as_stored, merged_converted = stored(tmp_path / "stored"), stored(tmp_path / "converted")
+    assert list(merged_as_stored) == list(merged_converted)
+    assert all(torch.equal(merged_as_stored[name], merged_converted[name]) for name in merged_as_stored)
+
+
 def test_an_error_in_a_merge_thread_is_one_line_and_writes_nothing(pair, tmp_path):
     target, source = pair
     readers = readers_of(target, source)

@@ -203,6 +203,43 @@ def test_a_larger_budget_reads_ahead_in_larger_blocks_with_the_same_result(famil
     assert weights(tmp_path / "40KB") == weights(tmp_path / SMALL_BUDGET)
 
 
+def test_a_blocks_mapped_pages_are_dropped_once_after_its_rows_are_written(family, tmp_path, monkeypatch):
+    """The merge threads read the mapped rows until their outputs are written: each input's block is released
+    once, and only when every row of it is in the output."""
+    models = family("llama")
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIGS["linear"][0].format(**models))
+    monkeypatch.setattr(executor, "COMPUTE_CHUNK_ELEMENTS", SMALL_CHUNK)
+    written: dict[str, set[int]] = {}
+    add, add_rows, release_rows = CheckpointWriter.add, CheckpointWriter.add_rows, CheckpointReader.release_rows
+
+    def recording_add_rows(self, name, start, tensor):
+        add_rows(self, name, start, tensor)
+        written.setdefault(name, set()).update(range(start, start + (tensor.shape[0] if tensor.dim() else 1)))
+
+    def recording_add(self, name, tensor):
+        add(self, name, tensor)
+        written.setdefault(name, set()).update(range(tensor.shape[0] if tensor.dim() else 1))
+
+    releases = []
+
+    def recording_release_rows(self, name, start=0, stop=None):
+        rows = range(start, self.shape(name)[0] if stop is None else stop)
+        releases.append((self.path.name, name, rows.start, rows.stop, set(rows) <= written.get(name, set())))
+        release_rows(self, name, start, stop)
+
+    monkeypatch.setattr(CheckpointWriter, "add_rows", recording_add_rows)
+    monkeypatch.setattr(CheckpointWriter, "add", recording_add)
+    monkeypatch.setattr(CheckpointReader, "release_rows", recording_release_rows)
+    merge_from_config(config, tmp_path / "out", ExecutionOptions(max_memory=SMALL_BUDGET, progress=False))
+    reader = CheckpointReader(models["base"])
+    largest = max(reader.keys(), key=reader.numel)
+    blocks = [(start, stop) for folder, name, start, stop, _ in releases if name == largest and folder == "base"]
+    assert len(blocks) > 1 and len(set(blocks)) == len(blocks)  # every block once
+    assert sorted(blocks)[0][0] == 0 and sorted(blocks)[-1][1] == reader.shape(largest)[0]
+    assert releases and all(after_writes for *_, after_writes in releases)
+
+
 def test_prefetch_advises_exactly_the_rows_bytes(tmp_path, monkeypatch):
     tensors = {"a": torch.randn(1000, 3, 5).to(torch.bfloat16), "b": torch.arange(7)}
     reader = CheckpointReader(write_state_dict(tmp_path / "m", tensors, config={"model_type": "llama"}))
