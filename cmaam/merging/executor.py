@@ -52,7 +52,7 @@ from cmaam.io import CheckpointReader, CheckpointWriter, TensorSpec, parse_dtype
 Merge = Callable[[list[torch.Tensor]], torch.Tensor]
 COMPUTE_CHUNK_ELEMENTS = 1 << 20  # elements of one compute chunk (4 MiB as float32: stays in the CPU cache)
 BLOCK_SHARE = 4  # one row block (all inputs of a job, float32) takes at most max_memory / BLOCK_SHARE
-WRITE_QUEUE = 8  # outputs being made or written behind at most
+WRITE_QUEUE = 16  # outputs being made or written behind at most
 WRITE_BEHIND_BYTES = 64 << 20  # ... and their bytes (a larger output waits for the ones before it)
 
 
