@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from cmaam.merging.executor import wide_kernels
+
 MAX_RANK = 32
 
 
 def _top_eigenvectors(gram: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (descending) and the matching eigenvectors of a symmetric PSD matrix, top ``count``."""
-    values, vectors = torch.linalg.eigh(gram)
+    """Eigenvalues (descending) and the matching eigenvectors of a symmetric PSD matrix, top ``count``.
+
+    Compute-bound: inside a run it gets every core (``wide_kernels``), as outside one.
+    """
+    with wide_kernels():
+        values, vectors = torch.linalg.eigh(gram)
     order = torch.argsort(values, descending=True)[:count]
     return values[order].clamp(min=0), vectors[:, order]
 
@@ -29,9 +35,11 @@ def top_left_subspace(weight: torch.Tensor, count: int = MAX_RANK) -> tuple[torc
     """
     matrix = weight.reshape(weight.shape[0], -1).float()
     rows, columns = matrix.shape
+    with wide_kernels():  # the Gram matrix's product: compute-bound
+        gram = matrix @ matrix.T if rows <= columns else matrix.T @ matrix
     if rows <= columns:
-        return left_subspace_from_gram(matrix @ matrix.T, tuple(matrix.shape), count)
-    values, right = _top_eigenvectors(matrix.T @ matrix, count)
+        return left_subspace_from_gram(gram, tuple(matrix.shape), count)
+    values, right = _top_eigenvectors(gram, count)
     rank = _numerical_rank(values, tuple(matrix.shape))
     left = matrix @ right[:, :rank] / values[:rank].sqrt()  # u_i = W v_i / s_i
     return torch.nn.functional.normalize(left, dim=0), rank
