@@ -6,7 +6,8 @@ Builds three Llama-shaped checkpoints of about ``--size-gb`` each (random weight
 CheckpointWriter, no transformers init), then for each method runs each side in a fresh
 subprocess (wall seconds, GB/s = one model's bytes / seconds, peak RSS of the child) and prints
 a table with the ratios, and the I/O floor measured in the same run: reading the three inputs once
-and writing one output with fsync, no compute, page cache warm as for the merges; and the start-up every
+and writing one output with fsync, no compute, page cache warm as for the merges (inputs read back from
+storage after they are built, not left in the cache by their writer); and the start-up every
 merge tool (ours and mergekit) pays before its first read: a fresh ``python -c 'import torch'``. With
 ``--repeats N`` the sides run in N rounds (a slow spell of the disk hits all alike) and the fastest of
 each is shown. Targets: cmaam throughput >= 1.5x mergekit's, peak RSS <= 0.5x; cmaam linear within 1.3x
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from benchtools import folder_bytes, io_floor, measure, warm, weight_files
+from benchtools import evict, folder_bytes, io_floor, measure, warm, weight_files
 from cmaam.testing.tiny import TinySize
 
 __all__ = ["add_common_arguments", "folder_bytes", "run_sides", "synthetic_inputs", "work_folder"]  # moe_build
@@ -138,11 +139,18 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def synthetic_inputs(workdir: Path, size_gb: float, dtype_name: str) -> dict[str, Path]:
-    """base, ft1, ft2 under ``workdir/models`` (built unless already there)."""
+    """base, ft1, ft2 under ``workdir/models`` (built unless already there).
+
+    Freshly built inputs are dropped from the page cache once, so that every run finds them as pages read
+    from storage (``warm`` reads them back), as a user's downloaded checkpoints are, not as the pages their
+    writer left: mapped, those took a linear merge 2.7-3.2 s instead of 2.3-2.4 s (docs/performance.md).
+    """
     models = workdir / "models"
     if (models / "ft2").exists():
         return {name: models / name for name in ("base", "ft1", "ft2")}
-    return build_models(models, size_gb, dtype_name)
+    paths = build_models(models, size_gb, dtype_name)
+    evict(weight_files(paths.values()))
+    return paths
 
 
 @contextlib.contextmanager
