@@ -6,7 +6,7 @@ checks it for NaN/Inf, and hands the same tensors to every ``Consumer``: one ``M
 written (a merge, a soup, a mergekit config; a sweep has one per alpha), the analysis
 (``cmaam.alignment.scores.analyzer.PairScorer``), checks. The tensors a consumer returns are checked and
 written behind in one writer thread while the next ones are computed; a merge a consumer returns as
-``TensorOutput.compute`` is made on CPU in the merge threads (one per core), several at once. When every
+``TensorOutput.compute`` is made on CPU in the merge threads (``merge_threads``), several at once. When every
 consumer of a job takes its inputs as stored (``accepts_stored``), the merge threads also convert them, and
 the mapped pages they read are dropped only after their outputs are written. Prefetch, device, dtype,
 NaN/Inf checks, row blocks, progress, merge threads and write-behind live here and nowhere else.
@@ -112,7 +112,7 @@ class TensorOutput:
     (in the writer thread, while the next chunk is computed).
 
     A whole tensor's merge may be given as ``compute`` instead of ``tensor``: on CPU it is then made behind too,
-    in the merge threads (one per core), several tensors at once, while the run reads on (``execute``).
+    in the merge threads (``merge_threads``), several tensors at once, while the run reads on (``execute``).
     """
 
     tensor: torch.Tensor | None
@@ -401,6 +401,13 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def merge_threads() -> int:
+    """How many merges run at once: the cores over torch's threads per kernel (called inside ``kernel_threads``),
+    so the merges' kernels together use about every core: 2 on 2 cores, 3 on 16 (5 threads each), and one
+    per core when the user set one thread per kernel (OMP_NUM_THREADS=1)."""
+    return max(1, available_cores() // max(1, torch.get_num_threads()))
+
+
 _THREADS_OUTSIDE: list[int] = []  # torch's thread count before each active kernel_threads (innermost last)
 
 
@@ -497,7 +504,7 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
 
     with gc_paused(), kernel_threads(), ThreadPoolExecutor(1, thread_name_prefix="cmaam-load") as loader, \
             ThreadPoolExecutor(1, thread_name_prefix="cmaam-write") as saver, \
-            ThreadPoolExecutor(available_cores(), thread_name_prefix="cmaam-merge") as merger, \
+            ThreadPoolExecutor(merge_threads(), thread_name_prefix="cmaam-merge") as merger, \
             tqdm(total=len(jobs), desc=description, unit="tensor", disable=not progress, leave=False) as bar:
         writing: collections.deque[tuple[Future, int, int]] = collections.deque()  # (write, bytes, job index)
 

@@ -212,6 +212,26 @@ def test_kernels_get_a_third_of_the_cores_during_a_run_unless_the_user_chose(pai
     assert seen == [2, 1, before] and torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("cores, omp, expected", [(2, None, 2), (7, None, 3), (16, None, 3), (16, "1", 16),
+                                                  (16, "4", 4)])
+def test_merges_at_once_use_about_every_core(monkeypatch, cores, omp, expected):
+    """Merge threads times torch's threads per kernel stays near the core count, never a team per core each."""
+    from cmaam.merging import executor
+
+    monkeypatch.setattr(executor.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    before = torch.get_num_threads()
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+        torch.set_num_threads(int(omp))  # what the user's setting gives torch at start-up
+    try:
+        with executor.kernel_threads():
+            assert executor.merge_threads() == expected
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_wide_kernels_get_the_threads_of_outside_a_run(monkeypatch):
     from cmaam.merging import executor
 
