@@ -111,8 +111,8 @@ class TensorOutput:
     """A tensor a consumer wants written: checked for NaN/Inf when ``where`` names it and written, both behind
     (in the writer thread, while the next chunk is computed).
 
-    A whole tensor's merge may be given as ``compute`` instead of ``tensor``: on CPU it is then made behind too,
-    in the merge threads (``merge_threads``), several tensors at once, while the run reads on (``execute``).
+    A merge (of a whole tensor or of a chunk) may be given as ``compute`` instead of ``tensor``: on CPU it is then
+    made behind too, in the merge threads (``merge_threads``), several at once, while the run reads on.
     """
 
     tensor: torch.Tensor | None
@@ -467,7 +467,8 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
         getattr(consumer, "accepts_stored", lambda job: False)(job) for consumer in consumers) for job in jobs]
 
     def mapped(reader: CheckpointReader, name: str) -> bool:
-        """Whether a compute input is viewed in the mapped file (then copied by its conversion and released)."""
+        """Whether a compute input is viewed in the mapped file (its pages released once converted: by the loader,
+        or, as stored, by the merge threads, after the read's outputs are written)."""
         return hasattr(reader, "view_rows") and reader.reads_rows(name)
 
     def release(read: Read) -> None:
@@ -493,7 +494,7 @@ def execute(readers: Mapping[str, CheckpointReader], jobs: Sequence[TensorJob], 
                 tensor = reader.get_rows(name, *rows)
             else:  # whole, as the reader gives it (an adapter computes its patched tensors here)
                 tensor = reader.get(name)
-            if must_check(model, name) and not through_outputs[read.index]:  # in cache for the conversion after
+            if must_check(model, name) and not through_outputs[read.index]:
                 check_finite(tensor, f"{reader.path}: {name}")
             if job.compute and not as_stored[read.index]:
                 tensor = tensor.to(device=device, dtype=torch.float32, copy=view)
