@@ -1,16 +1,20 @@
 """Top-k by selection (kth_smallest, top_cut, rank_window): the same values and sets as torch.kthvalue and a stable
-sort; the chunked TIES path equal to the whole-tensor one."""
+sort; the two-step TIES paths (fused kernel, cache-sized chunks) equal to the whole-tensor one."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
+from cmaam.merging.methods import generalized as generalized_module
 from cmaam.merging.methods import sparsify as sparsify_module
-from cmaam.merging.methods.generalized import MERGE_CHUNK, consensus_mask, generalized_task_arithmetic
-from cmaam.merging.methods.sparsify import (SELECTION_SAMPLE, count_below_equal, kth_smallest, kth_smallest_counted,
-                                            magnitude, nth_true_position, rank_window, sparsify, top_cut,
-                                            true_positions)
+from cmaam.merging.methods.generalized import (FUSED_MAX_MODELS, MERGE_CHUNK, consensus_mask,
+                                               generalized_task_arithmetic)
+from cmaam.merging.methods.sparsify import (SELECTION_SAMPLE, DeltaMagnitudes, count_below_equal, kth_smallest,
+                                            kth_smallest_counted, magnitude, nth_true_position, rank_window, sparsify,
+                                            top_cut, true_positions)
 
 LARGE = 5 * SELECTION_SAMPLE  # past the size where the sample brackets the value
 
@@ -108,16 +112,9 @@ def test_nth_true_position_is_nonzero():
     assert true_positions(torch.zeros(7, dtype=torch.bool)).numel() == 0
 
 
-@pytest.mark.parametrize("consensus", ["sum", "count", None])
-def test_chunked_ties_equals_the_whole_tensor_computation_bit_for_bit(consensus):
-    """The chunked path (one top-k cut per model, then cache-sized chunks) against the plain stacked computation."""
-    generator = torch.Generator().manual_seed(7)
-    shape = (3, MERGE_CHUNK + 1234)  # more than one chunk, the last one short
-    base = torch.randn(shape, generator=generator).bfloat16().float()
-    models = [(base + torch.randn(shape, generator=generator) * 0.01).bfloat16().float() for _ in range(3)]
-    weights, densities = [0.5, 1.0, -0.3], [0.3, 1.0, 0.0]
-    merged = generalized_task_arithmetic(models, base, weight=weights, density=densities, normalize=True,
-                                         lambda_=0.8, sparsification="magnitude", consensus=consensus)
+def stacked_ties(models: list[torch.Tensor], base: torch.Tensor, weights: list[float], densities: list[float],
+                 consensus: str | None, lambda_: float) -> torch.Tensor:
+    """mergekit's generalized task arithmetic written plainly on stacked whole tensors (the reference)."""
     deltas = torch.stack([sparsify(model - base, density, "magnitude") if 0 < density < 1
                           else (model - base) * density for model, density in zip(models, densities)])
     deltas *= torch.tensor(weights).view(-1, 1, 1)
@@ -129,8 +126,71 @@ def test_chunked_ties_equals_the_whole_tensor_computation_bit_for_bit(consensus)
         divisor[divisor == 0] = 1
     else:
         mixed, divisor = deltas.sum(0), column.sum(0)
-    expected = base + mixed / divisor * 0.8
-    assert torch.equal(merged, expected)
+    return base + mixed / divisor * lambda_
+
+
+@pytest.fixture
+def fused_calls(monkeypatch) -> list[int]:
+    """How many models each call of the fused TIES kernel merged (to show which path a test took)."""
+    from cmaam.merging.methods import fused
+    calls, kernel = [], fused.ties_sum
+    monkeypatch.setattr(fused, "ties_sum", lambda models, *rest: calls.append(len(models)) or kernel(models, *rest))
+    return calls
+
+
+@pytest.mark.parametrize("consensus,count", [("sum", 1), ("sum", 2), ("sum", 3), ("sum", 4), ("sum", 5),
+                                             ("count", 3), (None, 3)])
+def test_chunked_ties_equals_the_whole_tensor_computation_bit_for_bit(consensus, count, fused_calls):
+    """The two-step path (one top-k cut per model, then the fused kernel for the sum consensus of up to four
+    models, else cache-sized chunks) against the plain stacked computation."""
+    generator = torch.Generator().manual_seed(7 + count)
+    shape = (3, MERGE_CHUNK + 1234)  # more than one chunk, the last one short
+    base = torch.randn(shape, generator=generator).bfloat16().float()
+    models = [(base + torch.randn(shape, generator=generator) * 0.01).bfloat16().float() for _ in range(count)]
+    weights, densities = ([0.5, 1.0, -0.3, 0.7, 0.2] * 2)[:count], ([0.3, 1.0, 0.0, 0.6, 0.45] * 2)[:count]
+    merged = generalized_task_arithmetic(models, base, weight=weights, density=densities, normalize=True,
+                                         lambda_=0.8, sparsification="magnitude", consensus=consensus)
+    assert torch.equal(merged, stacked_ties(models, base, weights, densities, consensus, 0.8))
+    assert fused_calls == ([count] if consensus == "sum" and count <= FUSED_MAX_MODELS else [])
+
+
+def test_fused_ties_equals_the_chunked_torch_path_with_nonfinite_entries_and_cut_ties(monkeypatch, fused_calls):
+    """NaN, opposed infinities and magnitudes equal to the cut across the tensor give the same bits either way
+    (the torch path taken by allowing no model in the kernel)."""
+    generator = torch.Generator().manual_seed(11)
+    size = 6 * SELECTION_SAMPLE + 77
+    base = torch.randn(size, generator=generator).bfloat16().float()
+    signs = torch.randint(0, 2, (size,), generator=generator) * 2 - 1  # the models agree: each kept delta counts
+    models = [base + signs * steps / 64 for steps in (1, 2, torch.randint(0, 3, (size,), generator=generator))]
+    # every magnitude of the first two models ties with their cuts
+    models[0][5], models[1][9], models[0][13], models[1][13] = math.nan, math.inf, math.inf, -math.inf
+    models[2][21], base[22] = -math.inf, math.inf
+    settings = dict(weight=[0.3, 0.6, 0.9], density=[0.4, 0.7, 1.0], normalize=True, lambda_=1.3,
+                    sparsification="magnitude", consensus="sum")
+    fused = generalized_task_arithmetic(models, base, **settings)
+    monkeypatch.setattr(generalized_module, "FUSED_MAX_MODELS", 0)
+    chunked = generalized_task_arithmetic(models, base, **settings)
+    assert fused_calls == [3]
+    assert fused.isnan().sum() >= 2 and fused[13].isinf()  # opposed infinities: a NaN vote elects its sign bit
+    torch.testing.assert_close(fused, chunked, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_delta_magnitudes_count_and_find_equal_values(fused):
+    from cmaam.merging.methods.fused import FusedDeltaMagnitudes
+    generator = torch.Generator().manual_seed(13)
+    size = 3 * MERGE_CHUNK + 999
+    base = torch.randint(-8, 8, (size,), generator=generator).float() / 4
+    model = base + torch.randint(-3, 4, (size,), generator=generator).float() / 4
+    magnitudes = FusedDeltaMagnitudes(model, base) if fused else DeltaMagnitudes(model, base, MERGE_CHUNK)
+    plain = (model - base).abs()
+    for value in (0.0, 0.25, 0.5, 0.6):
+        assert magnitudes.count_below_equal(value) == (int((plain < value).sum()), int((plain == value).sum()))
+    positions = torch.nonzero(plain == 0.5).flatten()
+    for n in (1, 2, len(positions) // 3, len(positions)):
+        assert magnitudes.equal_position(0.5, n) == int(positions[n - 1]), n
+    with pytest.raises(RuntimeError, match="fewer than"):
+        magnitudes.equal_position(0.5, len(positions) + 1)
 
 
 @pytest.mark.parametrize("name", sorted(tensors()))

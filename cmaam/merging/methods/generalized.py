@@ -8,6 +8,7 @@ keeps entries agreeing with the sign of the weighted sum (TIES) and the divisor 
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -15,12 +16,13 @@ import torch
 from cmaam.core.errors import CMAAMError
 from cmaam.merging.methods.common import check_shapes, per_model
 from cmaam.merging.methods.registry import Parameter, register
-from cmaam.merging.methods.sparsify import (TopCut, magnitude_keep, make_generator, selection_magnitudes, sparsify,
-                                            top_cut, top_cut_streamed)
+from cmaam.merging.methods.sparsify import (DeltaMagnitudes, TopCut, magnitude_keep, make_generator, sparsify, top_cut,
+                                            top_cut_streamed)
 
 CONSENSUS = ("sum", "count")
 RANDOM_SPARSIFICATIONS = ("random", "della_magprune")
 MERGE_CHUNK = 1 << 18  # elements merged at a time by the chunked TIES path (its working set stays in cache)
+FUSED_MAX_MODELS = 4  # torch sums up to 4 stacked rows in order, as the fused kernel does (fused.py)
 
 
 def majority_sign(deltas: torch.Tensor, method: str = "sum") -> torch.Tensor:
@@ -139,27 +141,27 @@ def _magnitude_chunks(tensors: list[torch.Tensor], base: torch.Tensor, weights: 
     """Magnitude-sparsified task arithmetic (TIES) in two steps, equal to the whole-tensor computation bit for bit.
 
     Each model's top-k is found once as a cut over the whole tensor's delta magnitudes; then the deltas are
-    recomputed, masked and combined in flat chunks that stay in the CPU cache, instead of a dozen passes over
-    whole stacked tensors.
+    recomputed, masked and combined entry by entry: in one compiled pass (``fused``) for TIES' sum consensus on
+    CPU, else in flat chunks that stay in the CPU cache, instead of a dozen passes over whole stacked tensors.
     """
     count, flat_base = base.numel(), base.reshape(-1)
     flats = [tensor.reshape(-1) for tensor in tensors]
+    fused = None
+    if consensus == "sum" and len(tensors) <= FUSED_MAX_MODELS and all(
+            tensor.dtype == torch.float32 and tensor.device.type == "cpu" for tensor in (base, *tensors)):
+        from cmaam.merging.methods import fused  # numba, imported only when needed
     cuts = []
-    scratch = base.new_empty(min(MERGE_CHUNK, count)) if base.dtype == torch.float32 else None
     for flat, density in zip(flats, densities):
         if 0 < density < 1 and count:
-            def magnitudes(where: slice, flat: torch.Tensor = flat) -> torch.Tensor:
-                """|flat - base| on a slice; a chunk's in one reused float32 buffer (used before the next call)."""
-                size = len(range(*where.indices(count)))
-                if scratch is None or size > scratch.numel():
-                    return selection_magnitudes(flat[where] - flat_base[where])
-                return torch.sub(flat[where], flat_base[where], out=scratch[:size]).abs_()
-
+            magnitudes = fused.FusedDeltaMagnitudes(flat, flat_base) if fused else DeltaMagnitudes(
+                flat, flat_base, MERGE_CHUNK)
             keep = magnitude_keep(count, density)
-            cut = top_cut_streamed(magnitudes, count, keep, MERGE_CHUNK)
-            cuts.append(cut or top_cut(magnitudes(slice(None)), keep))
+            cuts.append(top_cut_streamed(magnitudes, keep) or top_cut(magnitudes.values(slice(None)), keep))
         else:
-            cuts.append(density)  # 1: every entry; 0: none
+            cuts.append(TopCut(-math.inf, count) if density >= 1 else None)  # every entry, or none
+    if fused:
+        return fused.ties_sum(tensors, base, weights, [(cut.threshold, cut.equal_before) if cut else (math.inf, -1)
+                                                      for cut in cuts], normalize, lambda_)
     weight_column = torch.tensor(weights, dtype=base.dtype, device=base.device).unsqueeze(-1)
     result = torch.empty(count, dtype=base.dtype, device=base.device)
     buffer = base.new_empty((len(flats), min(MERGE_CHUNK, count)))
@@ -168,10 +170,10 @@ def _magnitude_chunks(tensors: list[torch.Tensor], base: torch.Tensor, weights: 
         deltas = buffer[:, :stop - start]
         for delta, flat, cut in zip(deltas, flats, cuts):
             torch.sub(flat[start:stop], flat_base[start:stop], out=delta)
-            if isinstance(cut, TopCut):
-                cut.zero_dropped_(delta, start)
-            elif cut <= 0:
+            if cut is None:
                 delta.zero_()
+            elif cut.equal_before < count or cut.threshold > -math.inf:
+                cut.zero_dropped_(delta, start)
         result[start:stop] = _combine(flat_base[start:stop], deltas, weight_column, normalize, lambda_, consensus)
     return result.reshape(base.shape)
 

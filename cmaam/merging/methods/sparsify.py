@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy
 import torch
 
@@ -194,43 +192,68 @@ def top_cut(values: torch.Tensor, keep: int) -> TopCut:
     return TopCut(threshold, nth_true_position(values == threshold, needed) + 1)
 
 
-def top_cut_streamed(values_of: Callable[[slice], torch.Tensor], count: int, keep: int,
-                     chunk: int) -> TopCut | None:
-    """``top_cut`` of values made slice by slice (``values_of(slice)``), never all in memory; None if undecided.
+class DeltaMagnitudes:
+    """|model - base| of two flat float tensors of ``count`` entries, never all in memory: made, counted and
+    searched in slices of ``chunk`` entries (a float32 chunk in one reused buffer, so it stays in cache)."""
+
+    def __init__(self, model: torch.Tensor, base: torch.Tensor, chunk: int):
+        self.model, self.base, self.chunk, self.count = model, base, chunk, base.numel()
+        self.scratch = base.new_empty(min(chunk, self.count)) if base.dtype == torch.float32 else None
+        self.equal_counts: tuple[float, numpy.ndarray] | None = None  # the last count's value, equals per chunk
+
+    def values(self, where: slice) -> torch.Tensor:
+        """|model - base| on a slice, as float32; a chunk's in the reused buffer (valid until the next call)."""
+        size = len(range(*where.indices(self.count)))
+        if self.scratch is None or size > self.scratch.numel():
+            return selection_magnitudes(self.model[where] - self.base[where])
+        return torch.sub(self.model[where], self.base[where], out=self.scratch[:size]).abs_()
+
+    def count_below_equal(self, value: float) -> tuple[int, int]:
+        """How many magnitudes are below and equal to ``value`` (keeps the equal ones' count per chunk)."""
+        below, equals = 0, []
+        for start in range(0, self.count, self.chunk):
+            chunk_below, chunk_equal = count_below_equal(self.values(slice(start, start + self.chunk)), value)
+            below += chunk_below
+            equals.append(chunk_equal)
+        self.equal_counts = (value, numpy.array(equals, dtype=numpy.int64))
+        return below, sum(equals)
+
+    def equal_position(self, value: float, n: int) -> int:
+        """Flat position of the n-th (1-based) magnitude equal to ``value`` (there are at least n)."""
+        if self.equal_counts is None or self.equal_counts[0] != value:
+            self.count_below_equal(value)
+        totals = numpy.cumsum(self.equal_counts[1])
+        chunk = int(numpy.searchsorted(totals, n))  # the first chunk holding n of them
+        if chunk == totals.size:
+            raise RuntimeError(f"fewer than {n} magnitudes equal {value}")
+        start, before = chunk * self.chunk, int(totals[chunk - 1]) if chunk else 0
+        return start + int(true_positions(self.values(slice(start, start + self.chunk)) == value)[n - before - 1])
+
+
+def top_cut_streamed(magnitudes: DeltaMagnitudes, keep: int) -> TopCut | None:
+    """``top_cut`` of magnitudes never all in memory; None if undecided.
 
     Decides when a strided sample repeats its candidate for the cut, as task vectors of 16-bit weights do (few
-    distinct values, one of them often a fifth of the tensor): one pass in cache-sized chunks counts the values
-    below and equal to it, which proves it the keep-th largest or not. None (the caller then uses ``top_cut``
-    on the whole tensor) for small tensors, an unrepeated candidate, or a wrong one.
+    distinct values, one of them often a fifth of the tensor): one pass counts the values below and equal to
+    it, which proves it the keep-th largest or not. None (the caller then uses ``top_cut`` on the whole
+    tensor) for small tensors, an unrepeated candidate, or a wrong one.
     """
+    count = magnitudes.count
     if keep >= count:
         return TopCut(-math.inf, count)
     if count <= 4 * SELECTION_SAMPLE:
         return None
     k = count - keep + 1
-    candidate = repeated_candidate(values_of(slice(None, None, count // SELECTION_SAMPLE)), k, count)
+    candidate = repeated_candidate(magnitudes.values(slice(None, None, count // SELECTION_SAMPLE)), k, count)
     if candidate is None:
         return None
-    below, equals = 0, []
-    for start in range(0, count, chunk):
-        values = values_of(slice(start, min(start + chunk, count)))
-        chunk_below, chunk_equal = count_below_equal(values, candidate)
-        below += chunk_below
-        equals.append(chunk_equal)
-    equal = sum(equals)
+    below, equal = magnitudes.count_below_equal(candidate)
     if not below < k <= below + equal:
         return None
     needed = keep - (count - below - equal)  # entries equal to the cut to keep, the first ones
     if needed >= equal:
         return TopCut(candidate, count)
-    before = 0
-    for index, found in enumerate(equals):
-        if before + found >= needed:
-            start = index * chunk
-            values = values_of(slice(start, min(start + chunk, count)))
-            return TopCut(candidate, start + int(true_positions(values == candidate)[needed - before - 1]) + 1)
-        before += found
-    return None  # not reached: the counts above add up to ``equal``
+    return TopCut(candidate, magnitudes.equal_position(candidate, needed) + 1)
 
 
 EXACT_FLOAT_COUNT = 1 << 24  # a float32 sum of ones is exact up to here

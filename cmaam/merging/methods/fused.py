@@ -1,0 +1,129 @@
+"""Fused CPU kernels (numba) for TIES' two passes over each model: counting magnitudes at a cut, and the combine.
+
+Each kernel visits every entry once in compiled code instead of a dozen whole-tensor torch passes, and does
+the same float32 operations in the same order as the torch path in ``generalized.py``, so the result is
+the same bit for bit (tests/merging/test_methods_selection.py checks it). Numba compiles them on first use
+and caches the machine code beside this file (or in its user cache where that folder is read-only).
+``generalized.FUSED_MAX_MODELS``: torch sums up to four stacked rows one after another, as the kernel does;
+beyond, it pairs them, and the torch path is used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy
+import torch
+
+from cmaam.merging.methods.sparsify import DeltaMagnitudes
+
+BLOCK = 1 << 12  # entries per block: the kernels' working set stays in cache; equal magnitudes counted per block
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_below_equal(model, base, value, equal_counts):  # pragma: no cover - compiled
+    """How many entries of |model - base| are below ``value``; ``equal_counts[b]`` gets how many equal it in
+    block b of ``BLOCK`` entries (float32 arrays and value)."""
+    below = 0
+    size = base.shape[0]
+    for block in range(equal_counts.shape[0]):
+        start, stop = block * BLOCK, min((block + 1) * BLOCK, size)
+        values, reference = model[start:stop], base[start:stop]
+        block_below, block_equal = numpy.int32(0), numpy.int32(0)  # 32-bit counters: the loop vectorizes
+        for index in range(stop - start):
+            magnitude = abs(values[index] - reference[index])
+            block_below += numpy.int32(magnitude < value)
+            block_equal += numpy.int32(magnitude == value)
+        below += block_below
+        equal_counts[block] = block_equal
+    return below
+
+
+@numba.njit(nogil=True, cache=True)
+def _ties_sum(models, base, weights, thresholds, equal_before, normalize, lambda_, out):  # pragma: no cover
+    """out = base + lambda * (sum of the agreeing weighted trimmed deltas) / (sum of their weights), per entry.
+
+    A delta is kept when its magnitude is above its model's threshold, or equal to it at a position below
+    ``equal_before`` (``TopCut``; a negative ``equal_before`` drops every entry); dropped ones are +0. The
+    elected sign is copysign(1, weighted sum), the sum starting at +0 (ties to +). A NaN delta is kept and
+    agrees, so the entry is NaN as in the torch path. Block by block, each loop over one block's entries, so
+    they vectorize; every sum adds the models in order, as torch's sum over up to four stacked rows.
+    """
+    count = len(models)
+    size = base.shape[0]
+    zero, one = numpy.float32(0.0), numpy.float32(1.0)
+    deltas = numpy.empty((count, BLOCK), dtype=numpy.float32)
+    majority = numpy.empty(BLOCK, dtype=numpy.float32)
+    mixed = numpy.empty(BLOCK, dtype=numpy.float32)
+    divisor = numpy.empty(BLOCK, dtype=numpy.float32)
+    for start in range(0, size, BLOCK):
+        stop = min(start + BLOCK, size)
+        length = stop - start
+        reference = base[start:stop]
+        majority[:] = zero  # the weighted sum, then its sign
+        for model in range(count):
+            values, row = models[model][start:stop], deltas[model]
+            threshold, before, weight = thresholds[model], equal_before[model] - start, weights[model]
+            keep_none = equal_before[model] < 0
+            for index in range(length):
+                delta = values[index] - reference[index]
+                magnitude = abs(delta)
+                dropped = keep_none or magnitude < threshold or (magnitude == threshold and index >= before)
+                delta = (zero if dropped else delta) * weight
+                row[index] = delta
+                majority[index] = majority[index] + delta
+        for index in range(length):
+            majority[index] = numpy.float32(math.copysign(1.0, majority[index]))
+        mixed[:] = zero
+        divisor[:] = zero
+        for model in range(count):
+            row, weight = deltas[model], weights[model]
+            for index in range(length):
+                agreeing = row[index] * majority[index]
+                taken = not agreeing <= zero  # agrees, or NaN
+                mixed[index] = mixed[index] + (agreeing if taken else zero)
+                divisor[index] = divisor[index] + (weight if taken else zero)
+        for index in range(length):
+            merged = mixed[index] * majority[index]
+            if normalize:
+                merged = merged / (one if divisor[index] == zero else divisor[index])
+            if lambda_ != one:
+                merged = merged * lambda_
+            out[start + index] = reference[index] + merged
+
+
+def flat_array(tensor: torch.Tensor) -> numpy.ndarray:
+    """A read-only flat numpy view of a float32 CPU tensor (copied only if not contiguous).
+
+    Read-only for all arguments alike: numba then types every model the same, whatever owns its memory.
+    """
+    array = tensor.detach().reshape(-1).contiguous().numpy().view()
+    array.setflags(write=False)
+    return array
+
+
+class FusedDeltaMagnitudes(DeltaMagnitudes):
+    """``DeltaMagnitudes`` counted in one compiled pass over the whole tensor, equal values per block of
+    ``BLOCK`` entries (the n-th equal one is then searched in its block only)."""
+
+    def __init__(self, model: torch.Tensor, base: torch.Tensor):
+        super().__init__(model, base, BLOCK)
+        self.model_array, self.base_array = flat_array(model), flat_array(base)
+
+    def count_below_equal(self, value: float) -> tuple[int, int]:
+        equal_counts = numpy.empty(-(-self.count // BLOCK), dtype=numpy.int64)
+        below = _count_below_equal(self.model_array, self.base_array, numpy.float32(value), equal_counts)
+        self.equal_counts = (value, equal_counts)
+        return int(below), int(equal_counts.sum())
+
+
+def ties_sum(models: list[torch.Tensor], base: torch.Tensor, weights: list[float], cuts: list[tuple[float, int]],
+             normalize: bool, lambda_: float) -> torch.Tensor:
+    """TIES (sum consensus) of float32 CPU tensors, one (threshold, equal_before) cut per model; base's shape."""
+    out = numpy.empty(base.numel(), dtype=numpy.float32)
+    _ties_sum(tuple(flat_array(model) for model in models), flat_array(base), numpy.array(weights, dtype=numpy.float32),
+              numpy.array([threshold for threshold, _ in cuts], dtype=numpy.float32),
+              numpy.array([before for _, before in cuts], dtype=numpy.int64), bool(normalize),
+              numpy.float32(lambda_), out)
+    return torch.from_numpy(out).reshape(base.shape)
