@@ -67,6 +67,8 @@ class TensorJob:
     [a, b) (elementwise merges, copies), so a large tensor may be merged in row blocks.
     ``propagates_nonfinite``: a NaN or Inf in any input gives one in the merge (plain weighted sums), so a
     consumer writing the merge may check its inputs through it (``Consumer.checks_inputs``).
+    ``takes_stored``: ``merge`` takes inputs in any floating dtype, so inputs handed on as stored
+    (``Consumer.accepts_stored``) reach it unconverted (MergeMethod's flag).
     """
 
     output_name: str
@@ -76,6 +78,7 @@ class TensorJob:
     compute: bool | None = None
     row_local: bool = False
     propagates_nonfinite: bool = False  # NaN/Inf in an input makes the merge NaN/Inf there (MergeMethod's flag)
+    takes_stored: bool = False  # merge converts its inputs itself (MergeMethod's flag)
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,10 @@ class TensorOutput:
             self.compute = functools.partial(_composed, change, self.compute)
 
 
-def merged(merge: Merge, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``merge`` of the inputs as float32 (inputs given as stored are converted here, in the merge thread)."""
-    return merge([tensor.float() for tensor in tensors])
+def merged(merge: Merge, tensors: Sequence[torch.Tensor], convert: bool = True) -> torch.Tensor:
+    """``merge`` of the inputs as float32 (inputs given as stored are converted here, in the merge thread), or
+    as given when the merge converts them itself (``TensorJob.takes_stored``)."""
+    return merge([tensor.float() for tensor in tensors] if convert else list(tensors))
 
 
 def _composed(outer: Callable[[torch.Tensor], torch.Tensor], inner: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -206,9 +210,11 @@ class ModelOutput:
         merge = self.merge or job.merge
         if merge is None:
             raise CMAAMError(f"{job.output_name}: a compute job without a merge function")
-        # made behind, in parallel with the next ones; inputs as stored (accepts_stored) are converted there
+        # made behind, in parallel with the next ones; inputs as stored (accepts_stored) are converted there,
+        # unless the job's merge takes them as they are
+        compute = functools.partial(merged, merge, tensors, not self._merge_flag(None, job.takes_stored))
         return TensorOutput(None, write, f"merged {job.output_name}{self.label}",
-                            self.writer.stored_dtype(job.output_name), functools.partial(merged, merge, tensors),
+                            self.writer.stored_dtype(job.output_name), compute,
                             sum(tensor.numel() * (4 + (tensor.dtype != torch.float32) * tensor.element_size())
                                 for tensor in tensors))  # float32 copies, and the stored tensors they come from
 

@@ -239,7 +239,8 @@ class Planner:
             merge_tensors, method=self.method, base_index=0 if (base is not None and self.method.takes_base)
             else None, parameters=parameters, cast=self.cast)
         self.jobs.append(TensorJob(output_name, inputs, merge, row_local=merge is None or self.method.row_local,
-                                   propagates_nonfinite=merge is not None and self.method.propagates_nonfinite))
+                                   propagates_nonfinite=merge is not None and self.method.propagates_nonfinite,
+                                   takes_stored=merge is not None and self.method.takes_stored))
 
     def _resolve_name(self, model: str, name: str) -> str:
         """The input's tensor name; a missing lm_head of a tied-embedding model reads the embedding (as mergekit)."""

@@ -334,8 +334,9 @@ def test_a_merge_only_run_hands_the_merge_threads_the_inputs_as_stored(pair, tmp
     readers = readers_of(target, source)
     seen = []
     original = executor.merged
-    monkeypatch.setattr(executor, "merged", lambda merge, tensors: seen.append(
-        (tuple(tensor.dtype for tensor in tensors), threading.current_thread().name)) or original(merge, tensors))
+    monkeypatch.setattr(executor, "merged", lambda merge, tensors, *convert: seen.append(
+        (tuple(tensor.dtype for tensor in tensors), threading.current_thread().name)) or original(merge, tensors,
+                                                                                                   *convert))
     jobs = pair_jobs(readers["target"], {NAMES[0]: 0.2, NAMES[2]: 0.9}, "linear")
     run_merge(readers, jobs, tmp_path / "stored", ExecutionOptions(progress=False), reference=target)
     assert {dtypes for dtypes, _ in seen} == {(torch.bfloat16,) * 2, (torch.float32,) * 2}

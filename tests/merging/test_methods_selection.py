@@ -175,6 +175,31 @@ def test_fused_ties_equals_the_chunked_torch_path_with_nonfinite_entries_and_cut
     torch.testing.assert_close(fused, chunked, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("base_dtype", [torch.bfloat16, torch.float32])
+def test_fused_ties_reads_bfloat16_as_stored_with_the_float32_result(base_dtype, fused_calls, monkeypatch):
+    """bfloat16 inputs given as stored (base in either dtype) merge to the bits of their float32 conversions;
+    with a float16 model all are converted to float32 first (the kernels read float32 and bfloat16 only)."""
+    from cmaam.merging.methods import fused
+    seen = []
+    kernel = fused._ties_sum
+    monkeypatch.setattr(fused, "_ties_sum", lambda models, base, *rest: seen.append(
+        (models[0].dtype, base.dtype)) or kernel(models, base, *rest))
+    generator = torch.Generator().manual_seed(17)
+    size = 5 * SELECTION_SAMPLE + 3
+    base = torch.randn(size, generator=generator).to(base_dtype)
+    models = [(base.float() + torch.randn(size, generator=generator) * 0.02).bfloat16() for _ in range(3)]
+    settings = dict(weight=[0.4, 0.8, -0.5], density=[0.3, 0.6, 0.9], normalize=True, lambda_=0.9,
+                    sparsification="magnitude", consensus="sum")
+    stored = generalized_task_arithmetic(models, base, **settings)
+    converted = generalized_task_arithmetic([model.float() for model in models], base.float(), **settings)
+    assert stored.dtype == torch.float32 and torch.equal(stored, converted)
+    assert seen[0] == ("uint16", "uint16" if base_dtype == torch.bfloat16 else "uint32") and seen[1][0] == "uint32"
+    halves = generalized_task_arithmetic([models[0].half(), *models[1:]], base, **settings)
+    assert torch.equal(halves, generalized_task_arithmetic([models[0].half().float(), *(m.float() for m in models[1:])],
+                                                           base.float(), **settings))
+    assert fused_calls == [3, 3, 3, 3] and seen[2][0] == "uint32"
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_delta_magnitudes_count_and_find_equal_values(fused):
     from cmaam.merging.methods.fused import FusedDeltaMagnitudes

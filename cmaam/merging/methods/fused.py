@@ -1,6 +1,7 @@
 """Fused CPU kernels (numba) for TIES' two passes over each model: counting magnitudes at a cut, and the combine.
 
-Each kernel visits every entry once in compiled code instead of a dozen whole-tensor torch passes, and does
+Each kernel visits every entry once in compiled code instead of a dozen whole-tensor torch passes, reading
+float32 or bfloat16 inputs as stored (bfloat16 widened to float32 exactly, in cache, block by block), and does
 the same float32 operations in the same order as the torch path in ``generalized.py``, so the result is
 the same bit for bit (tests/merging/test_methods_selection.py checks it). Numba compiles them on first use
 and caches the machine code beside this file (or in its user cache where that folder is read-only).
@@ -11,6 +12,7 @@ beyond, it pairs them, and the torch path is used.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numba
 import numpy
@@ -22,14 +24,27 @@ BLOCK = 1 << 12  # entries per block: the kernels' working set stays in cache; e
 
 
 @numba.njit(nogil=True, cache=True)
+def _block(source, start, stop, bits):  # pragma: no cover - compiled
+    """source[start:stop] as float32 values: ``source`` holds float32's bits (uint32, viewed as they are) or
+    bfloat16's (uint16, widened into ``bits``: a bfloat16 is the upper half of the float32 of equal value)."""
+    values = source[start:stop]
+    if source.itemsize == 4:
+        return values.view(numpy.float32)
+    for index in range(stop - start):
+        bits[index] = numpy.uint32(values[index]) << numpy.uint32(16)
+    return bits[:stop - start].view(numpy.float32)
+
+
+@numba.njit(nogil=True, cache=True)
 def _count_below_equal(model, base, value, equal_counts):  # pragma: no cover - compiled
     """How many entries of |model - base| are below ``value``; ``equal_counts[b]`` gets how many equal it in
-    block b of ``BLOCK`` entries (float32 arrays and value)."""
+    block b of ``BLOCK`` entries (float32 value; arrays as ``_block`` takes them)."""
+    model_bits, base_bits = numpy.empty(BLOCK, numpy.uint32), numpy.empty(BLOCK, numpy.uint32)
     below = 0
     size = base.shape[0]
     for block in range(equal_counts.shape[0]):
         start, stop = block * BLOCK, min((block + 1) * BLOCK, size)
-        values, reference = model[start:stop], base[start:stop]
+        values, reference = _block(model, start, stop, model_bits), _block(base, start, stop, base_bits)
         block_below, block_equal = numpy.int32(0), numpy.int32(0)  # 32-bit counters: the loop vectorizes
         for index in range(stop - start):
             magnitude = abs(values[index] - reference[index])
@@ -47,12 +62,14 @@ def _ties_sum(models, base, weights, thresholds, equal_before, normalize, lambda
     A delta is kept when its magnitude is above its model's threshold, or equal to it at a position below
     ``equal_before`` (``TopCut``; a negative ``equal_before`` drops every entry); dropped ones are +0. The
     elected sign is copysign(1, weighted sum), the sum starting at +0 (ties to +). A NaN delta is kept and
-    agrees, so the entry is NaN as in the torch path. Block by block, each loop over one block's entries, so
-    they vectorize; every sum adds the models in order, as torch's sum over up to four stacked rows.
+    agrees, so the entry is NaN as in the torch path. Block by block (inputs as ``_block`` takes them), each
+    loop over one block's entries, so they vectorize; every sum adds the models in order, as torch's sum over
+    up to four stacked rows.
     """
     count = len(models)
     size = base.shape[0]
     zero, one = numpy.float32(0.0), numpy.float32(1.0)
+    model_bits, base_bits = numpy.empty(BLOCK, numpy.uint32), numpy.empty(BLOCK, numpy.uint32)
     deltas = numpy.empty((count, BLOCK), dtype=numpy.float32)
     majority = numpy.empty(BLOCK, dtype=numpy.float32)
     mixed = numpy.empty(BLOCK, dtype=numpy.float32)
@@ -60,10 +77,10 @@ def _ties_sum(models, base, weights, thresholds, equal_before, normalize, lambda
     for start in range(0, size, BLOCK):
         stop = min(start + BLOCK, size)
         length = stop - start
-        reference = base[start:stop]
+        reference = _block(base, start, stop, base_bits)
         majority[:] = zero  # the weighted sum, then its sign
         for model in range(count):
-            values, row = models[model][start:stop], deltas[model]
+            values, row = _block(models[model], start, stop, model_bits), deltas[model]
             threshold, before, weight = thresholds[model], equal_before[model] - start, weights[model]
             keep_none = equal_before[model] < 0
             for index in range(length):
@@ -93,14 +110,21 @@ def _ties_sum(models, base, weights, thresholds, equal_before, normalize, lambda
             out[start + index] = reference[index] + merged
 
 
-def flat_array(tensor: torch.Tensor) -> numpy.ndarray:
-    """A read-only flat numpy view of a float32 CPU tensor (copied only if not contiguous).
+STORED = {torch.float32: (torch.int32, numpy.uint32), torch.bfloat16: (torch.int16, numpy.uint16)}
 
-    Read-only for all arguments alike: numba then types every model the same, whatever owns its memory.
-    """
-    array = tensor.detach().reshape(-1).contiguous().numpy().view()
-    array.setflags(write=False)
-    return array
+
+def usable(tensors: Sequence[torch.Tensor], base: torch.Tensor) -> bool:
+    """Whether the kernels take these CPU inputs as they are: float32 or bfloat16, the models of one dtype
+    (others are converted to float32 first)."""
+    return base.dtype in STORED and all(tensor.dtype == tensors[0].dtype for tensor in tensors) and (
+        not tensors or tensors[0].dtype in STORED)
+
+
+def flat_array(tensor: torch.Tensor) -> numpy.ndarray:
+    """A flat numpy view of a float32 or bfloat16 CPU tensor's bits (copied only if not contiguous); the
+    kernels only read it."""
+    signed, unsigned = STORED[tensor.dtype]
+    return tensor.detach().reshape(-1).contiguous().view(signed).numpy().view(unsigned)
 
 
 class FusedDeltaMagnitudes(DeltaMagnitudes):

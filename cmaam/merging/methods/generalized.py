@@ -70,13 +70,13 @@ def generalized_task_arithmetic(
     """Merge task vectors ``tensors[i] - base`` as mergekit's GeneralizedTaskArithmeticMerge does.
 
     ``int8_mask`` only saves memory in mergekit (the mask values are identical) and is accepted for
-    config compatibility. Random sparsifications draw from one generator seeded with ``seed``,
-    consumed model by model in order.
+    config compatibility. Inputs may be in any floating dtype (as stored); the merge is computed in float32.
+    Random sparsifications draw from one generator seeded with ``seed``, consumed model by model in order.
     """
     if base is None:
         raise CMAAMError(f"{method}: a base model is required")
     if not tensors:
-        return base
+        return base.float()
     check_shapes(method, tensors, base)
     count = len(tensors)
     weights_list = per_model(method, "weight", weight, count)
@@ -93,6 +93,7 @@ def generalized_task_arithmetic(
 
     if sparsification == "magnitude" and not rescale:
         return _magnitude_chunks(tensors, base, weights_list, densities, normalize, lambda_, consensus)
+    tensors, base = [tensor.float() for tensor in tensors], base.float()  # inputs may come as stored
 
     deltas = base.new_empty((count, *base.shape))
     for index, tensor in enumerate(tensors):
@@ -142,14 +143,17 @@ def _magnitude_chunks(tensors: list[torch.Tensor], base: torch.Tensor, weights: 
 
     Each model's top-k is found once as a cut over the whole tensor's delta magnitudes; then the deltas are
     recomputed, masked and combined entry by entry: in one compiled pass (``fused``) for TIES' sum consensus on
-    CPU, else in flat chunks that stay in the CPU cache, instead of a dozen passes over whole stacked tensors.
+    CPU, reading float32 or bfloat16 inputs as stored, else in float32 flat chunks that stay in the CPU cache,
+    instead of a dozen passes over whole stacked tensors.
     """
-    count, flat_base = base.numel(), base.reshape(-1)
-    flats = [tensor.reshape(-1) for tensor in tensors]
     fused = None
     if consensus == "sum" and len(tensors) <= FUSED_MAX_MODELS and all(
-            tensor.dtype == torch.float32 and tensor.device.type == "cpu" for tensor in (base, *tensors)):
+            tensor.device.type == "cpu" for tensor in (base, *tensors)):
         from cmaam.merging.methods import fused  # numba, imported only when needed
+    if fused is None or not fused.usable(tensors, base):  # inputs may come as stored, in any float dtype
+        tensors, base = [tensor.float() for tensor in tensors], base.float()
+    count, flat_base = base.numel(), base.reshape(-1)
+    flats = [tensor.reshape(-1) for tensor in tensors]
     cuts = []
     for flat, density in zip(flats, densities):
         if 0 < density < 1 and count:
@@ -210,5 +214,6 @@ def define_task_arithmetic(name: str, summary: str, *, normalize: bool, rescale:
     merge.__name__ = merge.__qualname__ = name
     merge.__doc__ = summary
     register(name, parameters=task_arithmetic_parameters(normalize, rescale, sparsification), requires_base=True,
-             row_local=sparsification is None and consensus is None)(merge)  # no per-tensor top-k, mask or sign vote
+             row_local=sparsification is None and consensus is None,  # no per-tensor top-k, mask or sign vote
+             takes_stored=True)(merge)
     return merge

@@ -51,6 +51,8 @@ class MergeMethod:
     e.g. nuslerp); without one the method works on the models themselves.
     ``propagates_nonfinite``: plain IEEE arithmetic on each element (weighted sums): a NaN or Inf in any input
     gives a NaN or Inf at that place of the output, so checking the output also checks the inputs.
+    ``takes_stored``: the function takes inputs in any floating dtype (as stored) and computes in float32
+    itself, so the executor hands them on unconverted (TIES' fused kernels read bfloat16 directly).
     """
 
     name: str
@@ -62,6 +64,7 @@ class MergeMethod:
     row_local: bool = False
     optional_base: bool = False
     propagates_nonfinite: bool = False
+    takes_stored: bool = False
 
     @property
     def takes_base(self) -> bool:
@@ -96,14 +99,14 @@ METHODS: dict[str, MergeMethod] = {}
 
 def register(name: str, parameters: Sequence[Parameter] = (), requires_base: bool = False,
              aliases: Sequence[str] = (), row_local: bool = False, optional_base: bool = False,
-             propagates_nonfinite: bool = False
+             propagates_nonfinite: bool = False, takes_stored: bool = False
              ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator: register a pure tensor function as merge method ``name`` (the flags as in MergeMethod)."""
 
     def decorate(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         doc = (function.__doc__ or "").strip().splitlines()
         method = MergeMethod(name, function, tuple(parameters), requires_base, doc[0] if doc else "", tuple(aliases),
-                             row_local, optional_base, propagates_nonfinite)
+                             row_local, optional_base, propagates_nonfinite, takes_stored)
         for key in (name, *aliases):
             METHODS[key] = method
         return function

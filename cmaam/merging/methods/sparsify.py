@@ -193,19 +193,21 @@ def top_cut(values: torch.Tensor, keep: int) -> TopCut:
 
 
 class DeltaMagnitudes:
-    """|model - base| of two flat float tensors of ``count`` entries, never all in memory: made, counted and
-    searched in slices of ``chunk`` entries (a float32 chunk in one reused buffer, so it stays in cache)."""
+    """|model - base| of two flat float tensors of ``count`` entries (in float32), never all in memory: made,
+    counted and searched in slices of ``chunk`` entries (a float32 chunk in one reused buffer, in cache)."""
 
     def __init__(self, model: torch.Tensor, base: torch.Tensor, chunk: int):
         self.model, self.base, self.chunk, self.count = model, base, chunk, base.numel()
-        self.scratch = base.new_empty(min(chunk, self.count)) if base.dtype == torch.float32 else None
+        float32 = model.dtype == base.dtype == torch.float32
+        self.scratch = base.new_empty(min(chunk, self.count)) if float32 else None
         self.equal_counts: tuple[float, numpy.ndarray] | None = None  # the last count's value, equals per chunk
 
     def values(self, where: slice) -> torch.Tensor:
-        """|model - base| on a slice, as float32; a chunk's in the reused buffer (valid until the next call)."""
+        """|model - base| on a slice, computed in float32; a chunk's in the reused buffer (valid until the next
+        call) when both are float32."""
         size = len(range(*where.indices(self.count)))
         if self.scratch is None or size > self.scratch.numel():
-            return selection_magnitudes(self.model[where] - self.base[where])
+            return selection_magnitudes(self.model[where].float() - self.base[where].float())
         return torch.sub(self.model[where], self.base[where], out=self.scratch[:size]).abs_()
 
     def count_below_equal(self, value: float) -> tuple[int, int]:
