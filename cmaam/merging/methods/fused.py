@@ -144,7 +144,8 @@ class FusedDeltaMagnitudes(DeltaMagnitudes):
 
 def ties_sum(models: list[torch.Tensor], base: torch.Tensor, weights: list[float], cuts: list[tuple[float, int]],
              normalize: bool, lambda_: float) -> torch.Tensor:
-    """TIES (sum consensus) of float32 CPU tensors, one (threshold, equal_before) cut per model; base's shape."""
+    """TIES (sum consensus) of float32 or bfloat16 CPU tensors (``usable``), one (threshold, equal_before) cut per
+    model; float32, of base's shape."""
     out = numpy.empty(base.numel(), dtype=numpy.float32)
     _ties_sum(tuple(flat_array(model) for model in models), flat_array(base), numpy.array(weights, dtype=numpy.float32),
               numpy.array([threshold for threshold, _ in cuts], dtype=numpy.float32),
