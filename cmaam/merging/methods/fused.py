@@ -18,7 +18,7 @@ import numba
 import numpy
 import torch
 
-from cmaam.merging.methods.sparsify import DeltaMagnitudes
+from cmaam.merging.methods.sparsify import DeltaMagnitudes, TopCut
 
 BLOCK = 1 << 12  # entries per block: the kernels' working set stays in cache; equal magnitudes counted per block
 
@@ -142,13 +142,13 @@ class FusedDeltaMagnitudes(DeltaMagnitudes):
         return int(below), int(equal_counts.sum())
 
 
-def ties_sum(models: list[torch.Tensor], base: torch.Tensor, weights: list[float], cuts: list[tuple[float, int]],
+def ties_sum(models: list[torch.Tensor], base: torch.Tensor, weights: list[float], cuts: list[TopCut | None],
              normalize: bool, lambda_: float) -> torch.Tensor:
-    """TIES (sum consensus) of float32 or bfloat16 CPU tensors (``usable``), one (threshold, equal_before) cut per
-    model; float32, of base's shape."""
+    """TIES (sum consensus) of float32 or bfloat16 CPU tensors (``usable``), one cut per model (None: keeps
+    nothing); float32, of base's shape."""
     out = numpy.empty(base.numel(), dtype=numpy.float32)
+    thresholds = numpy.array([cut.threshold if cut else math.inf for cut in cuts], dtype=numpy.float32)
+    equal_before = numpy.array([cut.equal_before if cut else -1 for cut in cuts], dtype=numpy.int64)
     _ties_sum(tuple(flat_array(model) for model in models), flat_array(base), numpy.array(weights, dtype=numpy.float32),
-              numpy.array([threshold for threshold, _ in cuts], dtype=numpy.float32),
-              numpy.array([before for _, before in cuts], dtype=numpy.int64), bool(normalize),
-              numpy.float32(lambda_), out)
+              thresholds, equal_before, bool(normalize), numpy.float32(lambda_), out)
     return torch.from_numpy(out).reshape(base.shape)

@@ -164,8 +164,7 @@ def _magnitude_chunks(tensors: list[torch.Tensor], base: torch.Tensor, weights: 
         else:
             cuts.append(TopCut(-math.inf, count) if density >= 1 else None)  # every entry, or none
     if fused:
-        return fused.ties_sum(tensors, base, weights, [(cut.threshold, cut.equal_before) if cut else (math.inf, -1)
-                                                      for cut in cuts], normalize, lambda_)
+        return fused.ties_sum(tensors, base, weights, cuts, normalize, lambda_)
     weight_column = torch.tensor(weights, dtype=base.dtype, device=base.device).unsqueeze(-1)
     result = torch.empty(count, dtype=base.dtype, device=base.device)
     buffer = base.new_empty((len(flats), min(MERGE_CHUNK, count)))
